@@ -1,0 +1,5 @@
+import sys
+
+from peat_sync.cli import main
+
+sys.exit(main())

@@ -1,0 +1,70 @@
+"""The `peat-sync` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from peat_sync.config import SERVE_OPTIONS, ConfigError, ServeConfig, add_options, serve_config
+from peat_sync.logs import configure_logging
+from peat_sync.server import ListenError, serve
+from peat_sync.store.sqlite import StoreError
+
+log = logging.getLogger("peat_sync.cli")
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peat-sync",
+        description="A document-sync sidecar: JSON documents in collections over gRPC, with a"
+        " change feed that never loses an event silently.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    serve_parser = commands.add_parser(
+        "serve",
+        help="run the sidecar server",
+        description="Run the peat.sidecar.v1 gRPC server on a SQLite store in --data-dir."
+        " SIGINT or SIGTERM shuts it down cleanly. Each option can also be set with the"
+        " environment variable shown; a flag wins over its variable.",
+    )
+    add_options(serve_parser, SERVE_OPTIONS)
+    return parser
+
+
+async def _serve_until_signalled(config: ServeConfig) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve, config, stop)
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                stop.set()
+                break
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = serve_config(args)
+    except ConfigError as exc:
+        parser.exit(EXIT_USAGE, f"peat-sync {args.command}: error: {exc}\n")
+    configure_logging(config.log_level)
+    try:
+        trio.run(_serve_until_signalled, config)
+    except (ListenError, StoreError) as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

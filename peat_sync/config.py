@@ -1,0 +1,202 @@
+"""Configuration of `peat-sync serve`: every flag has a PEAT_SIDECAR_* environment variable.
+
+A flag wins over its variable, and the variable over the default. Each value is checked here,
+so a bad one stops start-up with a one-line message naming the flag or variable at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peat_sync.node import NodeConfig
+
+DEFAULT_PORT = 50051
+
+
+class ConfigError(Exception):
+    """A bad configuration value; the message names its flag or variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """Where the server listens: a TCP host and port, or a unix socket path."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    path: Path | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ListenAddress:
+        if text.startswith("unix://"):
+            path = text.removeprefix("unix://")
+            if not path.startswith("/"):
+                raise ValueError("a unix socket needs an absolute path, as in unix:///run/peat.sock")
+            return cls(path=Path(path))
+        hostport = text.removeprefix("tcp://")
+        match = re.fullmatch(r"\[(?P<v6>[0-9a-fA-F:.]+)\]:(?P<p6>\d+)|(?P<host>[^:\[\]]+):(?P<port>\d+)", hostport)
+        if match is None:
+            raise ValueError("expected tcp://HOST:PORT, tcp://[IPV6]:PORT or unix:///PATH")
+        host = match["v6"] or match["host"]
+        port = int(match["p6"] or match["port"])
+        if port > 65535:
+            raise ValueError(f"port {port} is out of range (0-65535)")
+        return cls(host=host, port=port)
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix://{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    listen: ListenAddress
+    node: NodeConfig
+    log_level: str
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise ValueError(f"must be at least 1, not {value}")
+    return value
+
+
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def byte_size(text: str) -> int:
+    """A size in bytes: 1048576, 512KiB, 64MiB, 1GiB (K, M and G are powers of 1024)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if match is None:
+        raise ValueError(f"{text!r} is not a size; write it as 1048576, 512KiB or 64MiB")
+    value = int(match[1]) * _UNITS[match[2].lower()]
+    if value < 1:
+        raise ValueError("must be at least 1 byte")
+    return value
+
+
+def non_empty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def log_level(text: str) -> str:
+    if text.lower() not in LOG_LEVELS:
+        raise ValueError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return text.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    flag: str
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "PEAT_SIDECAR_" + self.flag.removeprefix("--").replace("-", "_").upper()
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+SERVE_OPTIONS = (
+    Option(
+        "--listen",
+        ListenAddress.parse,
+        "tcp://127.0.0.1:50051",
+        "where to serve gRPC: tcp://HOST:PORT or unix:///PATH (default: loopback only)",
+    ),
+    Option("--data-dir", Path, "peat-data", "directory of the store; created if missing"),
+    Option("--node-id", non_empty, None, "this node's id (default: a random id)"),
+    Option(
+        "--broadcast-buffer-size",
+        positive_int,
+        "256",
+        "events buffered per subscriber before it counts as lagging",
+    ),
+    Option(
+        "--replay-log-size",
+        positive_int,
+        "100000",
+        "events kept in memory for subscribers that resume or lag",
+    ),
+    Option(
+        "--replay-log-bytes",
+        byte_size,
+        "64MiB",
+        "byte bound of the replay log (512KiB, 64MiB, 1GiB ...)",
+    ),
+    Option(
+        "--max-document-bytes",
+        byte_size,
+        "1MiB",
+        "largest document accepted; larger puts fail with RESOURCE_EXHAUSTED",
+    ),
+    Option("--log-level", log_level, "info", "one of " + ", ".join(LOG_LEVELS)),
+)
+
+
+def add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...]) -> None:
+    for option in options:
+        default = f" [default: {option.default}]" if option.default is not None else ""
+        parser.add_argument(
+            option.flag, dest=option.dest, metavar="VALUE",
+            help=f"{option.help}{default} (env {option.env})",
+        )
+
+
+def resolve(
+    options: tuple[Option, ...], args: argparse.Namespace, environ: Mapping[str, str]
+) -> dict[str, Any]:
+    """The value of each option from its flag, else its variable, else its default."""
+    values: dict[str, Any] = {}
+    for option in options:
+        flag_value = getattr(args, option.dest)
+        if flag_value is not None:
+            raw, source = flag_value, option.flag
+        elif option.env in environ:
+            raw, source = environ[option.env], option.env
+        else:
+            raw, source = option.default, "default"
+        if raw is None:
+            values[option.dest] = None
+            continue
+        try:
+            values[option.dest] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}={raw!r}: {exc}") from None
+    return values
+
+
+def serve_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> ServeConfig:
+    values = resolve(SERVE_OPTIONS, args, environ)
+    node_values = {
+        "data_dir": values["data_dir"],
+        "broadcast_buffer_size": values["broadcast_buffer_size"],
+        "replay_log_size": values["replay_log_size"],
+        "replay_log_bytes": values["replay_log_bytes"],
+        "max_document_bytes": values["max_document_bytes"],
+    }
+    if values["node_id"] is not None:
+        node_values["node_id"] = values["node_id"]
+    return ServeConfig(
+        listen=values["listen"], node=NodeConfig(**node_values), log_level=values["log_level"]
+    )

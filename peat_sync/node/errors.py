@@ -1,0 +1,21 @@
+"""Errors the node raises for requests it refuses; the server maps each to a gRPC status."""
+
+
+class RequestError(Exception):
+    """A request the node refuses. The message tells the caller what to change."""
+
+
+class InvalidRequest(RequestError):
+    """The request is malformed: bad JSON, an empty or unusable name."""
+
+
+class LimitExceeded(RequestError):
+    """The request is well formed but larger than the configured limits allow."""
+
+
+class NodeClosed(RequestError):
+    """The node is shutting down and takes no more work."""
+
+
+class StoreUnavailable(RequestError):
+    """The store failed to commit (a full disk, an I/O error); nothing of the write was stored."""

@@ -1,0 +1,169 @@
+"""The change feed: the replay-log task that fans committed events out to subscribers.
+
+The producer hands over each committed batch through a bounded channel. This task appends the
+batch to the replay log and offers every event to each live subscriber with `send_nowait`: a
+full subscriber channel never blocks the feed. The subscriber is detached instead (its channel
+closed, which is its resync sentinel), and the feed only notes the range it misses until it
+reads again and heals itself from the replay log (see `Subscription`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from peat_sync.node.events import ChangeEvent
+from peat_sync.node.replay_log import ReplayLog
+from peat_sync.node.subscription import Subscription
+
+log = logging.getLogger("peat_sync.feed")
+
+
+@dataclass(slots=True)
+class MissedRange:
+    """What a detached subscriber has missed so far, for the lag warning."""
+
+    first_sequence: int
+    last_sequence: int
+    first_doc_id: str
+    last_doc_id: str
+    count: int = 1
+
+    @classmethod
+    def starting_at(cls, event: ChangeEvent) -> MissedRange:
+        return cls(event.sequence, event.sequence, event.doc_id, event.doc_id)
+
+    def add(self, event: ChangeEvent) -> None:
+        self.last_sequence = event.sequence
+        self.first_doc_id = min(self.first_doc_id, event.doc_id)
+        self.last_doc_id = max(self.last_doc_id, event.doc_id)
+        self.count += 1
+
+    def describe(self) -> str:
+        return (
+            f"{self.count} events: sequences {self.first_sequence}..{self.last_sequence},"
+            f" doc_ids {self.first_doc_id!r}..{self.last_doc_id!r}"
+        )
+
+
+class ChangeFeed:
+    """Fans committed events out to subscriptions and keeps the replay log."""
+
+    def __init__(
+        self, replay_log: ReplayLog, committed_head: Callable[[], int], buffer_size: int
+    ) -> None:
+        self.replay_log = replay_log
+        self.buffer_size = buffer_size
+        self._committed_head = committed_head
+        self._open: set[Subscription] = set()
+        self._live: dict[Subscription, trio.MemorySendChannel[ChangeEvent]] = {}
+        self._lagging: dict[Subscription, MissedRange] = {}
+        self._next_id = 1
+        self.closed = False
+        self.lag_events = 0
+
+    @property
+    def committed_head(self) -> int:
+        """The newest committed sequence; it can be ahead of the replay log for a moment."""
+        return self._committed_head()
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._open)
+
+    def subscribe(
+        self, collections: frozenset[str] | None, since: int | None, peer: str
+    ) -> Subscription:
+        """Open a subscription to `collections` (None: all), starting after `since`.
+
+        `since=None` means from the newest committed change on. Close it with `close()` or by
+        using it as a context manager.
+        """
+        subscription = Subscription(self, f"#{self._next_id} ({peer})", collections, since)
+        self._next_id += 1
+        self._open.add(subscription)
+        return subscription
+
+    def attach(self, subscription: Subscription) -> trio.MemoryReceiveChannel[ChangeEvent]:
+        """Start delivering live events to `subscription`; returns its new channel.
+
+        Called with no checkpoint since the subscription last read the replay log, so the
+        handoff from replay to live has neither gap nor duplicate.
+        """
+        send, receive = trio.open_memory_channel[ChangeEvent](self.buffer_size)
+        self._live[subscription] = send
+        return receive
+
+    def take_missed(self, subscription: Subscription) -> MissedRange | None:
+        """What `subscription` missed since its channel overflowed, if it did."""
+        return self._lagging.pop(subscription, None)
+
+    def detach(self, subscription: Subscription) -> None:
+        send = self._live.pop(subscription, None)
+        if send is not None:
+            send.close()
+        self._lagging.pop(subscription, None)
+        self._open.discard(subscription)
+
+    async def run(
+        self,
+        committed: trio.MemoryReceiveChannel[list[ChangeEvent]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Trio-flavoured: the replay-log task. Ends when the producer closes `committed`."""
+        task_status.started()
+        try:
+            async with committed:
+                async for events in committed:
+                    self.replay_log.append(events)
+                    self._fan_out(events)
+        finally:
+            self.closed = True
+            for send in self._live.values():
+                send.close()
+            self._live.clear()
+
+    def _fan_out(self, events: list[ChangeEvent]) -> None:
+        for subscription, missed in self._lagging.items():
+            for event in events:
+                if subscription.wants(event.collection):
+                    missed.add(event)
+        for subscription, send in list(self._live.items()):
+            for event in events:
+                if not subscription.wants(event.collection):
+                    continue
+                try:
+                    send.send_nowait(event)
+                except trio.WouldBlock:
+                    self._overflow(subscription, send, events, event)
+                    break
+
+    def _overflow(
+        self,
+        subscription: Subscription,
+        send: trio.MemorySendChannel[ChangeEvent],
+        events: list[ChangeEvent],
+        first_missed: ChangeEvent,
+    ) -> None:
+        # Closing the channel is the resync sentinel: the subscriber drains what is buffered,
+        # then sees the end of the channel and heals itself from where it stopped.
+        send.close()
+        del self._live[subscription]
+        missed = MissedRange.starting_at(first_missed)
+        for event in events:
+            if event.sequence > first_missed.sequence and subscription.wants(event.collection):
+                missed.add(event)
+        self._lagging[subscription] = missed
+        self.lag_events += 1
+        log.warning(
+            "subscriber %s (collections: %s) fell %d events behind at sequence %d;"
+            " it gets no live events until it reads again and catches up",
+            subscription.name,
+            subscription.describe_collections(),
+            self.buffer_size,
+            first_missed.sequence,
+        )

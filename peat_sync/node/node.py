@@ -1,0 +1,163 @@
+"""The node: the store, the producer, the change feed, and the nursery that runs them."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from peat_sync.node.events import ChangeEvent
+from peat_sync.node.feed import ChangeFeed
+from peat_sync.node.producer import Producer
+from peat_sync.node.replay_log import ReplayLog
+from peat_sync.node.subscription import Subscription
+from peat_sync.node.validation import check_document, check_name
+from peat_sync.store import Mutation, SQLiteStore, Store, StoredDocument
+
+log = logging.getLogger("peat_sync.node")
+
+# The published-batch channel between producer and feed: a few batches in flight let the
+# producer commit the next batch while the feed fans out the previous one.
+PUBLISH_CAPACITY = 16
+# Reads run on worker threads; bound how many so a burst of List calls cannot pile up threads.
+READ_THREADS = 8
+
+
+def _random_node_id() -> str:
+    return f"peat-{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    data_dir: Path
+    node_id: str = field(default_factory=_random_node_id)
+    broadcast_buffer_size: int = 256
+    replay_log_size: int = 100_000
+    replay_log_bytes: int = 64 * 1024 * 1024
+    max_document_bytes: int = 1024 * 1024
+    max_batch: int = 1000
+
+
+class Node:
+    """A running node. Open it with `open_node`; every async method is trio-flavoured."""
+
+    def __init__(self, config: NodeConfig, store: Store) -> None:
+        self.config = config
+        self._store = store
+        self._producer = Producer(store, config.max_batch)
+        self._feed = ChangeFeed(
+            ReplayLog(
+                max_entries=config.replay_log_size,
+                max_bytes=config.replay_log_bytes,
+                head=store.head_sequence,
+            ),
+            lambda: store.head_sequence,
+            config.broadcast_buffer_size,
+        )
+        self._read_limiter = trio.CapacityLimiter(READ_THREADS)
+
+    @property
+    def node_id(self) -> str:
+        return self.config.node_id
+
+    @property
+    def epoch(self) -> str:
+        return self._store.epoch
+
+    @property
+    def head_sequence(self) -> int:
+        """The newest committed sequence."""
+        return self._store.head_sequence
+
+    @property
+    def feed(self) -> ChangeFeed:
+        return self._feed
+
+    async def put(self, collection: str, doc_id: str, json_data: str) -> int:
+        """Store a JSON object; returns the sequence it was committed at."""
+        check_name("collection", collection)
+        check_name("doc_id", doc_id)
+        check_document(json_data, self.config.max_document_bytes)
+        (change,) = await self._producer.write([Mutation(collection, doc_id, json_data)])
+        assert change is not None
+        return change.sequence
+
+    async def delete(self, collection: str, doc_id: str) -> int:
+        """Delete a document; returns the sequence of the delete, or 0 if it did not exist."""
+        check_name("collection", collection)
+        check_name("doc_id", doc_id)
+        (change,) = await self._producer.write([Mutation(collection, doc_id, None)])
+        return 0 if change is None else change.sequence
+
+    async def get(self, collection: str, doc_id: str) -> StoredDocument | None:
+        check_name("collection", collection)
+        check_name("doc_id", doc_id)
+        return await trio.to_thread.run_sync(
+            self._store.get, collection, doc_id, limiter=self._read_limiter
+        )
+
+    async def list_ids(self, collection: str) -> list[str]:
+        check_name("collection", collection)
+        return await trio.to_thread.run_sync(
+            self._store.list_ids, collection, limiter=self._read_limiter
+        )
+
+    async def list_documents(self, collection: str) -> list[StoredDocument]:
+        check_name("collection", collection)
+        return await trio.to_thread.run_sync(
+            self._store.list_documents, collection, limiter=self._read_limiter
+        )
+
+    def subscribe(
+        self, collections: Iterable[str] = (), since: int | None = None, peer: str = "local"
+    ) -> Subscription:
+        """Follow the changes to `collections` (empty: all) after `since` (None: from now).
+
+        Use the result as a context manager, and call its `next_batch` to receive events.
+        """
+        wanted = frozenset(collections)
+        for collection in wanted:
+            check_name("collection", collection)
+        return self._feed.subscribe(wanted or None, since, peer)
+
+    async def _run(self, nursery: trio.Nursery) -> None:
+        publish_send, publish_receive = trio.open_memory_channel[list[ChangeEvent]](
+            PUBLISH_CAPACITY
+        )
+        await nursery.start(self._feed.run, publish_receive)
+        await nursery.start(self._producer.run, publish_send)
+
+    def _stop(self) -> None:
+        self._producer.close()
+
+
+@asynccontextmanager
+async def open_node(config: NodeConfig) -> AsyncIterator[Node]:
+    """Trio-flavoured: open the store in `config.data_dir` and run the node until the block
+    ends.
+
+    On a normal exit the node commits every queued write before closing. When the caller's
+    scope is cancelled, every task stops; a commit already under way still completes.
+    """
+    store = await trio.to_thread.run_sync(SQLiteStore.open, config.data_dir)
+    try:
+        log.info(
+            "store %s opened: epoch %s, head sequence %d",
+            store.path,
+            store.epoch,
+            store.head_sequence,
+        )
+        node = Node(config, store)
+        async with trio.open_nursery() as nursery:
+            await node._run(nursery)
+            try:
+                yield node
+            finally:
+                node._stop()
+    finally:
+        store.close()

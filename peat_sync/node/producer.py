@@ -1,0 +1,108 @@
+"""The producer: the node's single writer.
+
+Writers queue mutations on a bounded channel and wait. The producer takes everything queued
+(up to `max_batch`), commits it in one SQLite transaction on a worker thread, encodes each
+event once, hands the batch to the feed, and only then wakes the writers with their
+sequences. One fsync serves the whole batch, and an acknowledged write is always durable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from peat_sync.node.errors import NodeClosed, StoreUnavailable
+from peat_sync.node.events import ChangeEvent
+from peat_sync.store import Change, Mutation, Store
+
+log = logging.getLogger("peat_sync.producer")
+
+# Writers waiting beyond this many queued mutations wait for room: backpressure on writers,
+# never unbounded memory.
+QUEUE_CAPACITY = 4096
+
+
+@dataclass(slots=True)
+class _QueuedWrite:
+    mutations: Sequence[Mutation]
+    done: trio.Event = field(default_factory=trio.Event)
+    changes: list[Change | None] | None = None
+    error: BaseException | None = None
+
+
+class Producer:
+    def __init__(self, store: Store, max_batch: int) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._send, self._receive = trio.open_memory_channel[_QueuedWrite](QUEUE_CAPACITY)
+
+    async def write(self, mutations: Sequence[Mutation]) -> list[Change | None]:
+        """Trio-flavoured: commit `mutations` atomically; return once they are durable.
+
+        Returns one entry per mutation: its committed change, or None when it changed
+        nothing (the delete of an absent document).
+        """
+        queued = _QueuedWrite(mutations)
+        try:
+            await self._send.send(queued)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise NodeClosed("the node is shutting down; retry against a running node") from None
+        await queued.done.wait()
+        if queued.error is not None:
+            raise queued.error
+        assert queued.changes is not None
+        return queued.changes
+
+    def close(self) -> None:
+        """Take no new writes; the producer commits what is queued, then stops."""
+        self._send.close()
+
+    async def run(
+        self,
+        publish: trio.MemorySendChannel[list[ChangeEvent]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Trio-flavoured: the producer task. Ends once `close()` was called and the queue
+        is empty, and then closes `publish`."""
+        task_status.started()
+        async with self._receive, publish:
+            async for first in self._receive:
+                batch = [first]
+                size = len(first.mutations)
+                while size < self._max_batch:
+                    try:
+                        queued = self._receive.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    batch.append(queued)
+                    size += len(queued.mutations)
+                await self._commit(batch, publish)
+
+    async def _commit(
+        self, batch: list[_QueuedWrite], publish: trio.MemorySendChannel[list[ChangeEvent]]
+    ) -> None:
+        mutations = [mutation for queued in batch for mutation in queued.mutations]
+        try:
+            # Not abandoned on cancel: a commit that started always finishes, so shutdown
+            # never leaves a half-written batch behind.
+            changes = await trio.to_thread.run_sync(self._store.commit, mutations)
+        except Exception as exc:
+            # The transaction rolled back, so nothing of the batch is stored: fail its writers
+            # and keep serving (a full disk, say, can be fixed without a restart).
+            log.error("commit of %d changes failed, none stored: %s", len(mutations), exc)
+            for queued in batch:
+                queued.error = StoreUnavailable(f"the store could not commit the write: {exc}")
+                queued.done.set()
+            return
+        events = [ChangeEvent.from_change(change) for change in changes if change is not None]
+        if events:
+            await publish.send(events)
+        offset = 0
+        for queued in batch:
+            queued.changes = changes[offset : offset + len(queued.mutations)]
+            offset += len(queued.mutations)
+            queued.done.set()

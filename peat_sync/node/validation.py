@@ -1,0 +1,48 @@
+"""Checks on collection names, document ids and documents, done before anything is queued."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from peat_sync.node.errors import InvalidRequest, LimitExceeded
+
+MAX_NAME_BYTES = 512
+
+# Control characters would make ids unreadable in logs and ambiguous in terminals.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_name(kind: str, value: str) -> None:
+    """Refuse an empty, oversized or control-character `collection` or `doc_id`."""
+    if not value:
+        raise InvalidRequest(f"{kind} must not be empty")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        raise InvalidRequest(f"{kind} is {size} bytes long; the limit is {MAX_NAME_BYTES}")
+    if _CONTROL.search(value):
+        raise InvalidRequest(f"{kind} must not contain control characters")
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def check_document(json_data: str, max_bytes: int) -> None:
+    """Refuse a document that is not a JSON object, or that is larger than `max_bytes`."""
+    size = len(json_data.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise LimitExceeded(
+            f"the document is {size} bytes; the limit is {max_bytes} bytes"
+            " (set by --max-document-bytes)"
+        )
+    try:
+        document = json.loads(json_data, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise InvalidRequest("json_data is nested too deeply to parse") from None
+    except ValueError as exc:
+        raise InvalidRequest(f"json_data is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest(
+            f"json_data must be a JSON object, not a JSON {type(document).__name__}"
+        )

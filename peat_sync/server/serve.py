@@ -1,0 +1,105 @@
+"""Run the node and its gRPC server until asked to stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+from pathlib import Path
+
+import grpclib.server
+import trio
+import trio_asyncio
+
+from peat_sync.config import ListenAddress, ServeConfig
+from peat_sync.generated.peat.sidecar.v1 import NodePhase
+from peat_sync.node import open_node
+from peat_sync.server.adapter import call_asyncio
+from peat_sync.server.codec import PreEncodingCodec
+from peat_sync.server.service import SidecarService
+
+log = logging.getLogger("peat_sync.server")
+
+# How long open streams and in-flight calls get to finish when the server stops.
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+class ListenError(Exception):
+    """The listen address cannot be bound; the message says why."""
+
+
+def _bind(address: ListenAddress) -> tuple[socket.socket, ListenAddress]:
+    """Bind a listening socket; returns it with the address actually bound (port 0 resolved)."""
+    if address.path is not None:
+        return _bind_unix(address.path), address
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.create_server(sockaddr[:2], family=family)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+    host, port = sock.getsockname()[:2]
+    return sock, ListenAddress(host=host, port=port)
+
+
+def _bind_unix(path: Path) -> socket.socket:
+    try:
+        if path.exists():
+            if not stat.S_ISSOCK(path.stat().st_mode):
+                raise ListenError(f"cannot listen on unix://{path}: it exists and is not a socket")
+            path.unlink()  # a stale socket from an earlier run
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Only the owner may connect: documents are not for every local user.
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        sock.listen()
+    except OSError as exc:
+        raise ListenError(f"cannot listen on unix://{path}: {exc.strerror or exc}") from None
+    return sock
+
+
+async def serve(
+    config: ServeConfig,
+    stop: trio.Event,
+    *,
+    task_status: trio.TaskStatus[ListenAddress] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Trio-flavoured: serve until `stop` is set, then shut down cleanly.
+
+    Reports the bound address through `task_status` once the server accepts calls. On stop,
+    open streams and calls get `SHUTDOWN_GRACE_SECONDS` to finish, then the node commits what
+    is queued and closes the store.
+    """
+    sock, bound = _bind(config.listen)
+    async with open_node(config.node) as node, trio_asyncio.open_loop():
+        service = SidecarService(node, str(bound))
+        # grpclib binds to the running asyncio loop, so it is built inside open_loop().
+        server = grpclib.server.Server([service], codec=PreEncodingCodec())
+        await call_asyncio(server.start, sock=sock)
+        try:
+            log.info(
+                "serving peat.sidecar.v1 on %s (node %s, data dir %s, head sequence %d)",
+                bound,
+                node.node_id,
+                config.node.data_dir,
+                node.head_sequence,
+            )
+            task_status.started(bound)
+            await stop.wait()
+            service.phase = NodePhase.SHUTTING_DOWN
+            log.info(
+                "shutting down: closing %d subscriber streams", node.feed.subscriber_count
+            )
+        finally:
+            with trio.CancelScope(shield=True):
+                server.close()
+                with trio.move_on_after(SHUTDOWN_GRACE_SECONDS):
+                    await call_asyncio(server.wait_closed)
+            if config.listen.path is not None:
+                config.listen.path.unlink(missing_ok=True)
+    log.info("stopped cleanly at sequence %d", node.head_sequence)

@@ -1,0 +1,233 @@
+"""The PeatSidecar gRPC service. Every handler here is asyncio-flavoured."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpclib.const
+import grpclib.server
+from grpclib import GRPCError
+from grpclib.const import Status
+
+from peat_sync.generated.peat.sidecar import v1 as pb
+from peat_sync.node import (
+    InvalidRequest,
+    LimitExceeded,
+    Node,
+    NodeClosed,
+    RequestError,
+    StoreUnavailable,
+)
+from peat_sync.server import typed
+from peat_sync.server.adapter import call_trio
+from peat_sync.server.codec import Encoded
+
+log = logging.getLogger("peat_sync.service")
+
+SUBSCRIBE = "/peat.sidecar.v1.PeatSidecar/Subscribe"
+# Events taken from a subscription per crossing into trio.
+SEND_BATCH = 512
+
+_STATUS_OF: dict[type[RequestError], Status] = {
+    InvalidRequest: Status.INVALID_ARGUMENT,
+    LimitExceeded: Status.RESOURCE_EXHAUSTED,
+    NodeClosed: Status.UNAVAILABLE,
+    StoreUnavailable: Status.UNAVAILABLE,
+}
+
+NO_MESH = (
+    "peat-sync is a single-node sidecar with no peer mesh; {rpc} is not available."
+    " Subscribe to the change feed to follow every change instead."
+)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[None]])
+
+
+def _translating_errors(handler: F) -> F:
+    """Turn the node's request errors into gRPC statuses with the node's message."""
+
+    @functools.wraps(handler)
+    async def translated(stream: grpclib.server.Stream[Any, Any]) -> None:
+        try:
+            await handler(stream)
+        except RequestError as exc:
+            raise GRPCError(_STATUS_OF[type(exc)], str(exc)) from None
+
+    return translated  # type: ignore[return-value]
+
+
+def _peer_name(stream: grpclib.server.Stream[Any, Any]) -> str:
+    address = stream.peer.addr()
+    if not address:
+        return "unix socket"
+    return f"{address[0]}:{address[1]}"
+
+
+def _required(value: typed.M | None, name: str) -> typed.M:
+    if value is None:
+        raise InvalidRequest(f"{name} is required")
+    return value
+
+
+class SidecarService(pb.PeatSidecarBase):
+    def __init__(self, node: Node, endpoint_addr: str) -> None:
+        self._node = node
+        self._endpoint_addr = endpoint_addr
+        self.phase = pb.NodePhase.READY
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        mapping = super().__mapping__()
+        # Subscribe is served from the stream itself, to send pre-encoded events in batches.
+        mapping[SUBSCRIBE] = mapping[SUBSCRIBE]._replace(func=self._subscribe)
+        return {
+            name: handler._replace(func=_translating_errors(handler.func))
+            for name, handler in mapping.items()
+        }
+
+    # Lifecycle ---------------------------------------------------------------------------
+
+    async def get_status(self, message: pb.GetStatusRequest) -> pb.GetStatusResponse:
+        return pb.GetStatusResponse(
+            node_id=self._node.node_id,
+            endpoint_addr=self._endpoint_addr,
+            sync_active=False,
+            connected_peers=0,
+            phase=self.phase,
+            head_sequence=self._node.head_sequence,
+            epoch=self._node.epoch,
+            subscribers=self._node.feed.subscriber_count,
+        )
+
+    # Peers and sync: honest answers for a node without a mesh ----------------------------
+
+    async def connect_peer(self, message: pb.ConnectPeerRequest) -> pb.ConnectPeerResponse:
+        raise GRPCError(Status.UNIMPLEMENTED, NO_MESH.format(rpc="ConnectPeer"))
+
+    async def disconnect_peer(
+        self, message: pb.DisconnectPeerRequest
+    ) -> pb.DisconnectPeerResponse:
+        raise GRPCError(
+            Status.FAILED_PRECONDITION,
+            f"no peer {message.endpoint_id!r} is connected: " + NO_MESH.format(rpc="a peer"),
+        )
+
+    async def list_peers(self, message: pb.ListPeersRequest) -> pb.ListPeersResponse:
+        return pb.ListPeersResponse(peers=[])
+
+    async def start_sync(self, message: pb.StartSyncRequest) -> pb.StartSyncResponse:
+        raise GRPCError(Status.UNIMPLEMENTED, NO_MESH.format(rpc="StartSync"))
+
+    async def stop_sync(self, message: pb.StopSyncRequest) -> pb.StopSyncResponse:
+        # Sync is never active, so it is already stopped.
+        return pb.StopSyncResponse()
+
+    async def get_sync_stats(self, message: pb.GetSyncStatsRequest) -> pb.GetSyncStatsResponse:
+        return pb.GetSyncStatsResponse(
+            sync_active=False, connected_peers=0, bytes_sent=0, bytes_received=0
+        )
+
+    # Documents ---------------------------------------------------------------------------
+
+    async def put_document(self, message: pb.PutDocumentRequest) -> pb.PutDocumentResponse:
+        sequence = await call_trio(
+            self._node.put, message.collection, message.doc_id, message.json_data
+        )
+        return pb.PutDocumentResponse(sequence=sequence)
+
+    async def get_document(self, message: pb.GetDocumentRequest) -> pb.GetDocumentResponse:
+        document = await call_trio(self._node.get, message.collection, message.doc_id)
+        if document is None:
+            return pb.GetDocumentResponse()
+        return pb.GetDocumentResponse(json_data=document.json_data, sequence=document.sequence)
+
+    async def delete_document(
+        self, message: pb.DeleteDocumentRequest
+    ) -> pb.DeleteDocumentResponse:
+        sequence = await call_trio(self._node.delete, message.collection, message.doc_id)
+        return pb.DeleteDocumentResponse(sequence=sequence)
+
+    async def list_documents(
+        self, message: pb.ListDocumentsRequest
+    ) -> pb.ListDocumentsResponse:
+        doc_ids = await call_trio(self._node.list_ids, message.collection)
+        return pb.ListDocumentsResponse(doc_ids=doc_ids)
+
+    # Typed collections -------------------------------------------------------------------
+
+    async def _put_typed(self, message: typed.M | None, name: str) -> int:
+        message = _required(message, name)
+        collection = typed.COLLECTIONS[type(message)]
+        doc_id = getattr(message, "id", "")
+        if not doc_id:
+            raise InvalidRequest(f"{name}.id must not be empty")
+        return await call_trio(self._node.put, collection, doc_id, typed.to_json(message))
+
+    async def _get_typed(self, message_type: type[typed.M]) -> list[typed.M]:
+        documents = await call_trio(
+            self._node.list_documents, typed.COLLECTIONS[message_type]
+        )
+        return typed.from_documents(
+            message_type, [(document.doc_id, document.json_data) for document in documents]
+        )
+
+    async def put_platform(self, message: pb.PutPlatformRequest) -> pb.PutPlatformResponse:
+        return pb.PutPlatformResponse(sequence=await self._put_typed(message.platform, "platform"))
+
+    async def get_platforms(self, message: pb.GetPlatformsRequest) -> pb.GetPlatformsResponse:
+        return pb.GetPlatformsResponse(platforms=await self._get_typed(pb.Platform))
+
+    async def put_cell(self, message: pb.PutCellRequest) -> pb.PutCellResponse:
+        return pb.PutCellResponse(sequence=await self._put_typed(message.cell, "cell"))
+
+    async def get_cells(self, message: pb.GetCellsRequest) -> pb.GetCellsResponse:
+        return pb.GetCellsResponse(cells=await self._get_typed(pb.Cell))
+
+    async def put_track(self, message: pb.PutTrackRequest) -> pb.PutTrackResponse:
+        return pb.PutTrackResponse(sequence=await self._put_typed(message.track, "track"))
+
+    async def get_tracks(self, message: pb.GetTracksRequest) -> pb.GetTracksResponse:
+        return pb.GetTracksResponse(tracks=await self._get_typed(pb.Track))
+
+    async def put_command(self, message: pb.PutCommandRequest) -> pb.PutCommandResponse:
+        return pb.PutCommandResponse(sequence=await self._put_typed(message.command, "command"))
+
+    async def get_commands(self, message: pb.GetCommandsRequest) -> pb.GetCommandsResponse:
+        return pb.GetCommandsResponse(commands=await self._get_typed(pb.Command))
+
+    # Change feed -------------------------------------------------------------------------
+
+    async def _subscribe(
+        self, stream: grpclib.server.Stream[pb.SubscribeRequest, pb.DocumentChange]
+    ) -> None:
+        # Read the request before streaming: an unread request holds flow-control window.
+        request = await stream.recv_message()
+        assert request is not None
+        with self._node.subscribe(
+            request.collections, request.since_sequence, _peer_name(stream)
+        ) as subscription:
+            log.info(
+                "subscriber %s opened (collections: %s, since: %s)",
+                subscription.name,
+                subscription.describe_collections(),
+                request.since_sequence,
+            )
+            try:
+                while True:
+                    batch = await call_trio(subscription.next_batch, SEND_BATCH)
+                    for event in batch:
+                        await stream.send_message(Encoded(event.encoded))
+            except NodeClosed:
+                raise GRPCError(
+                    Status.UNAVAILABLE,
+                    "the server is shutting down; resubscribe with since_sequence="
+                    f"{subscription.position}",
+                ) from None
+            finally:
+                log.info(
+                    "subscriber %s closed at sequence %d",
+                    subscription.name,
+                    subscription.position,
+                )

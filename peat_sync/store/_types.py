@@ -1,0 +1,59 @@
+"""The storage interface and the values that cross it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    """One requested change: a put when `json_data` is set, a delete when it is None."""
+
+    collection: str
+    doc_id: str
+    json_data: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A committed change, numbered with the store-wide sequence."""
+
+    sequence: int
+    collection: str
+    doc_id: str
+    json_data: str | None  # None for a delete
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDocument:
+    collection: str
+    doc_id: str
+    json_data: str
+    sequence: int  # the sequence the document was last changed at
+
+
+class Store(Protocol):
+    @property
+    def epoch(self) -> str:
+        """A random id made when the store was created; it never changes afterwards."""
+
+    @property
+    def head_sequence(self) -> int:
+        """The sequence of the newest committed change, 0 for an empty store."""
+
+    def commit(self, mutations: Sequence[Mutation]) -> list[Change | None]:
+        """Apply `mutations` atomically and durably, in order.
+
+        Returns, for each mutation, its committed change, or None when it changed nothing (a
+        delete of an absent document). When this returns, the changes survive a crash.
+        """
+
+    def get(self, collection: str, doc_id: str) -> StoredDocument | None: ...
+
+    def list_ids(self, collection: str) -> list[str]: ...
+
+    def list_documents(self, collection: str) -> list[StoredDocument]: ...
+
+    def close(self) -> None: ...

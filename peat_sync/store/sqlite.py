@@ -1,0 +1,195 @@
+"""The embedded default store: one SQLite file in WAL mode.
+
+A single writer connection belongs to the node's producer; readers get a connection per
+thread, so reads never wait for a commit (WAL lets them run side by side). `synchronous=FULL`
+makes every commit durable before `commit` returns, which is what lets the node acknowledge a
+write: an acknowledged write survives `kill -9` and power loss alike. The producer batches
+writes, so the cost of the fsync is shared by the whole batch.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from peat_sync.store._types import Change, Mutation, StoredDocument
+
+DATABASE_FILE = "peat.sqlite3"
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS documents (
+    collection TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    json_data TEXT,            -- NULL marks a tombstone
+    sequence INTEGER NOT NULL, -- the sequence of the last change to this document
+    deleted_at REAL,           -- unix time of the delete, for tombstone retention
+    PRIMARY KEY (collection, doc_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS documents_by_sequence ON documents (sequence);
+"""
+
+
+class StoreError(Exception):
+    """The data dir cannot be used; the message says why and what to do."""
+
+
+class SQLiteStore:
+    """The `Store` protocol on a SQLite file. Every method blocks: call it from a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._local = threading.local()
+        self._writer = self._connect()
+        self._epoch, self._head = self._initialise()
+
+    @classmethod
+    def open(cls, data_dir: Path) -> SQLiteStore:
+        """Open the store in `data_dir`, creating the directory and the store if needed."""
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            return cls(data_dir / DATABASE_FILE)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the store in {data_dir}: {exc}") from exc
+
+    @property
+    def epoch(self) -> str:
+        return self._epoch
+
+    @property
+    def head_sequence(self) -> int:
+        return self._head
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in commit).
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute("PRAGMA busy_timeout=5000")
+        with self._lock:
+            self._connections.append(connection)
+        return connection
+
+    def _reader(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._connect()
+            self._local.connection = connection
+        return connection
+
+    def _initialise(self) -> tuple[str, int]:
+        db = self._writer
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            version = meta.get("schema_version", SCHEMA_VERSION)
+            if version != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema version {version}; this peat-sync reads version "
+                    f"{SCHEMA_VERSION}. Use a peat-sync release that matches the data dir."
+                )
+            if "epoch" not in meta:
+                meta = {
+                    "schema_version": SCHEMA_VERSION,
+                    "epoch": secrets.token_hex(8),
+                    "head_sequence": "0",
+                }
+                db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return meta["epoch"], int(meta["head_sequence"])
+
+    def commit(self, mutations: Sequence[Mutation]) -> list[Change | None]:
+        db = self._writer
+        head = self._head
+        now = time.time()
+        changes: list[Change | None] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for mutation in mutations:
+                if mutation.json_data is None:
+                    existing = db.execute(
+                        "SELECT 1 FROM documents WHERE collection = ? AND doc_id = ?"
+                        " AND json_data IS NOT NULL",
+                        (mutation.collection, mutation.doc_id),
+                    ).fetchone()
+                    if existing is None:
+                        changes.append(None)
+                        continue
+                    head += 1
+                    db.execute(
+                        "UPDATE documents SET json_data = NULL, sequence = ?, deleted_at = ?"
+                        " WHERE collection = ? AND doc_id = ?",
+                        (head, now, mutation.collection, mutation.doc_id),
+                    )
+                else:
+                    head += 1
+                    db.execute(
+                        "INSERT INTO documents (collection, doc_id, json_data, sequence)"
+                        " VALUES (?, ?, ?, ?) ON CONFLICT (collection, doc_id) DO UPDATE SET"
+                        " json_data = excluded.json_data, sequence = excluded.sequence,"
+                        " deleted_at = NULL",
+                        (mutation.collection, mutation.doc_id, mutation.json_data, head),
+                    )
+                changes.append(
+                    Change(head, mutation.collection, mutation.doc_id, mutation.json_data)
+                )
+            if head != self._head:
+                db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'head_sequence'", (str(head),)
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._head = head
+        return changes
+
+    def get(self, collection: str, doc_id: str) -> StoredDocument | None:
+        row = (
+            self._reader()
+            .execute(
+                "SELECT json_data, sequence FROM documents WHERE collection = ? AND doc_id = ?"
+                " AND json_data IS NOT NULL",
+                (collection, doc_id),
+            )
+            .fetchone()
+        )
+        return None if row is None else StoredDocument(collection, doc_id, row[0], row[1])
+
+    def list_ids(self, collection: str) -> list[str]:
+        rows = self._reader().execute(
+            "SELECT doc_id FROM documents WHERE collection = ? AND json_data IS NOT NULL"
+            " ORDER BY doc_id",
+            (collection,),
+        )
+        return [doc_id for (doc_id,) in rows]
+
+    def list_documents(self, collection: str) -> list[StoredDocument]:
+        rows = self._reader().execute(
+            "SELECT doc_id, json_data, sequence FROM documents WHERE collection = ?"
+            " AND json_data IS NOT NULL ORDER BY doc_id",
+            (collection,),
+        )
+        return [StoredDocument(collection, *row) for row in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
