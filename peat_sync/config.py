@@ -36,10 +36,14 @@ class ListenAddress:
         if text.startswith("unix://"):
             path = text.removeprefix("unix://")
             if not path.startswith("/"):
-                raise ValueError("a unix socket needs an absolute path, as in unix:///run/peat.sock")
+                raise ValueError(
+                    "a unix socket needs an absolute path, as in unix:///run/peat.sock"
+                )
             return cls(path=Path(path))
         hostport = text.removeprefix("tcp://")
-        match = re.fullmatch(r"\[(?P<v6>[0-9a-fA-F:.]+)\]:(?P<p6>\d+)|(?P<host>[^:\[\]]+):(?P<port>\d+)", hostport)
+        match = re.fullmatch(
+            r"\[(?P<v6>[0-9a-fA-F:.]+)\]:(?P<p6>\d+)|(?P<host>[^:\[\]]+):(?P<port>\d+)", hostport
+        )
         if match is None:
             raise ValueError("expected tcp://HOST:PORT, tcp://[IPV6]:PORT or unix:///PATH")
         host = match["v6"] or match["host"]
@@ -158,7 +162,9 @@ def add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...]) ->
     for option in options:
         default = f" [default: {option.default}]" if option.default is not None else ""
         parser.add_argument(
-            option.flag, dest=option.dest, metavar="VALUE",
+            option.flag,
+            dest=option.dest,
+            metavar="VALUE",
             help=f"{option.help}{default} (env {option.env})",
         )
 

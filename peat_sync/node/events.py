@@ -21,10 +21,7 @@ class ChangeEvent:
 
     @classmethod
     def from_change(cls, change: Change) -> ChangeEvent:
-        if change.json_data is None:
-            change_type = ChangeType.DELETE
-        else:
-            change_type = ChangeType.UPSERT
+        change_type = ChangeType.DELETE if change.json_data is None else ChangeType.UPSERT
         message = DocumentChange(
             collection=change.collection,
             doc_id=change.doc_id,

@@ -92,9 +92,7 @@ async def serve(
             task_status.started(bound)
             await stop.wait()
             service.phase = NodePhase.SHUTTING_DOWN
-            log.info(
-                "shutting down: closing %d subscriber streams", node.feed.subscriber_count
-            )
+            log.info("shutting down: closing %d subscriber streams", node.feed.subscriber_count)
         finally:
             with trio.CancelScope(shield=True):
                 server.close()

@@ -106,9 +106,7 @@ class SidecarService(pb.PeatSidecarBase):
     async def connect_peer(self, message: pb.ConnectPeerRequest) -> pb.ConnectPeerResponse:
         raise GRPCError(Status.UNIMPLEMENTED, NO_MESH.format(rpc="ConnectPeer"))
 
-    async def disconnect_peer(
-        self, message: pb.DisconnectPeerRequest
-    ) -> pb.DisconnectPeerResponse:
+    async def disconnect_peer(self, message: pb.DisconnectPeerRequest) -> pb.DisconnectPeerResponse:
         raise GRPCError(
             Status.FAILED_PRECONDITION,
             f"no peer {message.endpoint_id!r} is connected: " + NO_MESH.format(rpc="a peer"),
@@ -143,15 +141,11 @@ class SidecarService(pb.PeatSidecarBase):
             return pb.GetDocumentResponse()
         return pb.GetDocumentResponse(json_data=document.json_data, sequence=document.sequence)
 
-    async def delete_document(
-        self, message: pb.DeleteDocumentRequest
-    ) -> pb.DeleteDocumentResponse:
+    async def delete_document(self, message: pb.DeleteDocumentRequest) -> pb.DeleteDocumentResponse:
         sequence = await call_trio(self._node.delete, message.collection, message.doc_id)
         return pb.DeleteDocumentResponse(sequence=sequence)
 
-    async def list_documents(
-        self, message: pb.ListDocumentsRequest
-    ) -> pb.ListDocumentsResponse:
+    async def list_documents(self, message: pb.ListDocumentsRequest) -> pb.ListDocumentsResponse:
         doc_ids = await call_trio(self._node.list_ids, message.collection)
         return pb.ListDocumentsResponse(doc_ids=doc_ids)
 
@@ -166,9 +160,7 @@ class SidecarService(pb.PeatSidecarBase):
         return await call_trio(self._node.put, collection, doc_id, typed.to_json(message))
 
     async def _get_typed(self, message_type: type[typed.M]) -> list[typed.M]:
-        documents = await call_trio(
-            self._node.list_documents, typed.COLLECTIONS[message_type]
-        )
+        documents = await call_trio(self._node.list_documents, typed.COLLECTIONS[message_type])
         return typed.from_documents(
             message_type, [(document.doc_id, document.json_data) for document in documents]
         )
@@ -200,7 +192,7 @@ class SidecarService(pb.PeatSidecarBase):
     # Change feed -------------------------------------------------------------------------
 
     async def _subscribe(
-        self, stream: grpclib.server.Stream[pb.SubscribeRequest, pb.DocumentChange]
+        self, stream: grpclib.server.Stream[pb.SubscribeRequest, pb.DocumentChange | Encoded]
     ) -> None:
         # Read the request before streaming: an unread request holds flow-control window.
         request = await stream.recv_message()

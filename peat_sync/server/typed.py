@@ -10,7 +10,7 @@ import dataclasses
 import enum
 import json
 import logging
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import betterproto2
 
@@ -30,7 +30,7 @@ COLLECTIONS: dict[type[betterproto2.Message], str] = {
 
 def to_json(message: betterproto2.Message) -> str:
     document: dict[str, Any] = {}
-    for field in dataclasses.fields(message):
+    for field in dataclasses.fields(cast(Any, message)):
         value = getattr(message, field.name)
         if isinstance(value, enum.Enum):
             value = value.value
@@ -47,7 +47,7 @@ def from_json(message_type: type[M], json_data: str) -> M:
         raise ValueError("not a JSON object")
     defaults = message_type()
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(message_type):
+    for field in dataclasses.fields(cast(Any, message_type)):
         if field.name not in document:
             continue
         value = document[field.name]

@@ -150,9 +150,7 @@ class SQLiteStore:
                     Change(head, mutation.collection, mutation.doc_id, mutation.json_data)
                 )
             if head != self._head:
-                db.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'head_sequence'", (str(head),)
-                )
+                db.execute("UPDATE meta SET value = ? WHERE key = 'head_sequence'", (str(head),))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
