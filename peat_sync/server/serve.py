@@ -38,6 +38,10 @@ def _bind(address: ListenAddress) -> tuple[socket.socket, ListenAddress]:
             address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
         sock = socket.create_server(sockaddr[:2], family=family)
+        # asyncio disables Nagle only on sockets created with proto=IPPROTO_TCP, and this one
+        # has proto 0; accepted connections inherit the option from the listening socket.
+        # Without it every small response waits for a delayed ACK (about 40 ms).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError as exc:
         raise ListenError(f"cannot listen on {address}: {exc.strerror or exc}") from None
     host, port = sock.getsockname()[:2]
