@@ -157,7 +157,7 @@ class SidecarService(pb.PeatSidecarBase):
         doc_id = getattr(message, "id", "")
         if not doc_id:
             raise InvalidRequest(f"{name}.id must not be empty")
-        return await call_trio(self._node.put, collection, doc_id, typed.to_json(message))
+        return await call_trio(self._node.put, collection, doc_id, typed.to_json(message, name))
 
     async def _get_typed(self, message_type: type[typed.M]) -> list[typed.M]:
         documents = await call_trio(self._node.list_documents, typed.COLLECTIONS[message_type])

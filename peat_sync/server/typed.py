@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 import betterproto2
 
 from peat_sync.generated.peat.sidecar.v1 import Cell, Command, Platform, Track
+from peat_sync.node import InvalidRequest
 
 log = logging.getLogger("peat_sync.typed")
 
@@ -28,16 +29,31 @@ COLLECTIONS: dict[type[betterproto2.Message], str] = {
 }
 
 
-def to_json(message: betterproto2.Message) -> str:
+def to_json(message: betterproto2.Message, name: str) -> str:
+    """The stored form of `message`; refuses enum values the proto does not define."""
     document: dict[str, Any] = {}
     for field in dataclasses.fields(cast(Any, message)):
         value = getattr(message, field.name)
         if isinstance(value, enum.Enum):
+            # Proto3 parsing keeps unknown enum numbers; storing one would hand every reader
+            # a value it cannot interpret.
+            known = type(value).__members__.values()
+            if value not in known:
+                allowed = ", ".join(f"{member.value} ({member.name})" for member in known)
+                raise InvalidRequest(
+                    f"{name}.{field.name} is {value.value}, which is not a"
+                    f" {type(value).__name__}; use one of {allowed}"
+                )
             value = value.value
         elif isinstance(value, list):
             value = list(value)
         document[field.name] = value
-    return json.dumps(document, separators=(",", ":"))
+    try:
+        return json.dumps(document, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise InvalidRequest(
+            f"{name} holds NaN or Infinity, which a JSON document cannot store"
+        ) from None
 
 
 def from_json(message_type: type[M], json_data: str) -> M:
