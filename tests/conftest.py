@@ -49,9 +49,14 @@ class ServerProcess:
         self._serving.clear()
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "peat_sync", "serve",
-                "--listen", "tcp://127.0.0.1:0",
-                "--data-dir", str(self.data_dir),
+                sys.executable,
+                "-m",
+                "peat_sync",
+                "serve",
+                "--listen",
+                "tcp://127.0.0.1:0",
+                "--data-dir",
+                str(self.data_dir),
                 *self.args,
             ],
             stdout=subprocess.PIPE,

@@ -1,0 +1,615 @@
+"""Helpers for the end-to-end tests: both clients behind one small facade, deadlines, polling,
+and a server on a unix socket.
+
+Every test here talks to a real `peat-sync serve` subprocess over a real socket. Each wait has
+a deadline: grpcio calls take `timeout=`, grpclib scenarios run under `asyncio.wait_for`, and
+conditions are polled (never slept on) with a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol, TypeVar
+
+import grpc
+import grpclib.client
+import grpclib.config
+import pytest
+from grpclib.const import Cardinality
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+
+from peat_sync.generated.peat.sidecar import v1 as pb
+from tests.conftest import ServerProcess
+
+# The deadline of one unary call.
+CALL_TIMEOUT = 10.0
+# The deadline of one streaming call or one whole grpclib scenario.
+STREAM_TIMEOUT = 60.0
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], *, timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll `condition` until it returns something truthy; return that, or fail after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def run_scenario(scenario: Callable[[], Coroutine[Any, Any, T]], timeout: float = 60.0) -> T:
+    """Run an asyncio (grpclib) scenario from a sync test, under a deadline."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(scenario(), timeout)
+
+    return asyncio.run(bounded())
+
+
+async def within(awaitable: Awaitable[T], seconds: float = CALL_TIMEOUT) -> T:
+    """Asyncio-flavoured: await with a deadline."""
+    return await asyncio.wait_for(awaitable, seconds)
+
+
+def small_window_config() -> grpclib.config.Configuration:
+    """A grpclib client that buffers at most 64 KiB unread: a stalled reader stalls the
+    server's sends almost at once."""
+    return grpclib.config.Configuration(
+        http2_connection_window_size=65535, http2_stream_window_size=65535
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Events, as both clients see them
+
+
+@dataclass(frozen=True)
+class Event:
+    """One `DocumentChange`, client-independent; enums as ints, unset json_data as None."""
+
+    collection: str
+    doc_id: str
+    change_type: int
+    json_data: str | None
+    sequence: int
+    resync_reason: int = 0
+    message: str = ""
+
+    @property
+    def is_resync(self) -> bool:
+        return self.change_type == pb.ChangeType.RESYNC.value
+
+    @classmethod
+    def from_grpcio(cls, change: Any) -> Event:
+        return cls(
+            change.collection,
+            change.doc_id,
+            int(change.change_type),
+            change.json_data if change.HasField("json_data") else None,
+            change.sequence,
+            int(change.resync_reason),
+            change.message,
+        )
+
+    @classmethod
+    def from_grpclib(cls, change: pb.DocumentChange) -> Event:
+        return cls(
+            change.collection,
+            change.doc_id,
+            int(change.change_type.value),
+            change.json_data,
+            change.sequence,
+            int(change.resync_reason.value),
+            change.message,
+        )
+
+
+UPSERT = pb.ChangeType.UPSERT.value
+DELETE = pb.ChangeType.DELETE.value
+RESYNC = pb.ChangeType.RESYNC.value
+
+
+# ---------------------------------------------------------------------------------------------
+# One facade over both clients
+
+
+@dataclass(frozen=True)
+class RpcFailure:
+    """A failed call: the status code's name (INVALID_ARGUMENT, ...) and its message."""
+
+    code: str
+    message: str
+
+
+class CallFailed(Exception):
+    def __init__(self, failure: RpcFailure) -> None:
+        super().__init__(f"{failure.code}: {failure.message}")
+        self.failure = failure
+
+
+# kind -> (Put rpc, request field, Get rpc, response field, message name)
+TYPED = {
+    "platform": ("PutPlatform", "platform", "GetPlatforms", "platforms", "Platform"),
+    "cell": ("PutCell", "cell", "GetCells", "cells", "Cell"),
+    "track": ("PutTrack", "track", "GetTracks", "tracks", "Track"),
+    "command": ("PutCommand", "command", "GetCommands", "commands", "Command"),
+}
+TYPED_COLLECTIONS = {
+    "platform": "platforms",
+    "cell": "cells",
+    "track": "tracks",
+    "command": "commands",
+}
+
+
+def _snake(rpc: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", rpc).lower()
+
+
+class Client(Protocol):
+    """The calls the tests make, with plain Python values in and out."""
+
+    name: str
+
+    def call(self, rpc: str, **request: Any) -> dict[str, Any]:
+        """Call a unary rpc; the response as a dict (enums as ints, unset optionals None).
+        Raises `CallFailed`."""
+
+    def put_typed(self, kind: str, fields: dict[str, Any] | None) -> int: ...
+
+    def get_typed(self, kind: str) -> list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+def failure_of(client: Client, rpc: str, **request: Any) -> RpcFailure:
+    """The failure of a call that must fail."""
+    try:
+        response = client.call(rpc, **request)
+    except CallFailed as exc:
+        return exc.failure
+    raise AssertionError(f"{client.name} {rpc}({request}) succeeded: {response}")
+
+
+def put(client: Client, collection: str, doc_id: str, json_data: str) -> int:
+    sequence: int = client.call(
+        "PutDocument", collection=collection, doc_id=doc_id, json_data=json_data
+    )["sequence"]
+    return sequence
+
+
+def get(client: Client, collection: str, doc_id: str) -> tuple[str | None, int]:
+    response = client.call("GetDocument", collection=collection, doc_id=doc_id)
+    return response["json_data"], response["sequence"]
+
+
+def delete(client: Client, collection: str, doc_id: str) -> int:
+    sequence: int = client.call("DeleteDocument", collection=collection, doc_id=doc_id)["sequence"]
+    return sequence
+
+
+def list_ids(client: Client, collection: str) -> list[str]:
+    doc_ids: list[str] = client.call("ListDocuments", collection=collection)["doc_ids"]
+    return doc_ids
+
+
+def status(client: Client) -> dict[str, Any]:
+    return client.call("GetStatus")
+
+
+def _grpcio_dict(message: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.message_type is not None and not _is_repeated(field):
+            values[field.name] = _grpcio_dict(value) if message.HasField(field.name) else None
+        elif _is_repeated(field):
+            values[field.name] = [
+                _grpcio_dict(item) if field.message_type is not None else item for item in value
+            ]
+        elif field.has_presence and not message.HasField(field.name):
+            values[field.name] = None
+        else:
+            values[field.name] = value
+    return values
+
+
+def _is_repeated(field: Any) -> bool:
+    repeated = getattr(field, "is_repeated", None)
+    if repeated is not None:
+        return bool(repeated)
+    return bool(field.label == field.LABEL_REPEATED)
+
+
+class GrpcioClient:
+    """The official client, from stubs that grpc_tools compiled from the proto."""
+
+    name = "grpcio"
+
+    def __init__(self, target: str, api: tuple[ModuleType, ModuleType]) -> None:
+        self.pb2, pb2_grpc = api
+        self.channel = grpc.insecure_channel(target)
+        self.stub = pb2_grpc.PeatSidecarStub(self.channel)
+
+    def call(self, rpc: str, **request: Any) -> dict[str, Any]:
+        message = getattr(self.pb2, f"{rpc}Request")(**request)
+        try:
+            response = getattr(self.stub, rpc)(message, timeout=CALL_TIMEOUT)
+        except grpc.RpcError as exc:
+            raise CallFailed(RpcFailure(exc.code().name, exc.details() or "")) from None
+        return _grpcio_dict(response)
+
+    def put_typed(self, kind: str, fields: dict[str, Any] | None) -> int:
+        put_rpc, field, _, _, message_name = TYPED[kind]
+        request = {}
+        if fields is not None:
+            present = {name: value for name, value in fields.items() if value is not None}
+            request[field] = getattr(self.pb2, message_name)(**present)
+        sequence: int = self.call(put_rpc, **request)["sequence"]
+        return sequence
+
+    def get_typed(self, kind: str) -> list[dict[str, Any]]:
+        _, _, get_rpc, response_field, _ = TYPED[kind]
+        items: list[dict[str, Any]] = self.call(get_rpc)[response_field]
+        return items
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _betterproto_value(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list):
+        return [_betterproto_value(item) for item in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _betterproto_dict(value)
+    return value
+
+
+def _betterproto_dict(message: Any) -> dict[str, Any]:
+    return {
+        field.name: _betterproto_value(getattr(message, field.name))
+        for field in dataclasses.fields(message)
+    }
+
+
+def _betterproto_message(message_type: type[T], fields: dict[str, Any]) -> T:
+    """Build a betterproto2 message from plain values (enums given as ints)."""
+    defaults = message_type()
+    values = {}
+    for name, value in fields.items():
+        default = getattr(defaults, name)
+        if isinstance(default, enum.Enum) and value is not None:
+            value = type(default)(value)
+        values[name] = value
+    return message_type(**values)
+
+
+class GrpclibClient:
+    """The betterproto2-generated grpclib client, on its own asyncio loop."""
+
+    name = "grpclib"
+
+    def __init__(self, host: str, port: int) -> None:
+        self._runner = asyncio.Runner()
+        self.channel: grpclib.client.Channel = self._run(self._open(host, port))
+        self.stub = pb.PeatSidecarStub(self.channel, timeout=CALL_TIMEOUT)
+
+    @staticmethod
+    async def _open(host: str, port: int) -> grpclib.client.Channel:
+        return grpclib.client.Channel(host, port)
+
+    def _run(self, awaitable: Awaitable[T]) -> T:
+        async def bounded() -> T:
+            return await asyncio.wait_for(awaitable, CALL_TIMEOUT + 5)
+
+        return self._runner.run(bounded())
+
+    def call(self, rpc: str, **request: Any) -> dict[str, Any]:
+        message = getattr(pb, f"{rpc}Request")(**request)
+        try:
+            response = self._run(getattr(self.stub, _snake(rpc))(message))
+        except GRPCError as exc:
+            raise CallFailed(RpcFailure(exc.status.name, exc.message or "")) from None
+        return _betterproto_dict(response)
+
+    def put_typed(self, kind: str, fields: dict[str, Any] | None) -> int:
+        put_rpc, field, _, _, message_name = TYPED[kind]
+        request = {}
+        if fields is not None:
+            request[field] = _betterproto_message(getattr(pb, message_name), fields)
+        sequence: int = self.call(put_rpc, **request)["sequence"]
+        return sequence
+
+    def get_typed(self, kind: str) -> list[dict[str, Any]]:
+        _, _, get_rpc, response_field, _ = TYPED[kind]
+        items: list[dict[str, Any]] = self.call(get_rpc)[response_field]
+        return items
+
+    def close(self) -> None:
+        self.channel.close()
+        self._runner.close()
+
+
+CLIENT_KINDS = ("grpclib", "grpcio")
+
+
+def connect(kind: str, server: ServerProcess, api: tuple[ModuleType, ModuleType]) -> Client:
+    if kind == "grpcio":
+        return GrpcioClient(server.address, api)
+    return GrpclibClient("127.0.0.1", server.port)
+
+
+@pytest.fixture(params=CLIENT_KINDS)
+def client_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def connect_client(
+    client_kind: str, grpcio_api: tuple[ModuleType, ModuleType]
+) -> Iterator[Callable[[ServerProcess], Client]]:
+    """Connect the parametrized client (grpclib, then grpcio) to a server; closed at the end."""
+    clients: list[Client] = []
+
+    def factory(server: ServerProcess) -> Client:
+        client = connect(client_kind, server, grpcio_api)
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def client(server: ServerProcess, connect_client: Callable[[ServerProcess], Client]) -> Client:
+    """The parametrized client, connected to the default `server`."""
+    return connect_client(server)
+
+
+@pytest.fixture
+def grpcio_client(
+    server: ServerProcess, grpcio_api: tuple[ModuleType, ModuleType]
+) -> Iterator[GrpcioClient]:
+    client = GrpcioClient(server.address, grpcio_api)
+    yield client
+    client.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Subscribe
+
+
+class GrpcioSubscription:
+    """A grpcio Subscribe stream, read one event at a time under the call's deadline."""
+
+    def __init__(self, client: GrpcioClient, timeout: float = STREAM_TIMEOUT, **request: Any):
+        self.call = client.stub.Subscribe(client.pb2.SubscribeRequest(**request), timeout=timeout)
+
+    def next(self) -> Event:
+        return Event.from_grpcio(next(self.call))
+
+    def take(self, count: int) -> list[Event]:
+        return [self.next() for _ in range(count)]
+
+    def until(self, stop: Callable[[Event], bool]) -> list[Event]:
+        """Events up to and including the first one for which `stop` is true."""
+        events = []
+        while True:
+            event = self.next()
+            events.append(event)
+            if stop(event):
+                return events
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+
+@contextmanager
+def grpcio_subscription(
+    client: GrpcioClient, timeout: float = STREAM_TIMEOUT, **request: Any
+) -> Iterator[GrpcioSubscription]:
+    subscription = GrpcioSubscription(client, timeout, **request)
+    try:
+        yield subscription
+    finally:
+        subscription.cancel()
+
+
+def wait_for_subscribers(client: Client, count: int) -> dict[str, Any]:
+    return wait_until(
+        lambda: (response := status(client))["subscribers"] == count and response,
+        what=f"{count} open subscriber streams",
+    )
+
+
+async def open_grpclib_subscribe(
+    channel: grpclib.client.Channel, request: pb.SubscribeRequest
+) -> Any:
+    """Asyncio-flavoured: open a Subscribe stream and send its request, reading nothing.
+
+    Returns the entered grpclib stream; prefer `grpclib_subscribe`, which also closes it.
+    """
+    stream = channel.request(
+        "/peat.sidecar.v1.PeatSidecar/Subscribe",
+        Cardinality.UNARY_STREAM,
+        pb.SubscribeRequest,
+        pb.DocumentChange,
+        timeout=STREAM_TIMEOUT,
+    )
+    await within(stream.__aenter__())
+    await within(stream.send_message(request, end=True))
+    return stream
+
+
+@asynccontextmanager
+async def grpclib_subscribe(
+    channel: grpclib.client.Channel, request: pb.SubscribeRequest
+) -> AsyncIterator[Any]:
+    """Asyncio-flavoured: a Subscribe stream whose request is sent, and nothing read yet."""
+    stream = await open_grpclib_subscribe(channel, request)
+    try:
+        yield stream
+    finally:
+        # The connection may already be gone (a server that stopped); that ends the stream too.
+        with suppress(StreamTerminatedError):
+            await within(stream.cancel())
+            await within(stream.__aexit__(None, None, None))
+
+
+async def recv_event(stream: Any, seconds: float = CALL_TIMEOUT) -> Event:
+    """Asyncio-flavoured: the next event of a grpclib Subscribe stream."""
+    message = await within(stream.recv_message(), seconds)
+    assert message is not None, "the Subscribe stream ended"
+    return Event.from_grpclib(message)
+
+
+async def wait_for_subscribers_async(stub: pb.PeatSidecarStub, count: int) -> None:
+    """Asyncio-flavoured: poll GetStatus until `count` Subscribe streams are open."""
+    while True:
+        if (await stub.get_status()).subscribers == count:
+            return
+        await asyncio.sleep(0.01)
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+def peat_sync_command() -> list[str]:
+    """The installed `peat-sync` console script of this environment."""
+    script = Path(sys.executable).with_name("peat-sync")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "peat_sync"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PEAT_SIDECAR_")}
+    env.update(extra)
+    return env
+
+
+class UnixSocketServer:
+    """`peat-sync serve --listen unix:///...` in a subprocess, with its log captured."""
+
+    _SERVING = re.compile(r"serving peat\.sidecar\.v1 on unix://(\S+)")
+
+    def __init__(
+        self, socket_path: Path, data_dir: Path, *args: str, env: dict[str, str] | None = None
+    ) -> None:
+        self.socket_path = socket_path
+        self.process = subprocess.Popen(
+            [
+                *peat_sync_command(),
+                "serve",
+                "--listen",
+                f"unix://{socket_path}",
+                "--data-dir",
+                str(data_dir),
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=clean_env(**(env or {})),
+        )
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read_log, daemon=True).start()
+        # Started, or failed to start: either way, the process has said so.
+        wait_until(
+            lambda: self.serving or self.process.poll() is not None,
+            timeout=20,
+            what="the unix socket server to start or exit",
+        )
+
+    @property
+    def serving(self) -> bool:
+        return self.process.poll() is None and bool(self._SERVING.search(self.log))
+
+    @property
+    def target(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    @property
+    def log(self) -> str:
+        with self._lock:
+            return "".join(self._lines)
+
+    def _read_log(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._lock:
+                self._lines.append(line)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        self.process.send_signal(signum)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A short temporary directory for unix sockets: their paths are limited to about 100
+    bytes, which pytest's tmp_path can exceed."""
+    with tempfile.TemporaryDirectory(prefix="peat-") as directory:
+        yield Path(directory)
+
+
+@pytest.fixture
+def start_unix_server(
+    socket_dir: Path, tmp_path: Path
+) -> Iterator[Callable[..., UnixSocketServer]]:
+    """A factory for servers on `socket_dir/peat.sock`; each is killed at the end."""
+    started: list[UnixSocketServer] = []
+
+    def factory(
+        *args: str,
+        env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
+        must_start: bool = True,
+    ) -> UnixSocketServer:
+        server = UnixSocketServer(
+            socket_dir / "peat.sock", data_dir or tmp_path / "data", *args, env=env
+        )
+        started.append(server)
+        if must_start:
+            assert server.serving, f"the server did not start:\n{server.log}"
+        return server
+
+    yield factory
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture
+def unix_server(start_unix_server: Callable[..., UnixSocketServer]) -> UnixSocketServer:
+    return start_unix_server()

@@ -1,0 +1,453 @@
+"""The change feed end to end: filters, sequences, resume, slow consumers and disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+from types import ModuleType
+from typing import Any
+
+import grpclib.client
+
+from peat_sync.generated.peat.sidecar import v1 as pb
+from tests.conftest import ServerProcess
+from tests.e2e.conftest import (
+    CALL_TIMEOUT,
+    DELETE,
+    UPSERT,
+    Event,
+    GrpcioClient,
+    delete,
+    get,
+    grpcio_subscription,
+    grpclib_subscribe,
+    list_ids,
+    open_grpclib_subscribe,
+    put,
+    recv_event,
+    run_scenario,
+    small_window_config,
+    status,
+    wait_for_subscribers,
+    wait_for_subscribers_async,
+    within,
+)
+
+SLOW_CONSUMER = pb.ResyncReason.SLOW_CONSUMER.value
+SLOW_SERVER_ARGS = ("--broadcast-buffer-size", "4", "--replay-log-size", "8")
+# Written while a subscriber is seen stalled: more than the replay log keeps, so it cannot heal.
+WRITES_WHILE_STALLED = 16
+# A bound on the writes a stall may take to show; far more than any client buffers.
+MAX_STALL_WRITES = 400
+_OVERFLOW = re.compile(r"subscriber (#\d+ \([^)]*\)) \(collections: lag\) fell \d+ events behind")
+_CAUGHT_UP = re.compile(r"subscriber #\d+ \([^)]*\) \(collections: lag\) lagged and missed")
+
+
+def stalled(log: str) -> bool:
+    """Whether the server logged an overflow of the `lag` subscriber that it has not yet come
+    back from: its send is blocked on a client that does not read."""
+    return len(_OVERFLOW.findall(log)) > len(_CAUGHT_UP.findall(log))
+
+
+def doc_id_of(sequence: int) -> str:
+    return f"d{sequence:05d}"
+
+
+def assert_contiguous_with_resyncs(events: list[Event], start: int) -> list[Event]:
+    """Check a single-collection stream that began after `start`: every change is the one
+    right after the previous position (a RESYNC moves the position to its head, and the next
+    change is past it). Returns the RESYNC events."""
+    position = start
+    resyncs = []
+    for event in events:
+        if event.is_resync:
+            assert event.resync_reason == SLOW_CONSUMER, event
+            assert event.sequence > position, (event, position)
+            assert event.message, "a RESYNC explains itself"
+            resyncs.append(event)
+        else:
+            assert event.sequence == position + 1, f"gap or duplicate after {position}: {event}"
+            assert event.doc_id == doc_id_of(event.sequence)
+        position = event.sequence
+    return resyncs
+
+
+def lag_warnings(log: str, subscriber: str) -> list[tuple[int, int, int, str, str]]:
+    """The lag warnings of `subscriber` that ended in a RESYNC:
+    (count, first sequence, last sequence, first doc_id, last doc_id)."""
+    pattern = re.compile(
+        rf"WARNING peat_sync\.subscription: subscriber {re.escape(subscriber)}"
+        r" \(collections: lag\) lagged and missed (\d+) events: sequences (\d+)\.\.(\d+),"
+        r" doc_ids '([^']*)'\.\.'([^']*)'; the replay log starts after sequence \d+,"
+        r" so the subscriber gets a RESYNC"
+    )
+    return [(int(m[1]), int(m[2]), int(m[3]), m[4], m[5]) for m in pattern.finditer(log)]
+
+
+def assert_lag_logged(server: ServerProcess, events: list[Event], start: int) -> None:
+    """Each RESYNC in `events` has its lag warning, naming exactly the range skipped."""
+    subscriber = _OVERFLOW.search(server.log)
+    assert subscriber, server.log
+    expected = []
+    position = start
+    for event in events:
+        if event.is_resync:
+            first, last = position + 1, event.sequence
+            expected.append((last - first + 1, first, last, doc_id_of(first), doc_id_of(last)))
+        position = event.sequence
+    assert lag_warnings(server.log, subscriber[1]) == expected, server.log
+
+
+def reconcile(
+    events: list[Event], relists: list[dict[str, tuple[str, int]]]
+) -> dict[str, tuple[str, int]]:
+    """What a client that follows the stream believes: it applies each change, and on a
+    RESYNC replaces its view with the re-list it made then (`relists`, in order), applying
+    only changes newer than a document's listed sequence afterwards."""
+    pending = list(relists)
+    view: dict[str, tuple[str, int]] = {}
+    for event in events:
+        if event.is_resync:
+            view = dict(pending.pop(0))
+            continue
+        if event.doc_id in view and view[event.doc_id][1] >= event.sequence:
+            continue
+        if event.change_type == DELETE:
+            view.pop(event.doc_id, None)
+        else:
+            assert event.json_data is not None
+            view[event.doc_id] = (event.json_data, event.sequence)
+    assert not pending
+    return view
+
+
+def relist_with(client: GrpcioClient, collection: str) -> dict[str, tuple[str, int]]:
+    view = {}
+    for doc_id in list_ids(client, collection):
+        json_data, sequence = get(client, collection, doc_id)
+        if json_data is not None:
+            view[doc_id] = (json_data, sequence)
+    return view
+
+
+# ---------------------------------------------------------------------------------------------
+# Filters and sequences
+
+
+def test_collection_filter(grpcio_client: GrpcioClient) -> None:
+    client = grpcio_client
+    with (
+        grpcio_subscription(client, collections=["a"]) as only_a,
+        grpcio_subscription(client, collections=["a", "c"]) as a_and_c,
+        grpcio_subscription(client, collections=[]) as everything,
+    ):
+        wait_for_subscribers(client, 3)
+        writes: list[tuple[str, str, int, int]] = [
+            ("b", "x", UPSERT, put(client, "b", "x", '{"v": 1}')),
+            ("a", "1", UPSERT, put(client, "a", "1", '{"v": 2}')),
+            ("c", "y", UPSERT, put(client, "c", "y", '{"v": 3}')),
+            ("b", "x", DELETE, delete(client, "b", "x")),
+            ("a", "1", DELETE, delete(client, "a", "1")),
+            ("c", "w", UPSERT, put(client, "c", "w", '{"v": 4}')),
+            ("b", "z", UPSERT, put(client, "b", "z", '{"v": 5}')),
+            ("a", "end", UPSERT, put(client, "a", "end", "{}")),
+        ]
+
+        def received(subscription: Any) -> list[tuple[str, str, int, int]]:
+            events = subscription.until(lambda event: event.doc_id == "end")
+            return [(e.collection, e.doc_id, e.change_type, e.sequence) for e in events]
+
+        assert received(only_a) == [w for w in writes if w[0] == "a"]
+        assert received(a_and_c) == [w for w in writes if w[0] in ("a", "c")]
+        assert received(everything) == writes
+
+
+def test_every_event_has_a_strictly_increasing_sequence(grpcio_client: GrpcioClient) -> None:
+    client = grpcio_client
+    with grpcio_subscription(client) as subscription:
+        wait_for_subscribers(client, 1)
+        # Concurrent writers, so the producer commits several changes per batch.
+        futures = [
+            client.stub.PutDocument.future(
+                client.pb2.PutDocumentRequest(
+                    collection=f"c{i % 3}", doc_id=f"d{i % 7}", json_data=f'{{"i": {i}}}'
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+            for i in range(60)
+        ]
+        acked = sorted(future.result().sequence for future in futures)
+        assert delete(client, "c0", "never-existed") == 0, "a no-op delete commits nothing"
+        acked.append(delete(client, "c0", "d0"))
+        events = subscription.take(len(acked))
+    sequences = [event.sequence for event in events]
+    assert all(sequence > 0 for sequence in sequences)
+    assert all(a < b for a, b in itertools.pairwise(sequences))
+    assert sequences == acked == list(range(1, 62))
+    assert events[-1].change_type == DELETE
+    assert events[-1].json_data is None
+    assert all(event.change_type == UPSERT and event.json_data for event in events[:-1])
+
+
+def test_sequences_continue_across_restart_with_the_same_epoch(
+    server: ServerProcess, grpcio_api: tuple[ModuleType, ModuleType]
+) -> None:
+    before = GrpcioClient(server.address, grpcio_api)
+    try:
+        acked = [put(before, "c", f"d{i}", f'{{"i": {i}}}') for i in range(5)]
+        delete_sequence = delete(before, "c", "d0")
+        first_status = status(before)
+    finally:
+        before.close()
+    assert acked == [1, 2, 3, 4, 5]
+    assert first_status["head_sequence"] == delete_sequence == 6
+
+    server.restart()
+    after = GrpcioClient(server.address, grpcio_api)
+    try:
+        restarted = status(after)
+        assert restarted["epoch"] == first_status["epoch"]
+        assert restarted["head_sequence"] == 6
+        assert get(after, "c", "d4") == ('{"i": 4}', 5)
+        assert get(after, "c", "d0") == (None, 0)
+        with grpcio_subscription(after, since_sequence=6) as subscription:
+            assert put(after, "c", "d0", '{"again": true}') == 7
+            assert delete(after, "c", "d1") == 8
+            events = subscription.take(2)
+    finally:
+        after.close()
+    assert [(e.doc_id, e.change_type, e.sequence) for e in events] == [
+        ("d0", UPSERT, 7),
+        ("d1", DELETE, 8),
+    ]
+
+
+def test_since_sequence_replays_exactly_the_missed_events(grpcio_client: GrpcioClient) -> None:
+    client = grpcio_client
+    with grpcio_subscription(client) as first:
+        wait_for_subscribers(client, 1)
+        for i in range(3):
+            put(client, "a", f"d{i}", f'{{"i": {i}}}')
+        seen = first.take(3)
+    resume_at = seen[-1].sequence
+    assert resume_at == 3
+    wait_for_subscribers(client, 0)
+
+    missed = [
+        ("a", "d0", UPSERT, put(client, "a", "d0", '{"i": 10}')),
+        ("b", "x", UPSERT, put(client, "b", "x", '{"b": 1}')),
+        ("a", "d1", DELETE, delete(client, "a", "d1")),
+        ("a", "d3", UPSERT, put(client, "a", "d3", '{"i": 3}')),
+        ("b", "x", UPSERT, put(client, "b", "x", '{"b": 2}')),
+    ]
+    with (
+        grpcio_subscription(client, since_sequence=resume_at) as resumed,
+        grpcio_subscription(client, collections=["a"], since_sequence=resume_at) as filtered,
+    ):
+        replayed = resumed.take(len(missed))
+        replayed_a = filtered.take(3)
+        wait_for_subscribers(client, 2)
+        live = put(client, "a", "live", "{}")
+        after_handoff = resumed.next()
+        after_handoff_a = filtered.next()
+
+    def summary(events: list[Event]) -> list[tuple[str, str, int, int]]:
+        return [(e.collection, e.doc_id, e.change_type, e.sequence) for e in events]
+
+    assert summary(replayed) == missed
+    assert summary(replayed_a) == [m for m in missed if m[0] == "a"]
+    assert replayed[0].json_data == '{"i": 10}'
+    assert replayed[2].json_data is None
+    # The first live event follows the replay with neither gap nor duplicate.
+    assert after_handoff.sequence == after_handoff_a.sequence == live == missed[-1][3] + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow consumers
+
+
+async def write_while_stalled(
+    stub: pb.PeatSidecarStub, server: ServerProcess, json_data: str
+) -> int:
+    """Asyncio-flavoured: put documents into `lag` until the subscriber has been stalled for
+    `WRITES_WHILE_STALLED` writes in a row; returns the last sequence.
+
+    A burst can overflow a subscriber that then catches up on its own; only a stall that
+    lasts counts."""
+    sequence = streak = 0
+    while streak < WRITES_WHILE_STALLED:
+        assert sequence < MAX_STALL_WRITES, f"no lasting stall:\n{server.log}"
+        sequence = await put_lag(stub, sequence + 1, json_data)
+        streak = streak + 1 if stalled(server.log) else 0
+    return sequence
+
+
+async def put_lag(stub: pb.PeatSidecarStub, expected: int, json_data: str) -> int:
+    response = await stub.put_document(
+        pb.PutDocumentRequest(collection="lag", doc_id=doc_id_of(expected), json_data=json_data)
+    )
+    assert response.sequence == expected
+    return response.sequence
+
+
+def padded(size: int) -> str:
+    return '{"pad": "' + "x" * size + '"}'
+
+
+async def relist_async(stub: pb.PeatSidecarStub, collection: str) -> dict[str, tuple[str, int]]:
+    """Asyncio-flavoured: every document of `collection` with its sequence."""
+    view = {}
+    listed = await stub.list_documents(pb.ListDocumentsRequest(collection=collection))
+    for doc_id in listed.doc_ids:
+        got = await stub.get_document(pb.GetDocumentRequest(collection=collection, doc_id=doc_id))
+        if got.json_data is not None:
+            view[doc_id] = (got.json_data, got.sequence)
+    return view
+
+
+def test_stalled_grpclib_subscriber_gets_resync(start_server: Any) -> None:
+    server = start_server(*SLOW_SERVER_ARGS)
+
+    async def scenario() -> tuple[list[Event], int, list[dict[str, tuple[str, int]]], Any]:
+        # Writes and status go on their own channel: the stalled stream holds all of its
+        # connection's flow-control window.
+        writer = grpclib.client.Channel("127.0.0.1", server.port)
+        reader = grpclib.client.Channel("127.0.0.1", server.port, config=small_window_config())
+        stub = pb.PeatSidecarStub(writer, timeout=CALL_TIMEOUT)
+        try:
+            request = pb.SubscribeRequest(collections=["lag"])
+            async with grpclib_subscribe(reader, request) as stream:
+                await within(wait_for_subscribers_async(stub, 1))
+                head = await write_while_stalled(stub, server, padded(16 * 1024))
+                assert (await stub.get_status()).head_sequence == head
+                # The client re-lists on each RESYNC, then follows the stream.
+                events: list[Event] = []
+                relists: list[dict[str, tuple[str, int]]] = []
+                while not (events and events[-1].is_resync and events[-1].sequence == head):
+                    events.append(await recv_event(stream))
+                    if events[-1].is_resync:
+                        relists.append(await relist_async(stub, "lag"))
+                tail = await put_lag(stub, head + 1, '{"tail": true}')
+                events.append(await recv_event(stream))
+                assert events[-1].sequence == tail
+            return events, head, relists, await relist_async(stub, "lag")
+        finally:
+            reader.close()
+            writer.close()
+
+    events, head, relists, store = run_scenario(scenario)
+    resyncs = assert_contiguous_with_resyncs(events, start=0)
+    assert resyncs[-1].sequence == head
+    assert events[-2].is_resync
+    assert events[-1].sequence == head + 1
+    assert_lag_logged(server, events, start=0)
+    assert sorted(store) == [doc_id_of(sequence) for sequence in range(1, head + 2)]
+    assert reconcile(events, relists) == store
+
+
+def test_stalled_grpcio_subscriber_gets_resync(
+    start_server: Any, grpcio_api: tuple[ModuleType, ModuleType]
+) -> None:
+    server = start_server(*SLOW_SERVER_ARGS)
+    writer = GrpcioClient(server.address, grpcio_api)
+    reader = GrpcioClient(server.address, grpcio_api)
+    document = padded(64 * 1024)
+    try:
+        with grpcio_subscription(reader, collections=["lag"]) as subscription:
+            wait_for_subscribers(writer, 1)
+            # grpcio reads ahead about 4 MB for a stream nobody reads; write past that without
+            # reading, until the server's send blocks and the subscriber overflows.
+            head = streak = 0
+            while streak < WRITES_WHILE_STALLED:
+                assert head < MAX_STALL_WRITES, f"no lasting stall:\n{server.log}"
+                head = put(writer, "lag", doc_id_of(head + 1), document)
+                streak = streak + 1 if stalled(server.log) else 0
+            assert status(writer)["head_sequence"] == head
+            # The client re-lists on each RESYNC, then follows the stream.
+            events: list[Event] = []
+            relists: list[dict[str, tuple[str, int]]] = []
+            while not (events and events[-1].is_resync and events[-1].sequence == head):
+                events.append(subscription.next())
+                if events[-1].is_resync:
+                    relists.append(relist_with(writer, "lag"))
+            tail = put(writer, "lag", doc_id_of(head + 1), '{"tail": true}')
+            events.append(subscription.next())
+        store = relist_with(writer, "lag")
+    finally:
+        writer.close()
+        reader.close()
+    resyncs = assert_contiguous_with_resyncs(events, start=0)
+    assert resyncs[-1].sequence == head
+    assert events[-1].sequence == tail == head + 1
+    assert_lag_logged(server, events, start=0)
+    assert sorted(store) == [doc_id_of(sequence) for sequence in range(1, tail + 1)]
+    assert reconcile(events, relists) == store
+
+
+def test_overflow_within_the_replay_log_heals_without_resync(start_server: Any) -> None:
+    server = start_server("--broadcast-buffer-size", "4")
+
+    async def scenario() -> tuple[list[Event], int]:
+        writer = grpclib.client.Channel("127.0.0.1", server.port)
+        reader = grpclib.client.Channel("127.0.0.1", server.port, config=small_window_config())
+        stub = pb.PeatSidecarStub(writer, timeout=CALL_TIMEOUT)
+        try:
+            async with grpclib_subscribe(
+                reader, pb.SubscribeRequest(collections=["lag"])
+            ) as stream:
+                await within(wait_for_subscribers_async(stub, 1))
+                head = await write_while_stalled(stub, server, padded(16 * 1024))
+                events = [await recv_event(stream) for _ in range(head)]
+                tail = await put_lag(stub, head + 1, '{"tail": true}')
+                events.append(await recv_event(stream))
+                assert events[-1].sequence == tail
+            return events, head
+        finally:
+            reader.close()
+            writer.close()
+
+    events, head = run_scenario(scenario)
+    assert not [event for event in events if event.is_resync]
+    assert [event.sequence for event in events] == list(range(1, head + 2))
+    assert_contiguous_with_resyncs(events, start=0)
+    assert re.search(
+        r"subscriber #\d+ \([^)]*\) \(collections: lag\) lagged and missed \d+ events:"
+        r" sequences \d+\.\.\d+, doc_ids 'd\d+'\.\.'d\d+'; replaying them from the replay log",
+        server.log,
+    ), server.log
+
+
+# ---------------------------------------------------------------------------------------------
+# Disconnects
+
+
+def test_disconnected_subscribers_are_cleaned_up(
+    server: ServerProcess, grpcio_client: GrpcioClient
+) -> None:
+    client = grpcio_client
+    # An idle subscriber that cancels.
+    with grpcio_subscription(client, collections=["a"]):
+        wait_for_subscribers(client, 1)
+    wait_for_subscribers(client, 0)
+
+    # A stalled subscriber, its server-side send blocked on flow control, whose connection
+    # goes away.
+    async def stall_then_vanish() -> None:
+        reader = grpclib.client.Channel("127.0.0.1", server.port, config=small_window_config())
+        await open_grpclib_subscribe(reader, pb.SubscribeRequest(collections=["big"]))
+        await within(asyncio.to_thread(wait_for_subscribers, client, 1))
+        for i in range(12):
+            await asyncio.to_thread(put, client, "big", f"d{i}", padded(16 * 1024))
+        # Closing the channel drops the connection with the stream still open.
+        reader.close()
+
+    run_scenario(stall_then_vanish)
+    wait_for_subscribers(client, 0)
+    server.wait_for_log(r"subscriber #2 \([^)]*\) closed at sequence")
+
+    # The server keeps serving.
+    sequence = put(client, "a", "after", '{"ok": true}')
+    assert get(client, "a", "after") == ('{"ok": true}', sequence)
+    with grpcio_subscription(client, since_sequence=sequence - 1) as subscription:
+        assert subscription.next().sequence == sequence

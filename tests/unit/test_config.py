@@ -1,0 +1,254 @@
+"""`peat-sync serve` configuration: defaults, flags over environment, and clear errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peat_sync.cli import build_parser
+from peat_sync.config import ConfigError, ListenAddress, ServeConfig, byte_size, serve_config
+
+MiB = 1024 * 1024
+
+
+def configure(*flags: str, env: Mapping[str, str] | None = None) -> ServeConfig:
+    args = build_parser().parse_args(["serve", *flags])
+    return serve_config(args, env or {})
+
+
+def test_defaults() -> None:
+    """With no flags and no variables, the documented defaults apply."""
+    config = configure()
+
+    assert config.listen == ListenAddress(host="127.0.0.1", port=50051)
+    assert config.node.data_dir == Path("peat-data")
+    assert config.node.broadcast_buffer_size == 256
+    assert config.node.replay_log_size == 100_000
+    assert config.node.replay_log_bytes == 64 * MiB
+    assert config.node.max_document_bytes == MiB
+    assert config.log_level == "info"
+
+
+def test_default_node_id_is_random() -> None:
+    """Without --node-id each start gets its own id."""
+    first, second = configure().node.node_id, configure().node.node_id
+
+    assert first
+    assert first != second
+
+
+# (flag, environment variable, value, how to read it from the config, expected)
+OPTIONS: list[tuple[str, str, str, Callable[[ServeConfig], Any], Any]] = [
+    (
+        "--listen",
+        "PEAT_SIDECAR_LISTEN",
+        "tcp://0.0.0.0:7000",
+        lambda c: c.listen,
+        ListenAddress("0.0.0.0", 7000),
+    ),
+    (
+        "--data-dir",
+        "PEAT_SIDECAR_DATA_DIR",
+        "/var/peat",
+        lambda c: c.node.data_dir,
+        Path("/var/peat"),
+    ),
+    ("--node-id", "PEAT_SIDECAR_NODE_ID", "hub-1", lambda c: c.node.node_id, "hub-1"),
+    (
+        "--broadcast-buffer-size",
+        "PEAT_SIDECAR_BROADCAST_BUFFER_SIZE",
+        "1_024",
+        lambda c: c.node.broadcast_buffer_size,
+        1024,
+    ),
+    (
+        "--replay-log-size",
+        "PEAT_SIDECAR_REPLAY_LOG_SIZE",
+        "500",
+        lambda c: c.node.replay_log_size,
+        500,
+    ),
+    (
+        "--replay-log-bytes",
+        "PEAT_SIDECAR_REPLAY_LOG_BYTES",
+        "8MiB",
+        lambda c: c.node.replay_log_bytes,
+        8 * MiB,
+    ),
+    (
+        "--max-document-bytes",
+        "PEAT_SIDECAR_MAX_DOCUMENT_BYTES",
+        "512KiB",
+        lambda c: c.node.max_document_bytes,
+        512 * 1024,
+    ),
+    ("--log-level", "PEAT_SIDECAR_LOG_LEVEL", "DEBUG", lambda c: c.log_level, "debug"),
+]
+OPTION_IDS = [option[0] for option in OPTIONS]
+
+
+@pytest.mark.parametrize(("flag", "env", "value", "read", "expected"), OPTIONS, ids=OPTION_IDS)
+def test_environment_variable_is_used_without_a_flag(
+    flag: str, env: str, value: str, read: Callable[[ServeConfig], Any], expected: Any
+) -> None:
+    """Each option can be set by its PEAT_SIDECAR_* variable alone."""
+    assert read(configure(env={env: value})) == expected
+
+
+@pytest.mark.parametrize(("flag", "env", "value", "read", "expected"), OPTIONS, ids=OPTION_IDS)
+def test_flag_wins_over_environment_variable(
+    flag: str, env: str, value: str, read: Callable[[ServeConfig], Any], expected: Any
+) -> None:
+    """A flag beats its variable, even when the variable holds a bad value."""
+    assert read(configure(flag, value, env={env: "not a valid value at all"})) == expected
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "complaint"),
+    [
+        ("--broadcast-buffer-size", "x", "is not a whole number"),
+        ("--broadcast-buffer-size", "0", "must be at least 1"),
+        ("--replay-log-size", "-5", "must be at least 1"),
+        ("--replay-log-bytes", "lots", "is not a size"),
+        ("--max-document-bytes", "1.5MiB", "is not a size"),
+        ("--max-document-bytes", "0", "must be at least 1 byte"),
+        ("--node-id", "  ", "must not be empty"),
+        ("--log-level", "verbose", "is not one of"),
+        ("--listen", "localhost", "expected tcp://HOST:PORT"),
+    ],
+)
+def test_bad_flag_value_names_the_flag(flag: str, value: str, complaint: str) -> None:
+    """A bad flag value stops start-up with a message naming the flag and the value."""
+    with pytest.raises(ConfigError) as raised:
+        configure(flag, value)
+
+    message = str(raised.value)
+    assert message.startswith(f"{flag}={value!r}: ")
+    assert complaint in message
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "complaint"),
+    [
+        ("PEAT_SIDECAR_BROADCAST_BUFFER_SIZE", "x", "is not a whole number"),
+        ("PEAT_SIDECAR_REPLAY_LOG_BYTES", "64 parsecs", "is not a size"),
+        ("PEAT_SIDECAR_LISTEN", "unix://relative.sock", "absolute path"),
+        ("PEAT_SIDECAR_NODE_ID", "", "must not be empty"),
+    ],
+)
+def test_bad_environment_value_names_the_variable(env: str, value: str, complaint: str) -> None:
+    """A bad variable stops start-up with a message naming the variable, not the flag."""
+    with pytest.raises(ConfigError) as raised:
+        configure(env={env: value})
+
+    message = str(raised.value)
+    assert message.startswith(f"{env}={value!r}: ")
+    assert complaint in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tcp://127.0.0.1:50051", ListenAddress("127.0.0.1", 50051)),
+        ("tcp://example.org:80", ListenAddress("example.org", 80)),
+        ("localhost:9000", ListenAddress("localhost", 9000)),
+        ("tcp://[::1]:50051", ListenAddress("::1", 50051)),
+        ("tcp://[::]:0", ListenAddress("::", 0)),
+        ("tcp://0.0.0.0:65535", ListenAddress("0.0.0.0", 65535)),
+        ("unix:///run/peat/peat.sock", ListenAddress(path=Path("/run/peat/peat.sock"))),
+    ],
+)
+def test_listen_address_forms(text: str, expected: ListenAddress) -> None:
+    """TCP host:port (with or without the scheme), bracketed IPv6, and absolute unix paths."""
+    assert configure("--listen", text).listen == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("tcp://127.0.0.1:50051", "tcp://127.0.0.1:50051"),
+        ("localhost:9000", "tcp://localhost:9000"),
+        ("tcp://[::1]:50051", "tcp://[::1]:50051"),
+        ("unix:///run/peat.sock", "unix:///run/peat.sock"),
+    ],
+)
+def test_listen_address_is_shown_in_canonical_form(text: str, shown: str) -> None:
+    """The address prints back as a URL the user could pass again (IPv6 keeps its brackets)."""
+    assert str(ListenAddress.parse(text)) == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("unix://run/peat.sock", "absolute path"),
+        ("unix://", "absolute path"),
+        ("tcp://127.0.0.1:65536", "port 65536 is out of range"),
+        ("tcp://127.0.0.1:99999999", "out of range"),
+        ("tcp://127.0.0.1", "expected tcp://HOST:PORT"),
+        ("tcp://::1:50051", "expected tcp://HOST:PORT"),
+        ("tcp://[::1]", "expected tcp://HOST:PORT"),
+        ("tcp://:50051", "expected tcp://HOST:PORT"),
+        ("tcp://host:port", "expected tcp://HOST:PORT"),
+    ],
+)
+def test_bad_listen_address_is_refused(text: str, complaint: str) -> None:
+    """Relative unix paths, out-of-range ports and malformed addresses are refused clearly."""
+    with pytest.raises(ConfigError, match=r"^--listen=") as raised:
+        configure("--listen", text)
+
+    assert complaint in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1048576", 1048576),
+        ("1", 1),
+        ("512KiB", 512 * 1024),
+        ("64MiB", 64 * MiB),
+        ("1GiB", 1024 * MiB),
+        ("64M", 64 * MiB),
+        ("64mb", 64 * MiB),
+        ("100b", 100),
+        (" 2 MiB ", 2 * MiB),
+    ],
+)
+def test_byte_sizes(text: str, expected: int) -> None:
+    """Sizes are plain bytes or K/M/G multiples of 1024, with an optional (i)B suffix."""
+    assert byte_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "MiB", "1.5MiB", "-1", "64TiB", "64 MiB extra", "0KiB"])
+def test_bad_byte_sizes(text: str) -> None:
+    """Anything that is not a whole, positive size is refused."""
+    with pytest.raises(ValueError, match=r"is not a size|at least 1 byte"):
+        byte_size(text)
+
+
+def test_bad_value_on_the_command_line_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    """The real command prints one line naming the flag on stderr and exits with status 2."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PEAT_SIDECAR_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "peat_sync", "serve", "--broadcast-buffer-size", "x"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "--broadcast-buffer-size='x'" in lines[0]
+    assert "is not a whole number" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == [], "a refused start must not create the data dir"

@@ -1,0 +1,700 @@
+"""The trio node, embedded without the gRPC server: documents, validation, and the change feed.
+
+Commits and reads run on worker threads, so most tests keep the real clock and a generous
+deadline, and use `wait_all_tasks_blocked()` to let the feed settle before asserting.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from peat_sync.generated.peat.sidecar.v1 import ChangeType, DocumentChange, ResyncReason
+from peat_sync.node import (
+    ChangeEvent,
+    InvalidRequest,
+    LimitExceeded,
+    Node,
+    NodeClosed,
+    NodeConfig,
+    Subscription,
+    open_node,
+)
+from peat_sync.node.feed import ChangeFeed
+from peat_sync.node.replay_log import ReplayLog
+from peat_sync.store import Change, SQLiteStore, StoredDocument
+
+DEADLINE = 30
+
+
+def node_config(tmp_path: Path, **overrides: Any) -> NodeConfig:
+    return NodeConfig(data_dir=tmp_path / "data", node_id="test-node", **overrides)
+
+
+@asynccontextmanager
+async def running_node(tmp_path: Path, **overrides: Any) -> AsyncIterator[Node]:
+    async with open_node(node_config(tmp_path, **overrides)) as node:
+        yield node
+
+
+def decode(event: ChangeEvent) -> DocumentChange:
+    return DocumentChange.FromString(event.encoded)
+
+
+def doc_id(sequence: int) -> str:
+    return f"d{sequence:03d}"
+
+
+async def read_until(
+    subscription: Subscription, sequence: int, limit: int = 100
+) -> list[DocumentChange]:
+    """Read until an event at or past `sequence` arrives; returns every event read."""
+    changes: list[DocumentChange] = []
+    while not changes or changes[-1].sequence < sequence:
+        changes.extend(decode(event) for event in await subscription.next_batch(limit))
+    return changes
+
+
+async def stall_while_live(subscription: Subscription) -> None:
+    """Wait in `next_batch` until the subscription is attached to the live feed, then stop
+    reading: it now stalls like a client that stopped draining its stream. Only for a
+    subscription with nothing to replay."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subscription.next_batch, 1)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+
+
+def stored(tmp_path: Path) -> SQLiteStore:
+    return SQLiteStore.open(tmp_path / "data")
+
+
+# Documents ---------------------------------------------------------------------------------
+
+
+async def test_put_get_list_delete(tmp_path: Path) -> None:
+    """The document API: each change returns its sequence; reads see the latest state."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            assert await node.put("tasks", "t2", '{"state": "new"}') == 1
+            assert await node.put("tasks", "t1", '{"state": "new"}') == 2
+            assert await node.put("other", "o1", "{}") == 3
+            assert await node.put("tasks", "t2", '{"state": "done"}') == 4
+
+            assert await node.get("tasks", "t2") == StoredDocument(
+                "tasks", "t2", '{"state": "done"}', 4
+            )
+            assert await node.get("tasks", "missing") is None
+            assert await node.list_ids("tasks") == ["t1", "t2"]
+            assert [d.doc_id for d in await node.list_documents("tasks")] == ["t1", "t2"]
+
+            assert await node.delete("tasks", "t1") == 5
+            assert await node.get("tasks", "t1") is None
+            assert await node.list_ids("tasks") == ["t2"]
+            assert await node.delete("tasks", "t1") == 0
+            assert await node.delete("tasks", "never") == 0
+            assert node.head_sequence == 5
+            assert await node.put("tasks", "t3", "{}") == 6
+
+
+async def test_sequences_and_epoch_survive_a_restart(tmp_path: Path) -> None:
+    """A reopened node keeps its epoch and continues the sequence, and a client resuming
+    from the old head gets exactly the new changes."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            await node.put("c", "a", "{}")
+            await node.put("c", "b", "{}")
+            epoch = node.epoch
+
+        async with running_node(tmp_path) as node:
+            assert node.epoch == epoch
+            assert node.head_sequence == 2
+            with node.subscribe(since=2) as subscription:
+                assert await node.put("c", "c", "{}") == 3
+                assert [c.doc_id for c in await read_until(subscription, 3)] == ["c"]
+
+        async with running_node(tmp_path / "elsewhere") as other:
+            assert other.epoch != epoch
+
+
+# Validation --------------------------------------------------------------------------------
+
+BAD_NAMES = ["", "a\x00b", "tab\there", "line\nbreak", "bell\x07", "del\x7f", "x" * 513]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+async def test_bad_names_are_refused_before_anything_is_stored(tmp_path: Path, name: str) -> None:
+    """Empty, control-character and oversized collections and doc_ids get InvalidRequest
+    from every call that takes them, and nothing is committed."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            with pytest.raises(InvalidRequest, match=r"^collection "):
+                await node.put(name, "d", "{}")
+            with pytest.raises(InvalidRequest, match=r"^doc_id "):
+                await node.put("c", name, "{}")
+            with pytest.raises(InvalidRequest, match=r"^doc_id "):
+                await node.delete("c", name)
+            with pytest.raises(InvalidRequest, match=r"^collection "):
+                await node.get(name, "d")
+            with pytest.raises(InvalidRequest, match=r"^collection "):
+                await node.list_ids(name)
+            with pytest.raises(InvalidRequest, match=r"^collection "):
+                node.subscribe([name])
+            assert node.head_sequence == 0
+            assert node.feed.subscriber_count == 0
+
+
+async def test_longest_allowed_name_is_accepted(tmp_path: Path) -> None:
+    """A 512-byte name is at the limit and accepted (the limit counts UTF-8 bytes)."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            assert await node.put("x" * 512, "é" * 256, "{}") == 1
+            with pytest.raises(InvalidRequest, match="513 bytes long"):
+                await node.put("c", "é" * 256 + "x", "{}")
+
+
+BAD_DOCUMENTS = [
+    ("{", "not valid JSON"),
+    ('{"a": 1,}', "not valid JSON"),
+    ("", "not valid JSON"),
+    ('{"a": 1} {"b": 2}', "not valid JSON"),
+    ("[1, 2]", "must be a JSON object, not a JSON list"),
+    ("42", "must be a JSON object, not a JSON int"),
+    ('"text"', "must be a JSON object, not a JSON str"),
+    ("null", "must be a JSON object, not a JSON NoneType"),
+    ('{"a": NaN}', "NaN is not valid JSON"),
+    ('{"a": Infinity}', "Infinity is not valid JSON"),
+    ('{"a": -Infinity}', "-Infinity is not valid JSON"),
+    ("[" * 100_000, "nested too deeply"),
+    ('{"a":' * 100_000, "nested too deeply"),
+]
+
+
+@pytest.mark.parametrize(("json_data", "complaint"), BAD_DOCUMENTS, ids=range(len(BAD_DOCUMENTS)))
+async def test_bad_documents_are_refused(tmp_path: Path, json_data: str, complaint: str) -> None:
+    """Invalid JSON, non-objects, NaN/Infinity and pathological nesting get InvalidRequest
+    with a message saying what is wrong, and nothing is committed."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path, max_document_bytes=1024 * 1024) as node:
+            with pytest.raises(InvalidRequest, match=complaint):
+                await node.put("c", "d", json_data)
+            assert node.head_sequence == 0
+            assert await node.get("c", "d") is None
+
+
+async def test_oversized_document_is_refused_by_byte_size(tmp_path: Path) -> None:
+    """The limit counts UTF-8 bytes: a document at the limit is stored, one byte more is not."""
+    limit = 64
+    at_limit = '{"a":"' + "x" * (limit - 8) + '"}'
+    assert len(at_limit.encode()) == limit
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path, max_document_bytes=limit) as node:
+            assert await node.put("c", "fits", at_limit) == 1
+            with pytest.raises(LimitExceeded, match="65 bytes; the limit is 64 bytes"):
+                await node.put("c", "big", at_limit.replace('"}', 'x"}'))
+            # 40 characters, 80 bytes.
+            with pytest.raises(LimitExceeded, match="the limit is 64 bytes"):
+                await node.put("c", "wide", '{"a":"' + "é" * 34 + '"}')
+            assert node.head_sequence == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a lone surrogate passes validation, then fails inside the SQLite commit and is"
+    " reported as StoreUnavailable",
+)
+@pytest.mark.parametrize(
+    ("collection", "doc", "json_data"),
+    [("c", "bad\udc80", "{}"), ("bad\udc80", "d", "{}"), ("c", "d", '{"a": "\ud800"}')],
+)
+async def test_unencodable_text_is_an_invalid_request(
+    tmp_path: Path, collection: str, doc: str, json_data: str
+) -> None:
+    """Text that cannot be stored as UTF-8 (a lone surrogate, as `os.fsdecode` makes from a
+    bad file name) is the caller's error: InvalidRequest, not a store failure."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            with pytest.raises(InvalidRequest):
+                await node.put(collection, doc, json_data)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="one unencodable write fails the whole batch it was committed in: every other"
+    " writer in that batch gets StoreUnavailable",
+)
+async def test_one_bad_write_does_not_fail_the_writes_batched_with_it(tmp_path: Path) -> None:
+    """Writers queued together are committed in one batch; a bad write among them must not
+    take the good ones down with it."""
+    outcomes: dict[str, object] = {}
+
+    async def write(doc: str) -> None:
+        try:
+            outcomes[doc] = await node.put("c", doc, "{}")
+        except Exception as exc:
+            outcomes[doc] = exc
+
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node, trio.open_nursery() as nursery:
+            for i in range(5):
+                nursery.start_soon(write, f"good{i}")
+            nursery.start_soon(write, "bad\udc80")
+
+    good = [outcome for doc, outcome in outcomes.items() if doc.startswith("good")]
+    assert [type(outcome) for outcome in good] == [int] * 5, good
+    assert sorted(good) == [1, 2, 3, 4, 5]  # type: ignore[type-var]
+
+
+# Concurrency -------------------------------------------------------------------------------
+
+
+async def test_concurrent_writers_get_distinct_increasing_sequences(tmp_path: Path) -> None:
+    """Many writers at once: every put gets its own sequence, each writer sees its own puts
+    in increasing order, and the feed delivers them all in sequence order."""
+    writers, puts_each = 40, 5
+    total = writers * puts_each
+    sequences_of: dict[int, list[int]] = {}
+    doc_at: dict[int, str] = {}
+
+    async def writer(number: int) -> None:
+        mine = sequences_of.setdefault(number, [])
+        for i in range(puts_each):
+            name = f"w{number}-{i}"
+            sequence = await node.put("c", name, f'{{"writer": {number}}}')
+            mine.append(sequence)
+            doc_at[sequence] = name
+
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path, max_batch=16) as node:
+            with node.subscribe(since=0) as subscription:
+                async with trio.open_nursery() as nursery:
+                    for number in range(writers):
+                        nursery.start_soon(writer, number)
+                changes = await read_until(subscription, total)
+
+            assert node.head_sequence == total
+            assert len(await node.list_ids("c")) == total
+
+    assert sorted(doc_at) == list(range(1, total + 1))
+    for mine in sequences_of.values():
+        assert mine == sorted(mine)
+        assert len(set(mine)) == puts_each
+    assert [c.sequence for c in changes] == list(range(1, total + 1))
+    assert [c.doc_id for c in changes] == [doc_at[s] for s in range(1, total + 1)]
+
+
+# The change feed ---------------------------------------------------------------------------
+
+
+async def test_events_describe_each_change(tmp_path: Path) -> None:
+    """Upserts carry the document, deletes carry no document, both carry their sequence."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            with node.subscribe() as subscription:
+                await node.put("c", "a", '{"v": 1}')
+                await node.delete("c", "a")
+                await node.delete("c", "a")  # changes nothing: no event
+                await node.put("c", "b", '{"v": 2}')
+                changes = await read_until(subscription, 3)
+
+    assert changes == [
+        DocumentChange(
+            collection="c",
+            doc_id="a",
+            change_type=ChangeType.UPSERT,
+            json_data='{"v": 1}',
+            sequence=1,
+        ),
+        DocumentChange(collection="c", doc_id="a", change_type=ChangeType.DELETE, sequence=2),
+        DocumentChange(
+            collection="c",
+            doc_id="b",
+            change_type=ChangeType.UPSERT,
+            json_data='{"v": 2}',
+            sequence=3,
+        ),
+    ]
+    assert changes[1].json_data is None
+
+
+async def test_collection_filter_applies_to_replay_and_live(tmp_path: Path) -> None:
+    """A subscriber to some collections gets only their events, replayed and live alike."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            await node.put("a", "1", "{}")
+            await node.put("b", "2", "{}")
+            await node.put("c", "3", "{}")
+            with node.subscribe(["a", "c"], since=0) as subscription:
+                replayed = await read_until(subscription, 3)
+                await stall_while_live(subscription)
+                await node.put("b", "4", "{}")
+                await node.put("a", "5", "{}")
+                await node.put("b", "6", "{}")
+                await node.put("c", "7", "{}")
+                live = await read_until(subscription, 7)
+
+    assert [(c.collection, c.sequence) for c in replayed] == [("a", 1), ("c", 3)]
+    assert [(c.collection, c.sequence) for c in live] == [("a", 5), ("c", 7)]
+
+
+async def test_resume_replays_then_goes_live_without_gap_or_duplicate(tmp_path: Path) -> None:
+    """Resuming from `since` replays since+1.. from the replay log and hands over to live
+    events while writers keep committing: every sequence exactly once, in order."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            for sequence in range(1, 21):
+                await node.put("c", doc_id(sequence), "{}")
+
+            async def keep_writing() -> None:
+                for sequence in range(21, 61):
+                    await node.put("c", doc_id(sequence), "{}")
+
+            with node.subscribe(["c"], since=5) as subscription:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(keep_writing)
+                    changes = await read_until(subscription, 60, limit=3)
+
+    assert [c.sequence for c in changes] == list(range(6, 61))
+    assert [c.doc_id for c in changes] == [doc_id(s) for s in range(6, 61)]
+    assert all(c.change_type == ChangeType.UPSERT for c in changes)
+
+
+async def test_subscribing_without_since_starts_at_the_current_head(tmp_path: Path) -> None:
+    """Without `since`, a subscriber gets only changes committed after it subscribed."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            await node.put("c", "old", "{}")
+            with node.subscribe() as subscription:
+                await node.put("c", "new", "{}")
+                changes = await read_until(subscription, 2)
+
+    assert [(c.doc_id, c.sequence) for c in changes] == [("new", 2)]
+
+
+async def test_events_in_flight_when_a_subscription_starts_are_not_delivered() -> None:
+    """A subscription takes its start from the committed head, which can be ahead of the
+    feed while a committed batch is still on its way from the producer. Those in-flight
+    events reach the new subscription's channel and must be dropped, not delivered.
+
+    The feed runs alone here so the in-flight window can be held open deterministically."""
+    committed_head = 3  # sequences 1..3 are committed but not yet handed to the feed
+    feed = ChangeFeed(
+        ReplayLog(max_entries=100, max_bytes=1 << 20, head=0), lambda: committed_head, 16
+    )
+    publish_send, publish_receive = trio.open_memory_channel[list[ChangeEvent]](4)
+
+    def committed(first: int, last: int) -> list[ChangeEvent]:
+        return [
+            ChangeEvent.from_change(Change(sequence, "c", doc_id(sequence), "{}"))
+            for sequence in range(first, last + 1)
+        ]
+
+    async def producer() -> None:
+        await trio.testing.wait_all_tasks_blocked()  # the subscription is waiting, live
+        await publish_send.send(committed(1, 3))
+        await publish_send.send(committed(4, 4))
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(feed.run, publish_receive)
+            with feed.subscribe(None, None, "test") as subscription:
+                nursery.start_soon(producer)
+                changes = await read_until(subscription, 4)
+            await publish_send.aclose()
+
+    assert [(c.doc_id, c.sequence) for c in changes] == [("d004", 4)]
+
+
+async def test_since_ahead_of_head_gets_a_sequence_ahead_resync(tmp_path: Path) -> None:
+    """A `since` beyond the newest change gets a RESYNC carrying the head, then live events."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            await node.put("c", "a", "{}")
+            await node.put("c", "b", "{}")
+            with node.subscribe(since=10) as subscription:
+                (resync,) = [decode(event) for event in await subscription.next_batch(10)]
+                await node.put("c", "c", "{}")
+                live = await read_until(subscription, 3)
+
+    assert resync.change_type == ChangeType.RESYNC
+    assert resync.resync_reason == ResyncReason.SEQUENCE_AHEAD
+    assert resync.sequence == 2
+    assert "10" in resync.message
+    assert [(c.doc_id, c.sequence) for c in live] == [("c", 3)]
+
+
+async def test_since_older_than_the_replay_log_gets_a_history_compacted_resync(
+    tmp_path: Path,
+) -> None:
+    """A `since` the replay log no longer covers gets RESYNC HISTORY_COMPACTED at the head,
+    then live events from there."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path, replay_log_size=3) as node:
+            for sequence in range(1, 11):
+                await node.put("c", doc_id(sequence), "{}")
+            await trio.testing.wait_all_tasks_blocked()
+            with node.subscribe(since=2) as subscription:
+                (resync,) = [decode(event) for event in await subscription.next_batch(10)]
+                await node.put("c", doc_id(11), "{}")
+                live = await read_until(subscription, 11)
+
+    assert resync.change_type == ChangeType.RESYNC
+    assert resync.resync_reason == ResyncReason.HISTORY_COMPACTED
+    assert resync.sequence == 10
+    assert [c.sequence for c in live] == [11]
+
+
+async def test_since_at_the_replay_log_floor_is_replayed_exactly(tmp_path: Path) -> None:
+    """The oldest `since` the log still covers is replayed, not resynced."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path, replay_log_size=3) as node:
+            for sequence in range(1, 11):
+                await node.put("c", doc_id(sequence), "{}")
+            await trio.testing.wait_all_tasks_blocked()
+            with node.subscribe(since=7) as subscription:
+                changes = await read_until(subscription, 10)
+
+    assert [(c.change_type, c.sequence) for c in changes] == [
+        (ChangeType.UPSERT, 8),
+        (ChangeType.UPSERT, 9),
+        (ChangeType.UPSERT, 10),
+    ]
+
+
+# Slow consumers ----------------------------------------------------------------------------
+
+
+def lag_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "peat_sync.subscription" and record.levelno == logging.WARNING
+    ]
+
+
+async def commit_alternating(node: Node, first: int, last: int) -> None:
+    """Commit sequences first..last: odd ones to "c", even ones to "other"."""
+    for sequence in range(first, last + 1):
+        collection = "c" if sequence % 2 else "other"
+        assert await node.put(collection, doc_id(sequence), "{}") == sequence
+
+
+async def test_a_slow_subscriber_heals_from_the_replay_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subscriber that stops reading while more than its buffer is committed loses nothing:
+    it drains its buffer, replays the rest from the log, then goes live again. The lag is
+    logged with the subscriber, its collections, and the sequences and doc_ids it missed."""
+    caplog.set_level(logging.WARNING)
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path, broadcast_buffer_size=4, replay_log_size=1000) as node:
+            with node.subscribe(["c"]) as slow:
+                await stall_while_live(slow)
+                await commit_alternating(node, 1, 40)
+                await trio.testing.wait_all_tasks_blocked()
+                assert node.feed.lag_events == 1
+
+                caught_up = await read_until(slow, 39)
+                await node.put("c", doc_id(41), "{}")
+                live = await read_until(slow, 41)
+
+    assert [c.sequence for c in caught_up] == list(range(1, 40, 2))
+    assert [c.sequence for c in live] == [41]
+    assert all(c.change_type == ChangeType.UPSERT for c in caught_up)
+    (warning,) = lag_warnings(caplog)
+    assert slow.name in warning
+    assert "(collections: c)" in warning
+    assert "16 events: sequences 9..39" in warning
+    assert "doc_ids 'd009'..'d039'" in warning
+    assert "replaying them from the replay log" in warning
+
+
+async def test_a_slow_subscriber_beyond_the_replay_log_gets_a_slow_consumer_resync(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the log no longer holds what a stalled subscriber missed, it gets what it had
+    buffered, then RESYNC SLOW_CONSUMER at the head, then live events. A fast subscriber
+    alongside it is not held back and receives every event."""
+    caplog.set_level(logging.WARNING)
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path, broadcast_buffer_size=4, replay_log_size=3) as node:
+            with node.subscribe(["c"]) as slow, node.subscribe() as fast:
+                async with trio.open_nursery() as nursery:
+                    fast_changes: list[DocumentChange] = []
+
+                    async def read_fast() -> None:
+                        fast_changes.extend(await read_until(fast, 41))
+
+                    nursery.start_soon(read_fast)
+                    await stall_while_live(slow)
+                    await commit_alternating(node, 1, 40)
+                    await trio.testing.wait_all_tasks_blocked()
+
+                    buffered = [decode(event) for event in await slow.next_batch(100)]
+                    (resync,) = [decode(event) for event in await slow.next_batch(100)]
+                    await node.put("c", doc_id(41), "{}")
+                    live = await read_until(slow, 41)
+
+            assert node.feed.lag_events == 1
+
+    assert [c.sequence for c in buffered] == [1, 3, 5, 7]
+    assert resync.change_type == ChangeType.RESYNC
+    assert resync.resync_reason == ResyncReason.SLOW_CONSUMER
+    assert resync.sequence == 40
+    assert [c.sequence for c in live] == [41]
+    assert [c.sequence for c in fast_changes] == list(range(1, 42))
+    (warning,) = lag_warnings(caplog)
+    assert slow.name in warning
+    assert "(collections: c)" in warning
+    assert "16 events: sequences 9..39" in warning
+    assert "doc_ids 'd009'..'d039'" in warning
+    assert "the replay log starts after sequence 37" in warning
+
+
+# Lifecycle ---------------------------------------------------------------------------------
+
+
+async def test_subscriber_count_returns_to_zero_after_close(tmp_path: Path) -> None:
+    """Closing a subscription, live or lagging, removes it from the feed."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path, broadcast_buffer_size=2) as node:
+            assert node.feed.subscriber_count == 0
+            with node.subscribe(["c"]) as live, node.subscribe() as lagging:
+                assert node.feed.subscriber_count == 2
+                await stall_while_live(live)
+                await stall_while_live(lagging)
+                for sequence in range(1, 6):
+                    await node.put("c", doc_id(sequence), "{}")
+                await trio.testing.wait_all_tasks_blocked()
+                assert node.feed.lag_events == 2
+            assert node.feed.subscriber_count == 0
+
+            subscription = node.subscribe()
+            assert node.feed.subscriber_count == 1
+            subscription.close()
+            assert node.feed.subscriber_count == 0
+
+
+async def test_leaving_the_block_commits_queued_writes(tmp_path: Path) -> None:
+    """Writes queued when the `open_node` block ends are committed before the node closes."""
+    acknowledged: dict[str, int] = {}
+
+    async def write(name: str) -> None:
+        acknowledged[name] = await node.put("c", name, "{}")
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery, running_node(tmp_path, max_batch=5) as node:
+            for i in range(100):
+                nursery.start_soon(write, doc_id(i))
+            # Every writer has queued its write; the producer takes 5 at a time.
+            await trio.testing.wait_all_tasks_blocked()
+
+    assert sorted(acknowledged.values()) == list(range(1, 101))
+    store = stored(tmp_path)
+    try:
+        assert store.head_sequence == 100
+        assert store.list_ids("c") == sorted(acknowledged)
+    finally:
+        store.close()
+
+
+async def test_writes_after_the_node_closed_are_refused(tmp_path: Path) -> None:
+    """Once the block has ended, a put raises NodeClosed instead of hanging."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            pass
+        with pytest.raises(NodeClosed):
+            await node.put("c", "d", "{}")
+
+
+async def test_a_live_subscriber_is_told_when_the_node_closes(tmp_path: Path) -> None:
+    """A subscriber waiting for live events gets NodeClosed when the node shuts down."""
+    outcome: list[BaseException] = []
+
+    async def follow(subscription: Subscription) -> None:
+        try:
+            while True:
+                await subscription.next_batch(100)
+        except NodeClosed as exc:
+            outcome.append(exc)
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            async with running_node(tmp_path) as node:
+                subscription = node.subscribe()
+                nursery.start_soon(follow, subscription)
+                await node.put("c", "d", "{}")
+                await trio.testing.wait_all_tasks_blocked()
+            subscription.close()
+
+    assert len(outcome) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a subscription that is not attached to the feed when the node closes attaches"
+    " to the stopped feed on its next read and waits forever instead of raising NodeClosed",
+)
+async def test_reading_a_subscription_after_the_node_closed_raises_node_closed(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """`next_batch` promises NodeClosed once the node shuts down, also for a subscription
+    that was replaying (or had not read yet) at that moment."""
+    # The node commits on worker threads: follow real time and never jump while it is open.
+    autojump_clock.rate = 1.0
+    autojump_clock.autojump_threshold = math.inf
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            await node.put("c", "d", "{}")
+            subscription = node.subscribe(since=0)
+        # No thread work is left: a read that blocks now blocks forever, so jump to the end.
+        autojump_clock.autojump_threshold = 0
+        with subscription:
+            assert [decode(e).doc_id for e in await subscription.next_batch(10)] == ["d"]
+            with pytest.raises(NodeClosed):
+                await subscription.next_batch(10)
+
+
+async def test_cancelling_the_enclosing_scope_stops_the_node(tmp_path: Path) -> None:
+    """Cancelling the caller's scope stops the producer, the feed, busy writers and readers;
+    every acknowledged write is in the store afterwards and the sequence has no holes."""
+    acknowledged: list[str] = []
+    enough_read = trio.Event()
+
+    async def write_forever(node: Node) -> None:
+        for i in range(1_000_000):
+            await node.put("c", f"d{i}", "{}")
+            acknowledged.append(f"d{i}")
+
+    async def read_forever(node: Node) -> None:
+        read = 0
+        with node.subscribe() as subscription:
+            while True:
+                read += len(await subscription.next_batch(100))
+                if read >= 20:
+                    enough_read.set()
+
+    with trio.fail_after(DEADLINE):
+        with trio.CancelScope() as scope:
+            async with running_node(tmp_path) as node, trio.open_nursery() as nursery:
+                nursery.start_soon(read_forever, node)
+                nursery.start_soon(write_forever, node)
+                await enough_read.wait()
+                scope.cancel()
+
+    assert scope.cancelled_caught
+    store = stored(tmp_path)
+    try:
+        ids = store.list_ids("c")
+        assert set(acknowledged) <= set(ids)
+        assert len(ids) == store.head_sequence >= 20
+    finally:
+        store.close()

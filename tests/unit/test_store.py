@@ -1,0 +1,214 @@
+"""SQLiteStore: the persisted sequence, the epoch, tombstones, atomic batches, unusable dirs."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from peat_sync.store import Change, Mutation, SQLiteStore, StoredDocument
+from peat_sync.store.sqlite import DATABASE_FILE, StoreError
+
+
+def put(collection: str, doc_id: str, json_data: str = "{}") -> Mutation:
+    return Mutation(collection, doc_id, json_data)
+
+
+def delete(collection: str, doc_id: str) -> Mutation:
+    return Mutation(collection, doc_id, None)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def store(data_dir: Path) -> Iterator[SQLiteStore]:
+    store = SQLiteStore.open(data_dir)
+    yield store
+    store.close()
+
+
+def test_a_new_store_is_empty(store: SQLiteStore) -> None:
+    """A fresh store starts at head 0 with a non-empty epoch and no documents."""
+    assert store.head_sequence == 0
+    assert store.epoch
+    assert store.get("c", "d") is None
+    assert store.list_ids("c") == []
+
+
+def test_sequences_strictly_increase_across_commits(store: SQLiteStore) -> None:
+    """Each change gets the next store-wide sequence, across batches and collections."""
+    first = store.commit([put("a", "1")])
+    second = store.commit([put("b", "1"), put("a", "2", '{"x":1}')])
+
+    assert first == [Change(1, "a", "1", "{}")]
+    assert second == [Change(2, "b", "1", "{}"), Change(3, "a", "2", '{"x":1}')]
+    assert store.head_sequence == 3
+    assert store.get("a", "2") == StoredDocument("a", "2", '{"x":1}', 3)
+
+
+def test_an_update_moves_the_document_to_a_new_sequence(store: SQLiteStore) -> None:
+    """Putting an existing document replaces it and records the sequence of the update."""
+    store.commit([put("c", "d", '{"v":1}')])
+    (change,) = store.commit([put("c", "d", '{"v":2}')])
+
+    assert change == Change(2, "c", "d", '{"v":2}')
+    assert store.get("c", "d") == StoredDocument("c", "d", '{"v":2}', 2)
+    assert store.list_ids("c") == ["d"]
+
+
+def test_head_and_documents_survive_close_and_reopen(data_dir: Path) -> None:
+    """The head is persisted with the data, so sequences keep increasing after a restart."""
+    store = SQLiteStore.open(data_dir)
+    store.commit([put("c", "1"), put("c", "2")])
+    store.close()
+
+    reopened = SQLiteStore.open(data_dir)
+    try:
+        assert reopened.head_sequence == 2
+        assert reopened.get("c", "2") == StoredDocument("c", "2", "{}", 2)
+        assert reopened.commit([put("c", "3")]) == [Change(3, "c", "3", "{}")]
+    finally:
+        reopened.close()
+
+
+def test_epoch_is_stable_across_reopen_and_new_for_a_new_data_dir(tmp_path: Path) -> None:
+    """The epoch identifies one store: the same after a restart, different for a new dir."""
+    first = SQLiteStore.open(tmp_path / "one")
+    epoch = first.epoch
+    first.commit([put("c", "d")])
+    first.close()
+
+    reopened = SQLiteStore.open(tmp_path / "one")
+    other = SQLiteStore.open(tmp_path / "two")
+    try:
+        assert reopened.epoch == epoch
+        assert other.epoch != epoch
+    finally:
+        reopened.close()
+        other.close()
+
+
+def test_delete_leaves_a_tombstone_hidden_from_get_and_list(
+    store: SQLiteStore, data_dir: Path
+) -> None:
+    """A delete is a change with its own sequence; the row stays behind as a tombstone."""
+    store.commit([put("c", "keep"), put("c", "gone")])
+
+    assert store.commit([delete("c", "gone")]) == [Change(3, "c", "gone", None)]
+    assert store.get("c", "gone") is None
+    assert store.list_ids("c") == ["keep"]
+    assert [document.doc_id for document in store.list_documents("c")] == ["keep"]
+
+    with closing(sqlite3.connect(data_dir / DATABASE_FILE)) as db:
+        row = db.execute(
+            "SELECT json_data, sequence, deleted_at FROM documents WHERE doc_id = 'gone'"
+        ).fetchone()
+    assert row is not None, "the delete must keep a tombstone row for catch-up"
+    assert row[0] is None
+    assert row[1] == 3
+    assert row[2] is not None
+
+
+def test_deleting_an_absent_or_deleted_document_changes_nothing(store: SQLiteStore) -> None:
+    """A delete that finds nothing returns None and does not consume a sequence."""
+    assert store.commit([delete("c", "never")]) == [None]
+    assert store.head_sequence == 0
+
+    store.commit([put("c", "d")])
+    store.commit([delete("c", "d")])
+    assert store.commit([delete("c", "d")]) == [None]
+    assert store.head_sequence == 2
+
+    assert store.commit([put("c", "next")]) == [Change(3, "c", "next", "{}")]
+
+
+def test_a_deleted_document_can_be_put_again(store: SQLiteStore) -> None:
+    """Putting over a tombstone revives the document at a new sequence."""
+    store.commit([put("c", "d", '{"v":1}'), delete("c", "d")])
+    (change,) = store.commit([put("c", "d", '{"v":2}')])
+
+    assert change == Change(3, "c", "d", '{"v":2}')
+    assert store.get("c", "d") == StoredDocument("c", "d", '{"v":2}', 3)
+    assert store.list_ids("c") == ["d"]
+
+
+def test_a_batch_applies_in_order(store: SQLiteStore) -> None:
+    """A put and a delete of the same document in one batch apply in the order given."""
+    changes = store.commit([put("c", "d"), delete("c", "d"), delete("c", "absent")])
+
+    assert changes == [Change(1, "c", "d", "{}"), Change(2, "c", "d", None), None]
+    assert store.get("c", "d") is None
+    assert store.head_sequence == 2
+
+    changes = store.commit([delete("c", "d"), put("c", "d", '{"v":2}')])
+    assert changes == [None, Change(3, "c", "d", '{"v":2}')]
+    assert store.get("c", "d") == StoredDocument("c", "d", '{"v":2}', 3)
+
+
+def test_a_failing_batch_stores_nothing(store: SQLiteStore, data_dir: Path) -> None:
+    """When one mutation of a batch fails, the whole batch rolls back, head included."""
+    store.commit([put("c", "before")])
+    unbindable = Mutation("c", "bad", object())  # type: ignore[arg-type]
+
+    with pytest.raises(sqlite3.Error):
+        store.commit([put("c", "first"), delete("c", "before"), unbindable])
+
+    assert store.head_sequence == 1
+    assert store.get("c", "first") is None
+    assert store.get("c", "before") is not None
+    assert store.commit([put("c", "after")]) == [Change(2, "c", "after", "{}")]
+    store.close()
+    reopened = SQLiteStore.open(data_dir)
+    try:
+        assert reopened.head_sequence == 2
+        assert reopened.list_ids("c") == ["after", "before"]
+    finally:
+        reopened.close()
+
+
+def test_data_dir_that_is_a_regular_file_gives_a_clear_error(tmp_path: Path) -> None:
+    """A data dir path naming an existing file is refused with a StoreError naming it."""
+    not_a_dir = tmp_path / "data"
+    not_a_dir.write_text("I am a file")
+
+    with pytest.raises(StoreError, match="cannot open the store in") as raised:
+        SQLiteStore.open(not_a_dir)
+
+    assert str(not_a_dir) in str(raised.value)
+    assert not_a_dir.read_text() == "I am a file"
+
+
+def test_data_dir_below_a_regular_file_gives_a_clear_error(tmp_path: Path) -> None:
+    """A data dir whose parent is a file cannot be created; the error says where."""
+    (tmp_path / "file").write_text("")
+    data_dir = tmp_path / "file" / "data"
+
+    with pytest.raises(StoreError, match="cannot open the store in") as raised:
+        SQLiteStore.open(data_dir)
+
+    assert str(data_dir) in str(raised.value)
+
+
+def test_a_database_file_that_is_not_sqlite_gives_a_clear_error(data_dir: Path) -> None:
+    """A corrupt or foreign database file is refused with a StoreError, not a raw sqlite error."""
+    data_dir.mkdir()
+    (data_dir / DATABASE_FILE).write_bytes(b"this is not a database" * 100)
+
+    with pytest.raises(StoreError, match="cannot open the store in"):
+        SQLiteStore.open(data_dir)
+
+
+def test_a_store_of_another_schema_version_is_refused(data_dir: Path) -> None:
+    """A data dir written by an incompatible release is refused with a message saying so."""
+    SQLiteStore.open(data_dir).close()
+    with closing(sqlite3.connect(data_dir / DATABASE_FILE)) as db, db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+
+    with pytest.raises(StoreError, match="schema version 99"):
+        SQLiteStore.open(data_dir)
