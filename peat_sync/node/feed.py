@@ -94,7 +94,10 @@ class ChangeFeed:
         handoff from replay to live has neither gap nor duplicate.
         """
         send, receive = trio.open_memory_channel[ChangeEvent](self.buffer_size)
-        self._live[subscription] = send
+        if self.closed:
+            send.close()  # no more events will come: the subscriber sees the end at once
+        else:
+            self._live[subscription] = send
         return receive
 
     def take_missed(self, subscription: Subscription) -> MissedRange | None:

@@ -91,12 +91,17 @@ class Producer:
             # never leaves a half-written batch behind.
             changes = await trio.to_thread.run_sync(self._store.commit, mutations)
         except Exception as exc:
-            # The transaction rolled back, so nothing of the batch is stored: fail its writers
-            # and keep serving (a full disk, say, can be fixed without a restart).
+            # The transaction rolled back, so nothing of the batch is stored. Retry each
+            # write alone, so one write the store refuses cannot fail the others; then fail
+            # only the writers whose own commit failed, and keep serving (a full disk, say,
+            # can be fixed without a restart).
+            if len(batch) > 1:
+                for queued in batch:
+                    await self._commit([queued], publish)
+                return
             log.error("commit of %d changes failed, none stored: %s", len(mutations), exc)
-            for queued in batch:
-                queued.error = StoreUnavailable(f"the store could not commit the write: {exc}")
-                queued.done.set()
+            batch[0].error = StoreUnavailable(f"the store could not commit the write: {exc}")
+            batch[0].done.set()
             return
         events = [ChangeEvent.from_change(change) for change in changes if change is not None]
         if events:

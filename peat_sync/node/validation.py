@@ -13,11 +13,21 @@ MAX_NAME_BYTES = 512
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def _utf8_size(kind: str, value: str) -> int:
+    # A lone surrogate (say, from a badly decoded file name) is not text SQLite can store.
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(
+            f"{kind} is not valid UTF-8: lone surrogate at character {exc.start}"
+        ) from None
+
+
 def check_name(kind: str, value: str) -> None:
     """Refuse an empty, oversized or control-character `collection` or `doc_id`."""
     if not value:
         raise InvalidRequest(f"{kind} must not be empty")
-    size = len(value.encode("utf-8", "surrogatepass"))
+    size = _utf8_size(kind, value)
     if size > MAX_NAME_BYTES:
         raise InvalidRequest(f"{kind} is {size} bytes long; the limit is {MAX_NAME_BYTES}")
     if _CONTROL.search(value):
@@ -30,7 +40,7 @@ def _refuse_constant(name: str) -> float:
 
 def check_document(json_data: str, max_bytes: int) -> None:
     """Refuse a document that is not a JSON object, or that is larger than `max_bytes`."""
-    size = len(json_data.encode("utf-8", "surrogatepass"))
+    size = _utf8_size("json_data", json_data)
     if size > max_bytes:
         raise LimitExceeded(
             f"the document is {size} bytes; the limit is {max_bytes} bytes"

@@ -56,6 +56,27 @@ def to_json(message: betterproto2.Message, name: str) -> str:
         ) from None
 
 
+def _convert(annotation: str, default: Any, value: Any) -> Any:
+    """`value` as the field annotated `annotation` holds it; ValueError if it does not fit."""
+    base = annotation.removesuffix(" | None")
+    if value is None:
+        if base != annotation:
+            return None
+        return default
+    if base == "str" and isinstance(value, str):
+        return value
+    if base == "bool" and isinstance(value, bool):
+        return value
+    if not isinstance(value, bool):  # JSON true/false must not pass for numbers
+        if base == "float" and isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, int) and (base == "int" or isinstance(default, enum.Enum)):
+            return value if base == "int" else type(default)(value)
+    if base == "list[str]" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise ValueError(f"{json.dumps(value)[:40]} is not a {base}")
+
+
 def from_json(message_type: type[M], json_data: str) -> M:
     """Parse a stored document; raises ValueError if it does not fit `message_type`."""
     document = json.loads(json_data)
@@ -64,18 +85,13 @@ def from_json(message_type: type[M], json_data: str) -> M:
     defaults = message_type()
     values: dict[str, Any] = {}
     for field in dataclasses.fields(cast(Any, message_type)):
-        if field.name not in document:
-            continue
-        value = document[field.name]
-        default = getattr(defaults, field.name)
-        if value is None:
-            values[field.name] = None if default is None else default
-        elif isinstance(default, enum.Enum):
-            values[field.name] = type(default)(value)
-        elif isinstance(default, float) and isinstance(value, int):
-            values[field.name] = float(value)
-        else:
-            values[field.name] = value
+        if field.name in document:
+            try:
+                values[field.name] = _convert(
+                    str(field.type), getattr(defaults, field.name), document[field.name]
+                )
+            except ValueError as exc:
+                raise ValueError(f"{field.name}: {exc}") from None
     return message_type(**values)
 
 

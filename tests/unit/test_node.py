@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,14 @@ from peat_sync.node import (
     Node,
     NodeClosed,
     NodeConfig,
+    StoreUnavailable,
     Subscription,
     open_node,
 )
 from peat_sync.node.feed import ChangeFeed
+from peat_sync.node.producer import Producer
 from peat_sync.node.replay_log import ReplayLog
-from peat_sync.store import Change, SQLiteStore, StoredDocument
+from peat_sync.store import Change, Mutation, SQLiteStore, StoredDocument
 
 DEADLINE = 30
 
@@ -206,11 +209,6 @@ async def test_oversized_document_is_refused_by_byte_size(tmp_path: Path) -> Non
             assert node.head_sequence == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a lone surrogate passes validation, then fails inside the SQLite commit and is"
-    " reported as StoreUnavailable",
-)
 @pytest.mark.parametrize(
     ("collection", "doc", "json_data"),
     [("c", "bad\udc80", "{}"), ("bad\udc80", "d", "{}"), ("c", "d", '{"a": "\ud800"}')],
@@ -226,31 +224,49 @@ async def test_unencodable_text_is_an_invalid_request(
                 await node.put(collection, doc, json_data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="one unencodable write fails the whole batch it was committed in: every other"
-    " writer in that batch gets StoreUnavailable",
-)
+class PoisonedStore(SQLiteStore):
+    """A real store that refuses any commit holding the doc_id "poison", as a store refuses
+    a write it cannot take (a constraint, a value it cannot encode)."""
+
+    def commit(self, mutations: Sequence[Mutation]) -> list[Change | None]:
+        if any(mutation.doc_id == "poison" for mutation in mutations):
+            raise sqlite3.IntegrityError("refused")
+        return super().commit(mutations)
+
+
 async def test_one_bad_write_does_not_fail_the_writes_batched_with_it(tmp_path: Path) -> None:
-    """Writers queued together are committed in one batch; a bad write among them must not
-    take the good ones down with it."""
+    """Writers queued together are committed in one batch; a write the store refuses must
+    fail alone, not take the good ones of its batch down with it."""
+    store = PoisonedStore(tmp_path / "store.sqlite3")
+    producer = Producer(store, max_batch=100)
+    publish, published = trio.open_memory_channel[list[ChangeEvent]](16)
     outcomes: dict[str, object] = {}
 
     async def write(doc: str) -> None:
         try:
-            outcomes[doc] = await node.put("c", doc, "{}")
-        except Exception as exc:
+            outcomes[doc] = await producer.write([Mutation("c", doc, "{}")])
+        except StoreUnavailable as exc:
             outcomes[doc] = exc
 
     with trio.fail_after(DEADLINE):
-        async with running_node(tmp_path) as node, trio.open_nursery() as nursery:
-            for i in range(5):
-                nursery.start_soon(write, f"good{i}")
-            nursery.start_soon(write, "bad\udc80")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(producer.run, publish)
+            async with trio.open_nursery() as writers:
+                for doc in ["good0", "good1", "poison", "good2"]:
+                    writers.start_soon(write, doc)
+            producer.close()
+    store.close()
 
-    good = [outcome for doc, outcome in outcomes.items() if doc.startswith("good")]
-    assert [type(outcome) for outcome in good] == [int] * 5, good
-    assert sorted(good) == [1, 2, 3, 4, 5]  # type: ignore[type-var]
+    assert isinstance(outcomes.pop("poison"), StoreUnavailable)
+    sequences = sorted(change[0].sequence for change in outcomes.values())  # type: ignore[index]
+    assert sequences == [1, 2, 3]
+    published_sequences = []
+    while True:
+        try:
+            published_sequences += [event.sequence for event in published.receive_nowait()]
+        except trio.EndOfChannel:
+            break
+    assert published_sequences == [1, 2, 3]
 
 
 # Concurrency -------------------------------------------------------------------------------
@@ -638,11 +654,6 @@ async def test_a_live_subscriber_is_told_when_the_node_closes(tmp_path: Path) ->
     assert len(outcome) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a subscription that is not attached to the feed when the node closes attaches"
-    " to the stopped feed on its next read and waits forever instead of raising NodeClosed",
-)
 async def test_reading_a_subscription_after_the_node_closed_raises_node_closed(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

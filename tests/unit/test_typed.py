@@ -224,11 +224,6 @@ def test_from_documents_skips_malformed_documents_with_a_warning(
         assert f"skipping platforms/{doc_id}: it is not a valid Platform" in warning
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="from_json does not check value types: a wrong-typed field is accepted and the"
-    " message later fails to encode, breaking the whole Get* RPC",
-)
 @pytest.mark.parametrize(
     "json_data",
     [
