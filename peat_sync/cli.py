@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         " change feed that never loses an event silently.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.epilog = "Run 'peat-sync COMMAND --help' for the options of a command."
     serve_parser = commands.add_parser(
         "serve",
         help="run the sidecar server",
@@ -58,12 +59,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         parser.exit(EXIT_USAGE, f"peat-sync {args.command}: error: {exc}\n")
     configure_logging(config.log_level)
+    failed = False
     try:
         trio.run(_serve_until_signalled, config)
-    except (ListenError, StoreError) as exc:
-        log.error("%s", exc)
-        return EXIT_FAILURE
-    return 0
+    except* (ListenError, StoreError) as group:
+        for message in _leaf_messages(group):
+            log.error("%s", message)
+        failed = True
+    return EXIT_FAILURE if failed else 0
+
+
+def _leaf_messages(error: BaseException) -> list[str]:
+    if isinstance(error, BaseExceptionGroup):
+        return [message for inner in error.exceptions for message in _leaf_messages(inner)]
+    return [str(error)]
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ class ChangeFeed:
         self._live: dict[Subscription, trio.MemorySendChannel[ChangeEvent]] = {}
         self._lagging: dict[Subscription, MissedRange] = {}
         self._next_id = 1
+        self._all_detached = trio.Event()
         self.closed = False
         self.lag_events = 0
 
@@ -110,6 +111,21 @@ class ChangeFeed:
             send.close()
         self._lagging.pop(subscription, None)
         self._open.discard(subscription)
+        if self.closed and not self._open:
+            self._all_detached.set()
+
+    def close(self) -> None:
+        """End every subscription: each one's next read raises NodeClosed."""
+        self.closed = True
+        for send in self._live.values():
+            send.close()
+        self._live.clear()
+        if not self._open:
+            self._all_detached.set()
+
+    async def wait_all_detached(self) -> None:
+        """Trio-flavoured: wait, after `close()`, until every subscription is closed."""
+        await self._all_detached.wait()
 
     async def run(
         self,
@@ -125,10 +141,7 @@ class ChangeFeed:
                     self.replay_log.append(events)
                     self._fan_out(events)
         finally:
-            self.closed = True
-            for send in self._live.values():
-                send.close()
-            self._live.clear()
+            self.close()
 
     def _fan_out(self, events: list[ChangeEvent]) -> None:
         for subscription, missed in self._lagging.items():

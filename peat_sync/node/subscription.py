@@ -69,6 +69,8 @@ class Subscription:
         Raises `NodeClosed` once the node shuts down.
         """
         while True:
+            if self._feed.closed:
+                raise NodeClosed("the node is shutting down")
             if self._pending:
                 batch, self._pending = self._pending, []
                 return batch
@@ -82,10 +84,10 @@ class Subscription:
             try:
                 first = await self._receive.receive()
             except trio.EndOfChannel:
+                # The feed closed the channel: on overflow, or because the node is closing
+                # (checked at the top of the loop).
                 self._receive = None
-                if self._feed.closed:
-                    raise NodeClosed("the node is shutting down") from None
-                self._lagged = True
+                self._lagged = not self._feed.closed
                 continue
             batch = [first]
             while len(batch) < limit:

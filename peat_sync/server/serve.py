@@ -21,7 +21,9 @@ from peat_sync.server.service import SidecarService
 
 log = logging.getLogger("peat_sync.server")
 
-# How long open streams and in-flight calls get to finish when the server stops.
+# When the server stops, open streams get this long to deliver their UNAVAILABLE status
+# (a client that stopped reading never takes it), then in-flight calls get the longer grace.
+STREAM_GRACE_SECONDS = 2.0
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
@@ -48,12 +50,26 @@ def _bind(address: ListenAddress) -> tuple[socket.socket, ListenAddress]:
     return sock, ListenAddress(host=host, port=port)
 
 
+def _accepts_connections(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
 def _bind_unix(path: Path) -> socket.socket:
     try:
         if path.exists():
             if not stat.S_ISSOCK(path.stat().st_mode):
                 raise ListenError(f"cannot listen on unix://{path}: it exists and is not a socket")
-            path.unlink()  # a stale socket from an earlier run
+            if _accepts_connections(path):
+                raise ListenError(
+                    f"cannot listen on unix://{path}: another server is listening on it;"
+                    " stop that server or choose another path"
+                )
+            path.unlink()  # a stale socket left by a server that is gone
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # Only the owner may connect: documents are not for every local user.
         old_umask = os.umask(0o177)
@@ -97,6 +113,11 @@ async def serve(
             await stop.wait()
             service.phase = NodePhase.SHUTTING_DOWN
             log.info("shutting down: closing %d subscriber streams", node.feed.subscriber_count)
+            # Each open stream ends with UNAVAILABLE and the since_sequence to resume from;
+            # a stream stuck on a client that stopped reading is cut off after the grace.
+            node.feed.close()
+            with trio.move_on_after(STREAM_GRACE_SECONDS):
+                await node.feed.wait_all_detached()
         finally:
             with trio.CancelScope(shield=True):
                 server.close()

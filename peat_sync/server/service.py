@@ -212,11 +212,13 @@ class SidecarService(pb.PeatSidecarBase):
                     for event in batch:
                         await stream.send_message(Encoded(event.encoded))
             except NodeClosed:
-                raise GRPCError(
-                    Status.UNAVAILABLE,
-                    "the server is shutting down; resubscribe with since_sequence="
-                    f"{subscription.position}",
-                ) from None
+                # Sent here, inside the subscription's block, so the trailers are on their
+                # way before the server, seeing every subscription closed, stops.
+                await stream.send_trailing_metadata(
+                    status=Status.UNAVAILABLE,
+                    status_message="the server is shutting down; resubscribe with"
+                    f" since_sequence={subscription.position}",
+                )
             finally:
                 log.info(
                     "subscriber %s closed at sequence %d",

@@ -45,13 +45,6 @@ from tests.e2e.conftest import peat_sync_command as command
 
 SIGNALS = [signal.SIGTERM, signal.SIGINT]
 
-# cli._serve_until_signalled starts serve() in a trio nursery, so a ListenError or StoreError
-# raised at start-up leaves the nursery wrapped in an ExceptionGroup (strict exception groups),
-# which cli.main's `except (ListenError, StoreError)` does not catch: the user gets a traceback.
-STARTUP_ERROR_IS_A_TRACEBACK = pytest.mark.xfail(
-    strict=True,
-    reason="start-up ListenError/StoreError escape cli.main as an ExceptionGroup traceback",
-)
 CLI_TIMEOUT = 30.0
 
 
@@ -136,12 +129,6 @@ def test_sigterm_with_a_stalled_subscriber(server: ServerProcess) -> None:
     assert_stopped_cleanly(server, signal.SIGTERM, subscribers=1, head=16)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="serve() cancels Subscribe handlers with grpclib's Server.close() before the node"
-    " closes, so the designed UNAVAILABLE 'resubscribe with since_sequence=N' trailer is never"
-    " sent; the client only sees the socket close",
-)
 def test_subscriber_is_told_where_to_resume_on_shutdown(
     server: ServerProcess, grpcio_client: GrpcioClient
 ) -> None:
@@ -257,11 +244,6 @@ def test_stale_unix_socket_is_replaced(
     assert again.stop() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="serve._bind_unix unlinks any existing socket file as stale without checking that"
-    " no server is listening on it, so a second server silently takes over the first's socket",
-)
 def test_unix_socket_of_a_running_server_is_not_taken_over(
     start_unix_server: Callable[..., UnixSocketServer],
     tmp_path: Path,
@@ -358,7 +340,6 @@ def test_flag_wins_over_its_variable_and_the_variable_over_the_default(
         client.close()
 
 
-@STARTUP_ERROR_IS_A_TRACEBACK
 def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
@@ -371,7 +352,6 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     )
 
 
-@STARTUP_ERROR_IS_A_TRACEBACK
 def test_unusable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("")
@@ -380,7 +360,6 @@ def test_unusable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
     assert_one_line_error(result, f"cannot open the store in {not_a_directory}")
 
 
-@STARTUP_ERROR_IS_A_TRACEBACK
 def test_unix_path_that_is_not_a_socket_is_a_clear_error(tmp_path: Path) -> None:
     regular = tmp_path / "peat.sock"
     regular.write_text("keep me")
@@ -423,20 +402,6 @@ def test_help_lists_the_serve_command() -> None:
     assert result.returncode == 0
     assert re.search(r"^\s+serve\s+run the sidecar server$", result.stdout, re.MULTILINE)
     assert result.stderr == ""
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="`peat-sync --help` lists only the serve command: the flags and their PEAT_SIDECAR_*"
-    " variables appear in `peat-sync serve --help` alone",
-)
-def test_top_level_help_names_every_flag_and_its_variable() -> None:
-    result = run_cli("--help", COLUMNS="80")
-    assert result.returncode == 0
-    text = " ".join(result.stdout.split())
-    for option in SERVE_OPTIONS:
-        assert option.flag in text
-        assert option.env in text
 
 
 def test_serve_help_names_every_flag_and_its_variable() -> None:

@@ -668,10 +668,8 @@ async def test_reading_a_subscription_after_the_node_closed_raises_node_closed(
             subscription = node.subscribe(since=0)
         # No thread work is left: a read that blocks now blocks forever, so jump to the end.
         autojump_clock.autojump_threshold = 0
-        with subscription:
-            assert [decode(e).doc_id for e in await subscription.next_batch(10)] == ["d"]
-            with pytest.raises(NodeClosed):
-                await subscription.next_batch(10)
+        with subscription, pytest.raises(NodeClosed):
+            await subscription.next_batch(10)
 
 
 async def test_cancelling_the_enclosing_scope_stops_the_node(tmp_path: Path) -> None:
