@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Protocol
 
 import pytest
 
@@ -105,8 +106,12 @@ class ServerProcess:
         return self.start()
 
 
+class StartServer(Protocol):
+    def __call__(self, *args: str, data_dir: Path | None = None) -> ServerProcess: ...
+
+
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[type[ServerProcess]]:
+def start_server(tmp_path: Path) -> Iterator[StartServer]:
     """A factory for servers; every server it starts is killed at the end of the test."""
     started: list[ServerProcess] = []
 
@@ -115,13 +120,13 @@ def start_server(tmp_path: Path) -> Iterator[type[ServerProcess]]:
         started.append(server)
         return server.start()
 
-    yield factory  # type: ignore[misc]
+    yield factory
     for server in started:
         server.kill()
 
 
 @pytest.fixture
-def server(start_server: type[ServerProcess]) -> ServerProcess:
+def server(start_server: StartServer) -> ServerProcess:
     return start_server()
 
 

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, StartServer
 from tests.e2e.conftest import (
     CALL_TIMEOUT,
     RESYNC,
@@ -32,7 +32,7 @@ MAX_DOCUMENT = 1024
 
 
 @pytest.fixture
-def small_server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
+def small_server(start_server: StartServer) -> ServerProcess:
     return start_server("--max-document-bytes", "1KiB")
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, StartServer
 from tests.e2e.conftest import (
     TYPED_COLLECTIONS,
     UPSERT,
@@ -259,7 +259,9 @@ def test_typed_put_is_a_change_event_on_its_collection(grpcio_client: GrpcioClie
 # Status
 
 
-def test_get_status(start_server: Any, connect_client: Any, grpcio_api: tuple[Any, Any]) -> None:
+def test_get_status(
+    start_server: StartServer, connect_client: Any, grpcio_api: tuple[Any, Any]
+) -> None:
     server: ServerProcess = start_server("--node-id", "node-under-test")
     client: Client = connect_client(server)
     empty = status(client)

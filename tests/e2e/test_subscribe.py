@@ -11,7 +11,7 @@ from typing import Any
 import grpclib.client
 
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, StartServer
 from tests.e2e.conftest import (
     CALL_TIMEOUT,
     DELETE,
@@ -306,7 +306,7 @@ async def relist_async(stub: pb.PeatSidecarStub, collection: str) -> dict[str, t
     return view
 
 
-def test_stalled_grpclib_subscriber_gets_resync(start_server: Any) -> None:
+def test_stalled_grpclib_subscriber_gets_resync(start_server: StartServer) -> None:
     server = start_server(*SLOW_SERVER_ARGS)
 
     async def scenario() -> tuple[list[Event], int, list[dict[str, tuple[str, int]]], Any]:
@@ -347,7 +347,7 @@ def test_stalled_grpclib_subscriber_gets_resync(start_server: Any) -> None:
 
 
 def test_stalled_grpcio_subscriber_gets_resync(
-    start_server: Any, grpcio_api: tuple[ModuleType, ModuleType]
+    start_server: StartServer, grpcio_api: tuple[ModuleType, ModuleType]
 ) -> None:
     server = start_server(*SLOW_SERVER_ARGS)
     writer = GrpcioClient(server.address, grpcio_api)
@@ -385,7 +385,7 @@ def test_stalled_grpcio_subscriber_gets_resync(
     assert reconcile(events, relists) == store
 
 
-def test_overflow_within_the_replay_log_heals_without_resync(start_server: Any) -> None:
+def test_overflow_within_the_replay_log_heals_without_resync(start_server: StartServer) -> None:
     server = start_server("--broadcast-buffer-size", "4")
 
     async def scenario() -> tuple[list[Event], int]:
