@@ -21,15 +21,39 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 START_TIMEOUT = 20.0
-_SERVING = re.compile(r"serving peat\.sidecar\.v1 on tcp://([^ ]+):(\d+)")
+_SERVING = re.compile(r"serving peat\.sidecar\.v1 on (?:tcp://[^ ]+:(\d+)|unix://\S+)")
+
+
+def peat_sync_command() -> list[str]:
+    """The installed `peat-sync` console script of this environment."""
+    script = Path(sys.executable).with_name("peat-sync")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "peat_sync"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without PEAT_SIDECAR_* variables, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PEAT_SIDECAR_")}
+    env.update(extra)
+    return env
 
 
 class ServerProcess:
-    """`peat-sync serve` in a subprocess, on a free loopback port, with its log captured."""
+    """`peat-sync serve` in a subprocess, with its log captured. It listens on a free loopback
+    port unless given another `listen` address."""
 
-    def __init__(self, data_dir: Path, *args: str) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *args: str,
+        listen: str = "tcp://127.0.0.1:0",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.args = args
+        self.listen = listen
+        self.env = env or {}
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
         self._log: list[str] = []
@@ -38,37 +62,51 @@ class ServerProcess:
 
     @property
     def address(self) -> str:
+        """Where a client connects: HOST:PORT, or unix:///PATH."""
+        if self.listen.startswith("unix:"):
+            return self.listen
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def socket_path(self) -> Path:
+        assert self.listen.startswith("unix://"), f"{self.listen} is not a unix socket"
+        return Path(self.listen.removeprefix("unix://"))
+
+    @property
+    def serving(self) -> bool:
+        return self._serving.is_set() and self.process is not None and self.process.poll() is None
 
     @property
     def log(self) -> str:
         with self._log_lock:
             return "".join(self._log)
 
-    def start(self) -> ServerProcess:
-        """Start the server and wait until it accepts calls."""
+    def start(self, *, must_start: bool = True) -> ServerProcess:
+        """Start the server and wait until it accepts calls (or, unless `must_start`, until
+        it has exited)."""
         self._serving.clear()
-        self.process = subprocess.Popen(
+        self.process = process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "peat_sync",
-                "serve",
-                "--listen",
-                "tcp://127.0.0.1:0",
-                "--data-dir",
-                str(self.data_dir),
+                *peat_sync_command(),
+                *("serve", "--listen", self.listen, "--data-dir", str(self.data_dir)),
                 *self.args,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={k: v for k, v in os.environ.items() if not k.startswith("PEAT_SIDECAR_")},
+            env=clean_env(**self.env),
         )
-        threading.Thread(target=self._read_log, args=(self.process,), daemon=True).start()
-        if not self._serving.wait(START_TIMEOUT):
-            self.kill()
-            raise RuntimeError(f"server did not start:\n{self.log}")
+        log_reader = threading.Thread(target=self._read_log, args=(process,), daemon=True)
+        log_reader.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._serving.wait(0.05) and process.poll() is None:
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"server did not start:\n{self.log}")
+        if not self._serving.is_set():
+            log_reader.join(5)  # the process exited: take its last words
+            if must_start:
+                raise RuntimeError(f"server exited at start-up:\n{self.log}")
         return self
 
     def _read_log(self, process: subprocess.Popen[str]) -> None:
@@ -78,7 +116,7 @@ class ServerProcess:
                 self._log.append(line)
             match = _SERVING.search(line)
             if match:
-                self.port = int(match[2])
+                self.port = int(match[1] or 0)
                 self._serving.set()
 
     def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
@@ -107,7 +145,14 @@ class ServerProcess:
 
 
 class StartServer(Protocol):
-    def __call__(self, *args: str, data_dir: Path | None = None) -> ServerProcess: ...
+    def __call__(
+        self,
+        *args: str,
+        data_dir: Path | None = None,
+        listen: str = ...,
+        env: dict[str, str] | None = None,
+        must_start: bool = True,
+    ) -> ServerProcess: ...
 
 
 @pytest.fixture
@@ -115,10 +160,16 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
     """A factory for servers; every server it starts is killed at the end of the test."""
     started: list[ServerProcess] = []
 
-    def factory(*args: str, data_dir: Path | None = None) -> ServerProcess:
-        server = ServerProcess(data_dir or tmp_path / "data", *args)
+    def factory(
+        *args: str,
+        data_dir: Path | None = None,
+        listen: str = "tcp://127.0.0.1:0",
+        env: dict[str, str] | None = None,
+        must_start: bool = True,
+    ) -> ServerProcess:
+        server = ServerProcess(data_dir or tmp_path / "data", *args, listen=listen, env=env)
         started.append(server)
-        return server.start()
+        return server.start(must_start=must_start)
 
     yield factory
     for server in started:

@@ -11,13 +11,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
-import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -34,7 +29,7 @@ from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, StartServer
 
 # The deadline of one unary call.
 CALL_TIMEOUT = 10.0
@@ -499,83 +494,6 @@ async def wait_for_subscribers_async(stub: pb.PeatSidecarStub, count: int) -> No
 # Processes
 
 
-def peat_sync_command() -> list[str]:
-    """The installed `peat-sync` console script of this environment."""
-    script = Path(sys.executable).with_name("peat-sync")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "peat_sync"]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PEAT_SIDECAR_")}
-    env.update(extra)
-    return env
-
-
-class UnixSocketServer:
-    """`peat-sync serve --listen unix:///...` in a subprocess, with its log captured."""
-
-    _SERVING = re.compile(r"serving peat\.sidecar\.v1 on unix://(\S+)")
-
-    def __init__(
-        self, socket_path: Path, data_dir: Path, *args: str, env: dict[str, str] | None = None
-    ) -> None:
-        self.socket_path = socket_path
-        self.process = subprocess.Popen(
-            [
-                *peat_sync_command(),
-                "serve",
-                "--listen",
-                f"unix://{socket_path}",
-                "--data-dir",
-                str(data_dir),
-                *args,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=clean_env(**(env or {})),
-        )
-        self._lines: list[str] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._read_log, daemon=True).start()
-        # Started, or failed to start: either way, the process has said so.
-        wait_until(
-            lambda: self.serving or self.process.poll() is not None,
-            timeout=20,
-            what="the unix socket server to start or exit",
-        )
-
-    @property
-    def serving(self) -> bool:
-        return self.process.poll() is None and bool(self._SERVING.search(self.log))
-
-    @property
-    def target(self) -> str:
-        return f"unix://{self.socket_path}"
-
-    @property
-    def log(self) -> str:
-        with self._lock:
-            return "".join(self._lines)
-
-    def _read_log(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self._lock:
-                self._lines.append(line)
-
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        self.process.send_signal(signum)
-        return self.process.wait(timeout)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
 @pytest.fixture
 def socket_dir() -> Iterator[Path]:
     """A short temporary directory for unix sockets: their paths are limited to about 100
@@ -585,31 +503,15 @@ def socket_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def start_unix_server(
-    socket_dir: Path, tmp_path: Path
-) -> Iterator[Callable[..., UnixSocketServer]]:
+def start_unix_server(socket_dir: Path, start_server: StartServer) -> StartServer:
     """A factory for servers on `socket_dir/peat.sock`; each is killed at the end."""
-    started: list[UnixSocketServer] = []
 
-    def factory(
-        *args: str,
-        env: dict[str, str] | None = None,
-        data_dir: Path | None = None,
-        must_start: bool = True,
-    ) -> UnixSocketServer:
-        server = UnixSocketServer(
-            socket_dir / "peat.sock", data_dir or tmp_path / "data", *args, env=env
-        )
-        started.append(server)
-        if must_start:
-            assert server.serving, f"the server did not start:\n{server.log}"
-        return server
+    def factory(*args: str, **options: Any) -> ServerProcess:
+        return start_server(*args, listen=f"unix://{socket_dir / 'peat.sock'}", **options)
 
-    yield factory
-    for server in started:
-        server.kill()
+    return factory
 
 
 @pytest.fixture
-def unix_server(start_unix_server: Callable[..., UnixSocketServer]) -> UnixSocketServer:
+def unix_server(start_unix_server: StartServer) -> ServerProcess:
     return start_unix_server()

@@ -11,7 +11,6 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -21,13 +20,12 @@ import pytest
 
 from peat_sync.config import SERVE_OPTIONS
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, StartServer, clean_env
+from tests.conftest import peat_sync_command as command
 from tests.e2e.conftest import (
     CALL_TIMEOUT,
     CallFailed,
     GrpcioClient,
-    UnixSocketServer,
-    clean_env,
     delete,
     get,
     grpcio_subscription,
@@ -41,7 +39,6 @@ from tests.e2e.conftest import (
     wait_until,
     within,
 )
-from tests.e2e.conftest import peat_sync_command as command
 
 SIGNALS = [signal.SIGTERM, signal.SIGINT]
 
@@ -203,14 +200,14 @@ def test_acknowledged_writes_survive_kill_9(
 
 
 def test_unix_socket_serves_grpcio(
-    unix_server: UnixSocketServer, grpcio_api: tuple[ModuleType, ModuleType]
+    unix_server: ServerProcess, grpcio_api: tuple[ModuleType, ModuleType]
 ) -> None:
     path = unix_server.socket_path
     mode = path.stat().st_mode
     assert stat.S_ISSOCK(mode)
     assert stat.S_IMODE(mode) == 0o600, oct(mode)
 
-    client = GrpcioClient(unix_server.target, grpcio_api)
+    client = GrpcioClient(unix_server.address, grpcio_api)
     try:
         sequence = put(client, "c", "d", '{"over": "unix"}')
         assert get(client, "c", "d") == ('{"over": "unix"}', sequence)
@@ -229,14 +226,14 @@ def test_unix_socket_serves_grpcio(
 
 
 def test_stale_unix_socket_is_replaced(
-    start_unix_server: Callable[..., UnixSocketServer], grpcio_api: tuple[ModuleType, ModuleType]
+    start_unix_server: StartServer, grpcio_api: tuple[ModuleType, ModuleType]
 ) -> None:
     first = start_unix_server()
     first.kill()
     assert first.socket_path.exists(), "kill -9 leaves the socket file behind"
     again = start_unix_server()
     assert stat.S_IMODE(again.socket_path.stat().st_mode) == 0o600
-    client = GrpcioClient(again.target, grpcio_api)
+    client = GrpcioClient(again.address, grpcio_api)
     try:
         assert status(client)["phase"] == 2
     finally:
@@ -245,16 +242,17 @@ def test_stale_unix_socket_is_replaced(
 
 
 def test_unix_socket_of_a_running_server_is_not_taken_over(
-    start_unix_server: Callable[..., UnixSocketServer],
+    start_unix_server: StartServer,
     tmp_path: Path,
     grpcio_api: tuple[ModuleType, ModuleType],
 ) -> None:
     first = start_unix_server()
     second = start_unix_server(data_dir=tmp_path / "second", must_start=False)
     assert not second.serving, "a second server took over a live socket"
+    assert second.process is not None
     assert second.process.wait(CALL_TIMEOUT) == 1
     assert f"cannot listen on unix://{first.socket_path}" in second.log
-    client = GrpcioClient(first.target, grpcio_api)
+    client = GrpcioClient(first.address, grpcio_api)
     try:
         assert status(client)["phase"] == 2, "the first server is still reachable"
     finally:
@@ -317,7 +315,7 @@ def test_bad_value_exits_2_with_one_line(
 
 
 def test_flag_wins_over_its_variable_and_the_variable_over_the_default(
-    start_unix_server: Callable[..., UnixSocketServer], grpcio_api: tuple[ModuleType, ModuleType]
+    start_unix_server: StartServer, grpcio_api: tuple[ModuleType, ModuleType]
 ) -> None:
     server = start_unix_server(
         "--node-id",
@@ -328,7 +326,7 @@ def test_flag_wins_over_its_variable_and_the_variable_over_the_default(
             "PEAT_SIDECAR_MAX_DOCUMENT_BYTES": "64B",
         },
     )
-    client = GrpcioClient(server.target, grpcio_api)
+    client = GrpcioClient(server.address, grpcio_api)
     try:
         assert status(client)["node_id"] == "from-flag"
         put(client, "c", "small", "{}")
