@@ -170,11 +170,24 @@ class Client(Protocol):
         """Call a unary rpc; the response as a dict (enums as ints, unset optionals None).
         Raises `CallFailed`."""
 
-    def put_typed(self, kind: str, fields: dict[str, Any] | None) -> int: ...
-
-    def get_typed(self, kind: str) -> list[dict[str, Any]]: ...
+    def message(self, name: str, fields: dict[str, Any]) -> Any:
+        """The message `name` of this client's generated code, with `fields` set."""
 
     def close(self) -> None: ...
+
+
+def put_typed(client: Client, kind: str, fields: dict[str, Any] | None) -> int:
+    """A typed put (PutPlatform ...); `fields=None` sends the request with no message."""
+    put_rpc, field, _, _, message_name = TYPED[kind]
+    request = {} if fields is None else {field: client.message(message_name, fields)}
+    sequence: int = client.call(put_rpc, **request)["sequence"]
+    return sequence
+
+
+def get_typed(client: Client, kind: str) -> list[dict[str, Any]]:
+    _, _, get_rpc, response_field, _ = TYPED[kind]
+    items: list[dict[str, Any]] = client.call(get_rpc)[response_field]
+    return items
 
 
 def failure_of(client: Client, rpc: str, **request: Any) -> RpcFailure:
@@ -254,19 +267,9 @@ class GrpcioClient:
             raise CallFailed(RpcFailure(exc.code().name, exc.details() or "")) from None
         return _grpcio_dict(response)
 
-    def put_typed(self, kind: str, fields: dict[str, Any] | None) -> int:
-        put_rpc, field, _, _, message_name = TYPED[kind]
-        request = {}
-        if fields is not None:
-            present = {name: value for name, value in fields.items() if value is not None}
-            request[field] = getattr(self.pb2, message_name)(**present)
-        sequence: int = self.call(put_rpc, **request)["sequence"]
-        return sequence
-
-    def get_typed(self, kind: str) -> list[dict[str, Any]]:
-        _, _, get_rpc, response_field, _ = TYPED[kind]
-        items: list[dict[str, Any]] = self.call(get_rpc)[response_field]
-        return items
+    def message(self, name: str, fields: dict[str, Any]) -> Any:
+        present = {field: value for field, value in fields.items() if value is not None}
+        return getattr(self.pb2, name)(**present)
 
     def close(self) -> None:
         self.channel.close()
@@ -329,18 +332,8 @@ class GrpclibClient:
             raise CallFailed(RpcFailure(exc.status.name, exc.message or "")) from None
         return _betterproto_dict(response)
 
-    def put_typed(self, kind: str, fields: dict[str, Any] | None) -> int:
-        put_rpc, field, _, _, message_name = TYPED[kind]
-        request = {}
-        if fields is not None:
-            request[field] = _betterproto_message(getattr(pb, message_name), fields)
-        sequence: int = self.call(put_rpc, **request)["sequence"]
-        return sequence
-
-    def get_typed(self, kind: str) -> list[dict[str, Any]]:
-        _, _, get_rpc, response_field, _ = TYPED[kind]
-        items: list[dict[str, Any]] = self.call(get_rpc)[response_field]
-        return items
+    def message(self, name: str, fields: dict[str, Any]) -> Any:
+        return _betterproto_message(getattr(pb, name), fields)
 
     def close(self) -> None:
         self.channel.close()

@@ -21,9 +21,11 @@ from tests.e2e.conftest import (
     GrpcioClient,
     failure_of,
     get,
+    get_typed,
     grpcio_subscription,
     list_ids,
     put,
+    put_typed,
     status,
     wait_for_subscribers,
 )
@@ -145,22 +147,22 @@ def test_typed_put_without_a_message_is_invalid_argument(client: Client, kind: s
     assert failure.code == "INVALID_ARGUMENT"
     assert failure.message == f"{kind} is required"
     with pytest.raises(CallFailed) as raised:
-        client.put_typed(kind, {"id": ""})
+        put_typed(client, kind, {"id": ""})
     failure = raised.value.failure
     assert failure.code == "INVALID_ARGUMENT"
     assert failure.message == f"{kind}.id must not be empty"
     assert status(client)["head_sequence"] == 0
-    assert client.get_typed(kind) == []
+    assert get_typed(client, kind) == []
     assert_still_serving(client)
 
 
 def test_typed_put_with_nan_is_invalid_argument(client: Client) -> None:
     with pytest.raises(CallFailed) as raised:
-        client.put_typed("track", {"id": "t", "latitude": float("nan")})
+        put_typed(client, "track", {"id": "t", "latitude": float("nan")})
     failure = raised.value.failure
     assert failure.code == "INVALID_ARGUMENT"
     assert "NaN" in failure.message
-    assert client.get_typed("track") == []
+    assert get_typed(client, "track") == []
 
 
 def test_subscribe_ahead_of_head_gets_resync(grpcio_client: GrpcioClient) -> None:

@@ -18,9 +18,11 @@ from tests.e2e.conftest import (
     delete,
     failure_of,
     get,
+    get_typed,
     grpcio_subscription,
     list_ids,
     put,
+    put_typed,
     status,
     wait_for_subscribers,
 )
@@ -190,16 +192,16 @@ SAMPLES = {"platform": PLATFORMS, "cell": CELLS, "track": TRACKS, "command": COM
 @pytest.mark.parametrize("kind", list(SAMPLES))
 def test_typed_put_and_get_round_trip(client: Client, kind: str) -> None:
     samples = SAMPLES[kind]
-    sequences = [client.put_typed(kind, sample) for sample in samples]
+    sequences = [put_typed(client, kind, sample) for sample in samples]
     assert sequences == [1, 2]
-    assert client.get_typed(kind) == samples
+    assert get_typed(client, kind) == samples
 
 
 @pytest.mark.parametrize("kind", list(SAMPLES))
 def test_typed_put_is_a_document_keyed_by_id(client: Client, kind: str) -> None:
     collection = TYPED_COLLECTIONS[kind]
     for sample in SAMPLES[kind]:
-        sequence = client.put_typed(kind, sample)
+        sequence = put_typed(client, kind, sample)
         json_data, stored_sequence = get(client, collection, sample["id"])
         assert stored_sequence == sequence
         assert json_data is not None
@@ -213,10 +215,10 @@ def test_typed_put_is_a_document_keyed_by_id(client: Client, kind: str) -> None:
 
 def test_typed_put_replaces_by_id(client: Client) -> None:
     first = dict(PLATFORMS[0])
-    client.put_typed("platform", first)
+    put_typed(client, "platform", first)
     changed = {**first, "status": 4, "capabilities": [], "unit_id": None, "readiness": 0.0}
-    sequence = client.put_typed("platform", changed)
-    assert client.get_typed("platform") == [changed]
+    sequence = put_typed(client, "platform", changed)
+    assert get_typed(client, "platform") == [changed]
     assert get(client, "platforms", "p-1")[1] == sequence
 
 
@@ -224,7 +226,7 @@ def test_typed_get_reads_documents_put_as_json(client: Client) -> None:
     """A document written with PutDocument into a typed collection reads back as the message,
     missing keys taking their defaults."""
     put(client, "cells", "cell-9", '{"id": "cell-9", "name": "Nine", "status": 2}')
-    (cell,) = client.get_typed("cell")
+    (cell,) = get_typed(client, "cell")
     assert cell == {
         "id": "cell-9",
         "name": "Nine",
@@ -242,8 +244,8 @@ def test_typed_put_is_a_change_event_on_its_collection(grpcio_client: GrpcioClie
     client = grpcio_client
     with grpcio_subscription(client, collections=["tracks"]) as subscription:
         wait_for_subscribers(client, 1)
-        client.put_typed("platform", PLATFORMS[0])
-        sequence = client.put_typed("track", TRACKS[0])
+        put_typed(client, "platform", PLATFORMS[0])
+        sequence = put_typed(client, "track", TRACKS[0])
         event = subscription.next()
     assert (event.collection, event.doc_id, event.change_type, event.sequence) == (
         "tracks",
