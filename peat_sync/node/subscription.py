@@ -50,8 +50,9 @@ class Subscription:
                 ChangeEvent.resync(
                     head,
                     ResyncReason.SEQUENCE_AHEAD,
-                    f"since_sequence {since} is ahead of the newest change ({head}):"
-                    " re-list, then resume from the sequence of this event",
+                    f"since_sequence {since} is ahead of the newest change ({head}), so this"
+                    " store has no such position: re-list; the changes after sequence"
+                    f" {head} follow on this stream",
                 )
             )
         else:
@@ -118,7 +119,8 @@ class Subscription:
                 head,
                 reason,
                 f"the changes after sequence {self.position} are no longer kept (the replay log"
-                f" starts after {replay_log.floor}): re-list, then resume from sequence {head}",
+                f" starts after {replay_log.floor}): re-list; the changes after sequence {head}"
+                " follow on this stream",
             )
             self.position = head
             self._receive = self._feed.attach(self)
