@@ -99,6 +99,7 @@ class SidecarService(pb.PeatSidecarBase):
             head_sequence=self._node.head_sequence,
             epoch=self._node.epoch,
             subscribers=self._node.feed.subscriber_count,
+            lag_events=self._node.feed.lag_events,
         )
 
     # Peers and sync: honest answers for a node without a mesh ----------------------------

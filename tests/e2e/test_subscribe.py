@@ -363,7 +363,9 @@ def test_stalled_grpcio_subscriber_gets_resync(
                 assert head < MAX_STALL_WRITES, f"no lasting stall:\n{server.log}"
                 head = put(writer, "lag", doc_id_of(head + 1), document)
                 streak = streak + 1 if stalled(server.log) else 0
-            assert status(writer)["head_sequence"] == head
+            described = status(writer)
+            assert described["head_sequence"] == head
+            assert described["lag_events"] >= 1, "the overflow is counted"
             # The client re-lists on each RESYNC, then follows the stream.
             events: list[Event] = []
             relists: list[dict[str, tuple[str, int]]] = []

@@ -634,6 +634,11 @@ class GetStatusResponse(betterproto2.Message):
     Open Subscribe streams.
     """
 
+    lag_events: "int" = betterproto2.field(9, betterproto2.TYPE_UINT64)
+    """
+    How often a subscriber's buffer overflowed since the server started.
+    """
+
 
 default_message_pool.register_message(
     "peat.sidecar.v1", "GetStatusResponse", GetStatusResponse
