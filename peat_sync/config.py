@@ -16,9 +16,6 @@ from typing import Any
 
 from peat_sync.node import NodeConfig
 
-DEFAULT_PORT = 50051
-
-
 class ConfigError(Exception):
     """A bad configuration value; the message names its flag or variable."""
 
@@ -27,8 +24,8 @@ class ConfigError(Exception):
 class ListenAddress:
     """Where the server listens: a TCP host and port, or a unix socket path."""
 
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
+    host: str = ""
+    port: int = 0
     path: Path | None = None
 
     @classmethod
@@ -68,7 +65,7 @@ class ServeConfig:
 
 def positive_int(text: str) -> int:
     try:
-        value = int(text.replace("_", ""))
+        value = int(text)
     except ValueError:
         raise ValueError(f"{text!r} is not a whole number") from None
     if value < 1:
@@ -94,6 +91,10 @@ def non_empty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
     return text
+
+
+def directory(text: str) -> Path:
+    return Path(non_empty(text))
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -126,9 +127,9 @@ SERVE_OPTIONS = (
         "--listen",
         ListenAddress.parse,
         "tcp://127.0.0.1:50051",
-        "where to serve gRPC: tcp://HOST:PORT or unix:///PATH (default: loopback only)",
+        "where to serve gRPC: tcp://HOST:PORT, tcp://[IPV6]:PORT or unix:///PATH",
     ),
-    Option("--data-dir", Path, "peat-data", "directory of the store; created if missing"),
+    Option("--data-dir", directory, "peat-data", "directory of the store; created if missing"),
     Option("--node-id", non_empty, None, "this node's id (default: a random id)"),
     Option(
         "--broadcast-buffer-size",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpclib.const
 import grpclib.server
@@ -43,10 +43,10 @@ NO_MESH = (
     " Subscribe to the change feed to follow every change instead."
 )
 
-F = TypeVar("F", bound=Callable[..., Awaitable[None]])
+StreamHandler = Callable[[grpclib.server.Stream[Any, Any]], Awaitable[None]]
 
 
-def _translating_errors(handler: F) -> F:
+def _translating_errors(handler: StreamHandler) -> StreamHandler:
     """Turn the node's request errors into gRPC statuses with the node's message."""
 
     @functools.wraps(handler)
@@ -56,7 +56,7 @@ def _translating_errors(handler: F) -> F:
         except RequestError as exc:
             raise GRPCError(_STATUS_OF[type(exc)], str(exc)) from None
 
-    return translated  # type: ignore[return-value]
+    return translated
 
 
 def _peer_name(stream: grpclib.server.Stream[Any, Any]) -> str:
