@@ -41,14 +41,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _serve_until_signalled(config: ServeConfig) -> None:
+    """Trio-flavoured: serve; the first SIGINT or SIGTERM shuts down cleanly, a second one
+    stops at once (a commit under way still completes)."""
+    stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        stop = trio.Event()
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve, config, stop)
-            async for signum in signals:
-                log.info("received %s: shutting down", signal.Signals(signum).name)
-                stop.set()
-                break
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if stop.is_set():
+                        log.warning("received %s again: stopping now", name)
+                        nursery.cancel_scope.cancel()
+                        return
+                    log.info("received %s: shutting down", name)
+                    stop.set()
+
+            nursery.start_soon(watch_signals)
+            await serve(config, stop)
+            nursery.cancel_scope.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

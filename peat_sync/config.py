@@ -16,6 +16,7 @@ from typing import Any
 
 from peat_sync.node import NodeConfig
 
+
 class ConfigError(Exception):
     """A bad configuration value; the message names its flag or variable."""
 

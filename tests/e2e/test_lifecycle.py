@@ -126,6 +126,36 @@ def test_sigterm_with_a_stalled_subscriber(server: ServerProcess) -> None:
     assert_stopped_cleanly(server, signal.SIGTERM, subscribers=1, head=16)
 
 
+def test_a_second_signal_stops_at_once(server: ServerProcess) -> None:
+    """While a clean shutdown waits for a stalled subscriber, a second signal cuts it short
+    and the server still exits cleanly."""
+
+    async def stall_then_signal_twice() -> int:
+        writer = grpclib.client.Channel("127.0.0.1", server.port)
+        reader = grpclib.client.Channel("127.0.0.1", server.port, config=small_window_config())
+        stub = pb.PeatSidecarStub(writer, timeout=CALL_TIMEOUT)
+        try:
+            async with grpclib_subscribe(reader, pb.SubscribeRequest()):
+                await within(wait_for_subscribers_async(stub, 1))
+                document = '{"pad": "' + "x" * 16 * 1024 + '"}'
+                for i in range(16):
+                    request = pb.PutDocumentRequest(
+                        collection="c", doc_id=f"d{i}", json_data=document
+                    )
+                    await stub.put_document(request)
+                assert server.process is not None
+                server.process.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(server.wait_for_log, "shutting down: closing")
+                return await asyncio.to_thread(server.stop, signal.SIGINT)
+        finally:
+            reader.close()
+            writer.close()
+
+    assert run_scenario(stall_then_signal_twice) == 0
+    assert "received SIGINT again: stopping now" in server.log
+    assert "Traceback" not in server.log
+
+
 def test_subscriber_is_told_where_to_resume_on_shutdown(
     server: ServerProcess, grpcio_client: GrpcioClient
 ) -> None:
