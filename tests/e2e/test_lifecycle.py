@@ -11,6 +11,8 @@ import socket
 import stat
 import subprocess
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -97,30 +99,36 @@ def test_signal_shuts_down_cleanly_with_a_subscriber(
     assert re.search(r"subscriber #1 \([^)]*\) closed at sequence 1", server.log)
 
 
+@asynccontextmanager
+async def stalled_subscriber(server: ServerProcess) -> AsyncIterator[None]:
+    """Asyncio-flavoured: a subscriber that stops reading while 16 documents of 16 KiB are
+    committed, so the server's send to it blocks on flow control."""
+    writer = grpclib.client.Channel("127.0.0.1", server.port)
+    reader = grpclib.client.Channel("127.0.0.1", server.port, config=small_window_config())
+    stub = pb.PeatSidecarStub(writer, timeout=CALL_TIMEOUT)
+    try:
+        async with grpclib_subscribe(reader, pb.SubscribeRequest()):
+            await within(wait_for_subscribers_async(stub, 1))
+            document = '{"pad": "' + "x" * 16 * 1024 + '"}'
+            for i in range(16):
+                request = pb.PutDocumentRequest(collection="c", doc_id=f"d{i}", json_data=document)
+                await stub.put_document(request)
+            yield
+    finally:
+        reader.close()
+        writer.close()
+
+
 def test_sigterm_with_a_stalled_subscriber(server: ServerProcess) -> None:
     """A subscriber whose server-side send is blocked on flow control does not hold up the
     shutdown."""
 
     async def stall_then_terminate() -> int:
-        writer = grpclib.client.Channel("127.0.0.1", server.port)
-        reader = grpclib.client.Channel("127.0.0.1", server.port, config=small_window_config())
-        stub = pb.PeatSidecarStub(writer, timeout=CALL_TIMEOUT)
-        try:
-            async with grpclib_subscribe(reader, pb.SubscribeRequest()):
-                await within(wait_for_subscribers_async(stub, 1))
-                document = '{"pad": "' + "x" * 16 * 1024 + '"}'
-                for i in range(16):
-                    request = pb.PutDocumentRequest(
-                        collection="c", doc_id=f"d{i}", json_data=document
-                    )
-                    await stub.put_document(request)
-                started = time.monotonic()
-                returncode = await asyncio.to_thread(server.stop, signal.SIGTERM)
-                assert time.monotonic() - started < 5.0
-                return returncode
-        finally:
-            reader.close()
-            writer.close()
+        async with stalled_subscriber(server):
+            started = time.monotonic()
+            returncode = await asyncio.to_thread(server.stop, signal.SIGTERM)
+            assert time.monotonic() - started < 5.0
+            return returncode
 
     assert run_scenario(stall_then_terminate) == 0
     assert_stopped_cleanly(server, signal.SIGTERM, subscribers=1, head=16)
@@ -131,25 +139,11 @@ def test_a_second_signal_stops_at_once(server: ServerProcess) -> None:
     and the server still exits cleanly."""
 
     async def stall_then_signal_twice() -> int:
-        writer = grpclib.client.Channel("127.0.0.1", server.port)
-        reader = grpclib.client.Channel("127.0.0.1", server.port, config=small_window_config())
-        stub = pb.PeatSidecarStub(writer, timeout=CALL_TIMEOUT)
-        try:
-            async with grpclib_subscribe(reader, pb.SubscribeRequest()):
-                await within(wait_for_subscribers_async(stub, 1))
-                document = '{"pad": "' + "x" * 16 * 1024 + '"}'
-                for i in range(16):
-                    request = pb.PutDocumentRequest(
-                        collection="c", doc_id=f"d{i}", json_data=document
-                    )
-                    await stub.put_document(request)
-                assert server.process is not None
-                server.process.send_signal(signal.SIGTERM)
-                await asyncio.to_thread(server.wait_for_log, "shutting down: closing")
-                return await asyncio.to_thread(server.stop, signal.SIGINT)
-        finally:
-            reader.close()
-            writer.close()
+        async with stalled_subscriber(server):
+            assert server.process is not None
+            server.process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(server.wait_for_log, "shutting down: closing")
+            return await asyncio.to_thread(server.stop, signal.SIGINT)
 
     assert run_scenario(stall_then_signal_twice) == 0
     assert "received SIGINT again: stopping now" in server.log
