@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -213,6 +214,11 @@ class SidecarService(pb.PeatSidecarBase):
                     for event in batch:
                         await stream.send_message(Encoded(event.encoded))
             except NodeClosed:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    # The client reset the stream while the node closed: there is nobody to
+                    # tell, and grpclib expects the cancellation to finish the handler.
+                    raise asyncio.CancelledError from None
                 # Sent here, inside the subscription's block, so the trailers are on their
                 # way before the server, seeing every subscription closed, stops.
                 await stream.send_trailing_metadata(
