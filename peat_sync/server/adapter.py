@@ -1,15 +1,20 @@
 """The one place where asyncio (grpclib) and trio (the node) meet.
 
 grpclib runs on asyncio inside `trio_asyncio.open_loop()`, in the same thread as trio. Every
-crossing costs a task hop, so callers cross once per RPC or once per batch of events, never
-once per event.
+crossing costs scheduler hops, so callers cross once per RPC or once per batch of events,
+never once per event. A stream crosses through a `BatchPump`: `call_trio` starts a new trio
+task for each call, and for a stream woken by every event that start-up cost twice the
+whole delivery (measured: 187 against 88 microseconds of server CPU per delivered event).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar, cast
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Generic, ParamSpec, TypeVar, cast
 
+import trio
 import trio_asyncio
 
 P = ParamSpec("P")
@@ -24,3 +29,48 @@ async def call_trio(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kw
 async def call_asyncio(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
     """Trio-flavoured: run the asyncio-flavoured `fn` and return its result."""
     return cast(T, await trio_asyncio.aio_as_trio(fn)(*args, **kwargs))
+
+
+class BatchPump(Generic[T]):
+    """Hands the results of the trio-flavoured `fetch` to asyncio, one call at a time,
+    through one trio task that lives as long as the pump runs.
+
+    Nothing is fetched ahead: `fetch` runs only while `next()` waits, so a consumer that
+    stops asking holds nothing beyond what it already has.
+    """
+
+    def __init__(self, fetch: Callable[[], Awaitable[T]]) -> None:
+        self._fetch = fetch
+        self._wanted = trio.Event()
+        self._waiter: asyncio.Future[T] | None = None
+
+    async def run(self) -> None:
+        """Trio-flavoured: serve `next()` calls until cancelled."""
+        while True:
+            await self._wanted.wait()
+            self._wanted = trio.Event()
+            waiter = self._waiter
+            assert waiter is not None
+            try:
+                result = await self._fetch()
+            except Exception as exc:  # delivered to next(); the pump has nothing left to do
+                if not waiter.done():
+                    waiter.set_exception(exc)
+                return
+            if not waiter.done():
+                waiter.set_result(result)
+
+    async def next(self) -> T:
+        """Asyncio-flavoured: the next result of `fetch`."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._wanted.set()
+        return await self._waiter
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[BatchPump[T]]:
+        """Asyncio-flavoured: run the pump's trio task for the duration of the block."""
+        task = trio_asyncio.current_loop.get().trio_as_future(self.run)
+        try:
+            yield self
+        finally:
+            task.cancel()

@@ -23,7 +23,7 @@ from peat_sync.node import (
     StoreUnavailable,
 )
 from peat_sync.server import typed
-from peat_sync.server.adapter import call_trio
+from peat_sync.server.adapter import BatchPump, call_trio
 from peat_sync.server.codec import Encoded
 
 log = logging.getLogger("peat_sync.service")
@@ -208,11 +208,12 @@ class SidecarService(pb.PeatSidecarBase):
                 subscription.describe_collections(),
                 request.since_sequence,
             )
+            pump = BatchPump(functools.partial(subscription.next_batch, SEND_BATCH))
             try:
-                while True:
-                    batch = await call_trio(subscription.next_batch, SEND_BATCH)
-                    for event in batch:
-                        await stream.send_message(Encoded(event.encoded))
+                async with pump.running():
+                    while True:
+                        for event in await pump.next():
+                            await stream.send_message(Encoded(event.encoded))
             except NodeClosed:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():

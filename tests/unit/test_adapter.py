@@ -1,0 +1,79 @@
+"""The trio/asyncio adapter: results, errors and cancellation cross intact."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import trio
+import trio_asyncio
+
+from peat_sync.server.adapter import BatchPump, call_asyncio, call_trio
+
+DEADLINE = 10
+
+
+async def test_call_trio_returns_the_result_and_raises_the_error() -> None:
+    async def double(value: int) -> int:
+        await trio.lowlevel.checkpoint()
+        if value < 0:
+            raise ValueError("negative")
+        return 2 * value
+
+    async def from_asyncio() -> int:
+        with pytest.raises(ValueError, match="negative"):
+            await call_trio(double, -1)
+        return await call_trio(double, 21)
+
+    with trio.fail_after(DEADLINE):
+        async with trio_asyncio.open_loop():
+            assert await call_asyncio(from_asyncio) == 42
+
+
+async def test_batch_pump_fetches_only_when_asked_and_passes_errors_on() -> None:
+    send, receive = trio.open_memory_channel[int | Exception](10)
+
+    async def fetch() -> int:
+        value = await receive.receive()
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    async def consume() -> list[int]:
+        results = []
+        async with BatchPump(fetch).running() as pump:
+            results.append(await pump.next())
+            # Nothing is fetched ahead of the consumer.
+            assert receive.statistics().current_buffer_used == 2
+            results.append(await pump.next())
+            with pytest.raises(KeyError):
+                await pump.next()
+        return results
+
+    values: list[int | Exception] = [1, 2, KeyError("gone")]
+    for value in values:
+        send.send_nowait(value)
+    with trio.fail_after(DEADLINE):
+        async with trio_asyncio.open_loop():
+            assert await call_asyncio(consume) == [1, 2]
+
+
+async def test_cancelling_the_consumer_cancels_the_pump_task() -> None:
+    fetch_cancelled = trio.Event()
+
+    async def fetch() -> int:
+        try:
+            await trio.sleep_forever()
+        finally:
+            fetch_cancelled.set()
+        raise AssertionError("unreachable")
+
+    async def consume() -> None:
+        async with BatchPump(fetch).running() as pump:
+            await asyncio.wait_for(pump.next(), 0.05)  # the timeout cancels next()
+
+    with trio.fail_after(DEADLINE):
+        async with trio_asyncio.open_loop():
+            with pytest.raises(TimeoutError):
+                await call_asyncio(consume)
+            await fetch_cancelled.wait()
