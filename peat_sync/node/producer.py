@@ -20,8 +20,8 @@ from peat_sync.store import Change, Mutation, Store
 
 log = logging.getLogger("peat_sync.producer")
 
-# Writers waiting beyond this many queued mutations wait for room: backpressure on writers,
-# never unbounded memory.
+# Beyond this many queued writes, writers wait for room: backpressure on writers, never
+# unbounded memory.
 QUEUE_CAPACITY = 4096
 
 
