@@ -148,7 +148,7 @@ async def open_node(config: NodeConfig) -> AsyncIterator[Node]:
     try:
         log.info(
             "store %s opened: epoch %s, head sequence %d",
-            store.path,
+            store.path.resolve(),
             store.epoch,
             store.head_sequence,
         )

@@ -106,7 +106,7 @@ async def serve(
                 "serving peat.sidecar.v1 on %s (node %s, data dir %s, head sequence %d)",
                 bound,
                 node.node_id,
-                config.node.data_dir,
+                config.node.data_dir.resolve(),
                 node.head_sequence,
             )
             task_status.started(bound)
