@@ -85,10 +85,10 @@ class Subscription:
             try:
                 first = await self._receive.receive()
             except trio.EndOfChannel:
-                # The feed closed the channel: on overflow, or because the node is closing
-                # (checked at the top of the loop).
+                # The feed closed the channel: on overflow, or because the node is closing,
+                # which the top of the loop turns into NodeClosed before `_lagged` is read.
                 self._receive = None
-                self._lagged = not self._feed.closed
+                self._lagged = True
                 continue
             batch = [first]
             while len(batch) < limit:
