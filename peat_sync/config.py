@@ -88,6 +88,24 @@ def byte_size(text: str) -> int:
     return value
 
 
+_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """A duration in seconds: 30 (seconds), 500ms, 10s, 15m, 24h, 7d; zero is allowed."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", text, re.IGNORECASE)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration; write it as 30, 500ms, 10s, 15m, 24h or 7d")
+    return float(match[1]) * _SECONDS[(match[2] or "s").lower()]
+
+
+def positive_duration(text: str) -> float:
+    value = duration(text)
+    if value <= 0:
+        raise ValueError("must be longer than zero")
+    return value
+
+
 def non_empty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -156,6 +174,19 @@ SERVE_OPTIONS = (
         "1MiB",
         "largest document accepted; larger puts fail with RESOURCE_EXHAUSTED",
     ),
+    Option(
+        "--heartbeat-interval",
+        positive_duration,
+        "10s",
+        "silence after which an idle Subscribe stream gets a heartbeat (500ms, 10s, 1m ...)",
+    ),
+    Option(
+        "--tombstone-retention",
+        duration,
+        "24h",
+        "how long deletes stay available to catch-ups; a subscriber resuming from further back"
+        " gets a RESYNC (15m, 24h, 7d ...)",
+    ),
     Option("--log-level", log_level, "info", "one of " + ", ".join(LOG_LEVELS)),
 )
 
@@ -202,6 +233,8 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str] = os.envir
         "replay_log_size": values["replay_log_size"],
         "replay_log_bytes": values["replay_log_bytes"],
         "max_document_bytes": values["max_document_bytes"],
+        "heartbeat_interval": values["heartbeat_interval"],
+        "tombstone_retention": values["tombstone_retention"],
     }
     if values["node_id"] is not None:
         node_values["node_id"] = values["node_id"]

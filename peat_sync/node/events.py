@@ -32,12 +32,36 @@ class ChangeEvent:
         return cls(change.sequence, change.collection, change.doc_id, change_type, bytes(message))
 
     @classmethod
-    def resync(cls, head: int, reason: ResyncReason, explanation: str) -> ChangeEvent:
-        """The event that tells a client it must re-list, then follow from `head`."""
+    def control(
+        cls,
+        change_type: ChangeType,
+        sequence: int,
+        progress: Progress,
+        explanation: str = "",
+        reason: ResyncReason = ResyncReason.UNSPECIFIED,
+    ) -> ChangeEvent:
+        """An event about the stream rather than a document: RESYNC, HEARTBEAT, and the
+        markers around snapshots and catch-ups. `sequence` is the position it reports."""
         message = DocumentChange(
-            change_type=ChangeType.RESYNC,
-            sequence=head,
+            change_type=change_type,
+            sequence=sequence,
             resync_reason=reason,
             message=explanation,
+            epoch=progress.epoch,
+            replay_floor=progress.replay_floor,
+            catch_up_floor=progress.catch_up_floor,
         )
-        return cls(head, "", "", ChangeType.RESYNC, bytes(message))
+        return cls(sequence, "", "", change_type, bytes(message))
+
+    @property
+    def is_control(self) -> bool:
+        return self.change_type not in (ChangeType.UPSERT, ChangeType.DELETE)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where the store stands; every control event carries it."""
+
+    epoch: str
+    replay_floor: int
+    catch_up_floor: int

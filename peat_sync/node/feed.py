@@ -10,12 +10,12 @@ reads again and heals itself from the replay log (see `Subscription`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
 from peat_sync.node.events import ChangeEvent
+from peat_sync.node.history import History
 from peat_sync.node.replay_log import ReplayLog
 from peat_sync.node.subscription import Subscription
 
@@ -53,11 +53,17 @@ class ChangeFeed:
     """Fans committed events out to subscriptions and keeps the replay log."""
 
     def __init__(
-        self, replay_log: ReplayLog, committed_head: Callable[[], int], buffer_size: int
+        self,
+        replay_log: ReplayLog,
+        history: History,
+        *,
+        buffer_size: int,
+        heartbeat_interval: float,
     ) -> None:
         self.replay_log = replay_log
+        self.history = history
         self.buffer_size = buffer_size
-        self._committed_head = committed_head
+        self.heartbeat_interval = heartbeat_interval
         self._open: set[Subscription] = set()
         self._live: dict[Subscription, trio.MemorySendChannel[ChangeEvent]] = {}
         self._lagging: dict[Subscription, MissedRange] = {}
@@ -67,23 +73,30 @@ class ChangeFeed:
         self.lag_events = 0
 
     @property
-    def committed_head(self) -> int:
-        """The newest committed sequence; it can be ahead of the replay log for a moment."""
-        return self._committed_head()
-
-    @property
     def subscriber_count(self) -> int:
         return len(self._open)
 
     def subscribe(
-        self, collections: frozenset[str] | None, since: int | None, peer: str
+        self,
+        collections: frozenset[str] | None,
+        *,
+        since: int | None,
+        epoch: str | None,
+        snapshot: bool,
+        peer: str,
     ) -> Subscription:
-        """Open a subscription to `collections` (None: all), starting after `since`.
+        """Open a subscription to `collections` (None: all); see `Node.subscribe`.
 
-        `since=None` means from the newest committed change on. Close it with `close()` or by
-        using it as a context manager.
+        Close it with `close()` or by using it as a context manager.
         """
-        subscription = Subscription(self, f"#{self._next_id} ({peer})", collections, since)
+        subscription = Subscription(
+            self,
+            f"#{self._next_id} ({peer})",
+            collections,
+            since=since,
+            epoch=epoch,
+            snapshot=snapshot,
+        )
         self._next_id += 1
         self._open.add(subscription)
         return subscription

@@ -13,8 +13,10 @@ import trio
 
 from peat_sync.node.events import ChangeEvent
 from peat_sync.node.feed import ChangeFeed
+from peat_sync.node.history import History
 from peat_sync.node.producer import Producer
 from peat_sync.node.replay_log import ReplayLog
+from peat_sync.node.retention import purge_expired_tombstones, run_tombstone_retention
 from peat_sync.node.subscription import Subscription
 from peat_sync.node.validation import check_document, check_name
 from peat_sync.store import Mutation, SQLiteStore, Store, StoredDocument
@@ -41,6 +43,8 @@ class NodeConfig:
     replay_log_bytes: int = 64 * 1024 * 1024
     max_document_bytes: int = 1024 * 1024
     max_batch: int = 1000
+    heartbeat_interval: float = 10.0  # seconds of silence before an idle stream gets one
+    tombstone_retention: float = 24 * 3600.0  # seconds a delete stays available to catch-ups
 
 
 class Node:
@@ -50,16 +54,18 @@ class Node:
         self.config = config
         self._store = store
         self._producer = Producer(store, config.max_batch)
+        self._read_limiter = trio.CapacityLimiter(READ_THREADS)
+        self._retention_scope = trio.CancelScope()
         self._feed = ChangeFeed(
             ReplayLog(
                 max_entries=config.replay_log_size,
                 max_bytes=config.replay_log_bytes,
                 head=store.head_sequence,
             ),
-            lambda: store.head_sequence,
-            config.broadcast_buffer_size,
+            History(store, self._read_limiter),
+            buffer_size=config.broadcast_buffer_size,
+            heartbeat_interval=config.heartbeat_interval,
         )
-        self._read_limiter = trio.CapacityLimiter(READ_THREADS)
 
     @property
     def node_id(self) -> str:
@@ -73,6 +79,16 @@ class Node:
     def head_sequence(self) -> int:
         """The newest committed sequence."""
         return self._store.head_sequence
+
+    @property
+    def replay_floor(self) -> int:
+        """The oldest since_sequence the replay log resumes exactly."""
+        return self._feed.replay_log.floor
+
+    @property
+    def catch_up_floor(self) -> int:
+        """The oldest since_sequence a catch-up from the store can serve."""
+        return self._store.catch_up_floor
 
     @property
     def feed(self) -> ChangeFeed:
@@ -114,16 +130,26 @@ class Node:
         )
 
     def subscribe(
-        self, collections: Iterable[str] = (), since: int | None = None, peer: str = "local"
+        self,
+        collections: Iterable[str] = (),
+        since: int | None = None,
+        *,
+        epoch: str | None = None,
+        snapshot: bool = False,
+        peer: str = "local",
     ) -> Subscription:
         """Follow the changes to `collections` (empty: all) after `since` (None: from now).
 
-        Use the result as a context manager, and call its `next_batch` to receive events.
+        `epoch` is the store epoch `since` belongs to, if the caller knows it. With
+        `snapshot`, the current documents come first, and again after any RESYNC. Use the
+        result as a context manager, and call its `next_batch` to receive events.
         """
         wanted = frozenset(collections)
         for collection in wanted:
             check_name("collection", collection)
-        return self._feed.subscribe(wanted or None, since, peer)
+        return self._feed.subscribe(
+            wanted or None, since=since, epoch=epoch, snapshot=snapshot, peer=peer
+        )
 
     async def _run(self, nursery: trio.Nursery) -> None:
         publish_send, publish_receive = trio.open_memory_channel[list[ChangeEvent]](
@@ -131,9 +157,19 @@ class Node:
         )
         await nursery.start(self._feed.run, publish_receive)
         await nursery.start(self._producer.run, publish_send)
+        nursery.start_soon(self._run_tombstone_retention)
+
+    async def purge_expired_tombstones(self) -> int:
+        """Purge the tombstones older than the retention now; returns how many."""
+        return await purge_expired_tombstones(self._store, self.config.tombstone_retention)
+
+    async def _run_tombstone_retention(self) -> None:
+        with self._retention_scope:
+            await run_tombstone_retention(self._store, self.config.tombstone_retention)
 
     def _stop(self) -> None:
         self._producer.close()
+        self._retention_scope.cancel()
 
 
 @asynccontextmanager

@@ -1,16 +1,17 @@
-"""One subscriber's view of the feed: replay from the log, then live, healing after lag."""
+"""One subscriber's view of the feed: resume, catch up, follow live, heal after lag."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 import trio
 
-from peat_sync.generated.peat.sidecar.v1 import ResyncReason
+from peat_sync.generated.peat.sidecar.v1 import ChangeType, ResyncReason
 from peat_sync.node.errors import NodeClosed
-from peat_sync.node.events import ChangeEvent
+from peat_sync.node.events import ChangeEvent, Progress
 
 if TYPE_CHECKING:
     from peat_sync.node.feed import ChangeFeed
@@ -18,14 +19,31 @@ if TYPE_CHECKING:
 log = logging.getLogger("peat_sync.subscription")
 
 
+@dataclass(slots=True)
+class _StoreRead:
+    """A snapshot or catch-up under way: the store is read in sequence order after `cursor`."""
+
+    cursor: int
+    tombstones_after: int  # older tombstones concern documents the consumer does not have
+    snapshot: bool
+
+
 class Subscription:
     """The trio side of one Subscribe stream.
 
-    `position` is the sequence of the last event handed to the consumer. The subscription is
-    either *live* (attached to the feed with a bounded channel) or *catching up* (reading the
-    replay log from `position`). It starts catching up, attaches once it reaches the log's
-    head, and goes back to catching up whenever its channel overflows. Only when the replay
-    log no longer holds the events after `position` does the consumer get a RESYNC event.
+    `position` is the sequence up to which the consumer has every change to its collections.
+    The subscription reads in one of three ways:
+
+    - *replay*: from the replay log, after `position`;
+    - *store read*: a snapshot, or a catch-up when the replay log no longer reaches back to
+      `position`. Pages are read in sequence order, each in its own read transaction, so a
+      document changed during the read comes again later with its newer state, and when a
+      page finds nothing more the consumer's copy equals the store at that page's head;
+    - *live*: attached to the feed with a bounded channel.
+
+    It replays until it reaches the log's head, then attaches. When its channel overflows it
+    replays again from `position`, or catches up from the store. Only when the store no
+    longer holds the changes after `position` does the consumer get a RESYNC.
     """
 
     def __init__(
@@ -33,30 +51,41 @@ class Subscription:
         feed: ChangeFeed,
         name: str,
         collections: frozenset[str] | None,
+        *,
         since: int | None,
+        epoch: str | None,
+        snapshot: bool,
     ) -> None:
         self.name = name
         self.collections = collections
         self._feed = feed
+        self._history = feed.history
+        self._snapshot = snapshot
         self._receive: trio.MemoryReceiveChannel[ChangeEvent] | None = None
+        self._store_read: _StoreRead | None = None
         self._pending: list[ChangeEvent] = []
         self._lagged = False
-        head = feed.committed_head
-        if since is None:
-            self.position = head
-        elif since > head:
-            self.position = head
-            self._pending.append(
-                ChangeEvent.resync(
-                    head,
-                    ResyncReason.SEQUENCE_AHEAD,
-                    f"since_sequence {since} is ahead of the newest change ({head}), so this"
-                    " store has no such position: re-list; the changes after sequence"
-                    f" {head} follow on this stream",
-                )
+        head = self._history.head
+        self.position = head if since is None else since
+        if epoch is not None and epoch != self._history.epoch:
+            self._resync(
+                ResyncReason.UNKNOWN_EPOCH,
+                f"epoch {epoch!r} is not this store's epoch ({self._history.epoch!r}), so"
+                f" since_sequence {since} means nothing here (a wiped data dir or another node)",
             )
-        else:
-            self.position = since
+        elif since is not None and since > head:
+            self._resync(
+                ResyncReason.SEQUENCE_AHEAD,
+                f"since_sequence {since} is ahead of the newest change ({head}), so this store"
+                " has no such position",
+            )
+        elif since is None and snapshot:
+            self._start_snapshot()
+        elif since is not None and since < feed.replay_log.floor:
+            self._fall_back()
+        if not self._pending:
+            # Every stream opens with a control event, which tells the consumer the epoch.
+            self._pending.append(self._control(ChangeType.HEARTBEAT, self.position))
 
     def wants(self, collection: str) -> bool:
         return self.collections is None or collection in self.collections
@@ -64,8 +93,23 @@ class Subscription:
     def describe_collections(self) -> str:
         return "all" if self.collections is None else ",".join(sorted(self.collections))
 
+    @property
+    def is_live(self) -> bool:
+        """Whether the subscription is attached to the feed, rather than replaying or reading
+        the store."""
+        return self._receive is not None
+
+    @property
+    def resume_point(self) -> int | None:
+        """The since_sequence a consumer resumes from; None in the middle of a snapshot, when
+        only a new snapshot can complete its copy."""
+        if self._store_read is not None and self._store_read.snapshot:
+            return None
+        return self.position
+
     async def next_batch(self, limit: int) -> list[ChangeEvent]:
-        """Trio-flavoured: wait for the next events, at most `limit` of them.
+        """Trio-flavoured: wait for the next events, at most `limit` of them plus control
+        events. On an idle live stream, returns a heartbeat every heartbeat interval.
 
         Raises `NodeClosed` once the node shuts down.
         """
@@ -75,21 +119,80 @@ class Subscription:
             if self._pending:
                 batch, self._pending = self._pending, []
                 return batch
-            if self._receive is None:
-                batch = self._catch_up(limit)
+            if self._store_read is not None:
+                batch = await self._read_store(limit)
+            elif self._receive is None:
+                batch = self._replay(limit)
                 # A long replay that matches nothing must still let other tasks run.
                 await trio.lowlevel.checkpoint()
-                if batch:
-                    return batch
-                continue
+            else:
+                batch = await self._receive_live(limit)
+            if batch:
+                return batch
+
+    # Ways of reading ---------------------------------------------------------------------
+
+    def _replay(self, limit: int) -> list[ChangeEvent]:
+        """Read the next events from the replay log, or attach when there are none left."""
+        replay_log = self._feed.replay_log
+        if self.position >= replay_log.head:
+            self._receive = self._feed.attach(self)
+            self._lagged = False
+            return []
+        if self.position < replay_log.floor:
+            self._fall_back()
+            return []
+        events = replay_log.read_after(self.position, limit)
+        self.position = events[-1].sequence
+        return [event for event in events if self.wants(event.collection)]
+
+    async def _read_store(self, limit: int) -> list[ChangeEvent]:
+        read = self._store_read
+        assert read is not None
+        page = await self._history.changes_after(
+            read.cursor, self.collections, limit, read.tombstones_after
+        )
+        if page.catch_up_floor > max(read.cursor, read.tombstones_after):
+            # Tombstones this read still needed were purged while it ran.
+            self._store_read = None
+            self._resync(
+                ResyncReason.HISTORY_COMPACTED,
+                f"deletes after sequence {read.cursor} were purged (tombstone retention) while"
+                " the stream was catching up",
+            )
+            return []
+        events = [ChangeEvent.from_change(change) for change in page.changes]
+        if events:
+            read.cursor = events[-1].sequence
+            if not read.snapshot:
+                # Pages come in sequence order, so a partial catch-up is a valid resume point.
+                self.position = read.cursor
+        if len(page.changes) < limit:
+            self._store_read = None
+            self.position = page.head_sequence
+            events.append(
+                self._control(
+                    ChangeType.CATCH_UP_END,
+                    self.position,
+                    f"your copy now equals the store at sequence {self.position};"
+                    " the changes after it follow",
+                )
+            )
+        return events
+
+    async def _receive_live(self, limit: int) -> list[ChangeEvent]:
+        assert self._receive is not None
+        with trio.move_on_after(self._feed.heartbeat_interval):
             try:
                 first = await self._receive.receive()
             except trio.EndOfChannel:
                 # The feed closed the channel: on overflow, or because the node is closing,
-                # which the top of the loop turns into NodeClosed before `_lagged` is read.
+                # which the top of `next_batch` reports.
                 self._receive = None
-                self._lagged = True
-                continue
+                if not self._feed.closed:
+                    self._lagged = True
+                    self._log_lag()
+                return []
             batch = [first]
             while len(batch) < limit:
                 try:
@@ -101,46 +204,95 @@ class Subscription:
             batch = [event for event in batch if event.sequence > self.position]
             if batch:
                 self.position = batch[-1].sequence
-                return batch
+            return batch
+        # Idle for a whole interval with an empty channel: the feed has offered this
+        # subscription every event up to the log's head, and it has taken them all.
+        self.position = max(self.position, self._feed.replay_log.head)
+        return [self._control(ChangeType.HEARTBEAT, self.position)]
 
-    def _catch_up(self, limit: int) -> list[ChangeEvent]:
-        """Read the next events from the replay log, or attach when there are none left."""
-        replay_log = self._feed.replay_log
-        if self._lagged:
-            self._log_lag()
-        if self.position >= replay_log.head:
-            self._receive = self._feed.attach(self)
-            self._lagged = False
-            return []
-        if not replay_log.covers(self.position):
-            reason = ResyncReason.SLOW_CONSUMER if self._lagged else ResyncReason.HISTORY_COMPACTED
-            head = replay_log.head
-            resync = ChangeEvent.resync(
-                head,
-                reason,
-                f"the changes after sequence {self.position} are no longer kept (the replay log"
-                f" starts after {replay_log.floor}): re-list; the changes after sequence {head}"
-                " follow on this stream",
+    # Changes of course -------------------------------------------------------------------
+
+    def _fall_back(self) -> None:
+        """`position` is older than the replay log: catch up from the store, or RESYNC."""
+        replay_floor = self._feed.replay_log.floor
+        catch_up_floor = self._history.catch_up_floor
+        if self.position >= catch_up_floor:
+            self._store_read = _StoreRead(self.position, self.position, snapshot=False)
+            self._pending.append(
+                self._control(
+                    ChangeType.CATCH_UP_BEGIN,
+                    self.position,
+                    f"the replay log starts after sequence {replay_floor}: the latest state of"
+                    f" each document changed after sequence {self.position} follows, without"
+                    " its intermediate states, until CATCH_UP_END",
+                )
             )
-            self.position = head
-            self._receive = self._feed.attach(self)
-            self._lagged = False
-            return [resync]
-        events = replay_log.read_after(self.position, limit)
-        self.position = events[-1].sequence
-        return [event for event in events if self.wants(event.collection)]
+        else:
+            self._resync(
+                ResyncReason.SLOW_CONSUMER if self._lagged else ResyncReason.HISTORY_COMPACTED,
+                f"the changes after sequence {self.position} are no longer kept (deletes up to"
+                f" sequence {catch_up_floor} were purged after the tombstone retention)",
+            )
+        self._lagged = False
+
+    def _resync(self, reason: ResyncReason, why: str) -> None:
+        head = self._history.head
+        self.position = head
+        advice = (
+            "a snapshot of the current documents follows"
+            if self._snapshot
+            else "re-list the collections"
+        )
+        self._pending.append(
+            self._control(
+                ChangeType.RESYNC,
+                head,
+                f"{why}: {advice}; the changes after sequence {head} follow",
+                reason,
+            )
+        )
+        if self._snapshot:
+            self._start_snapshot()
+
+    def _start_snapshot(self) -> None:
+        self._store_read = _StoreRead(0, self.position, snapshot=True)
+        self._pending.append(
+            self._control(
+                ChangeType.SNAPSHOT_BEGIN,
+                self.position,
+                "discard your copy: the current documents follow, until CATCH_UP_END",
+            )
+        )
+
+    def _control(
+        self,
+        change_type: ChangeType,
+        sequence: int,
+        explanation: str = "",
+        reason: ResyncReason = ResyncReason.UNSPECIFIED,
+    ) -> ChangeEvent:
+        progress = Progress(
+            self._history.epoch, self._feed.replay_log.floor, self._history.catch_up_floor
+        )
+        return ChangeEvent.control(change_type, sequence, progress, explanation, reason)
 
     def _log_lag(self) -> None:
         missed = self._feed.take_missed(self)
         if missed is None:
             return
-        replay_log = self._feed.replay_log
-        if replay_log.covers(self.position):
+        replay_floor = self._feed.replay_log.floor
+        catch_up_floor = self._history.catch_up_floor
+        if self.position >= replay_floor:
             outcome = "replaying them from the replay log"
+        elif self.position >= catch_up_floor:
+            outcome = (
+                f"the replay log starts after sequence {replay_floor}, so catching up from"
+                " the store (intermediate states are skipped)"
+            )
         else:
             outcome = (
-                f"the replay log starts after sequence {replay_log.floor}, so the subscriber"
-                " gets a RESYNC"
+                f"the replay log starts after sequence {replay_floor} and deletes up to"
+                f" sequence {catch_up_floor} were purged, so the subscriber gets a RESYNC"
             )
         log.warning(
             "subscriber %s (collections: %s) lagged and missed %s; %s",

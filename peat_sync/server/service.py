@@ -101,6 +101,8 @@ class SidecarService(pb.PeatSidecarBase):
             epoch=self._node.epoch,
             subscribers=self._node.feed.subscriber_count,
             lag_events=self._node.feed.lag_events,
+            replay_floor=self._node.replay_floor,
+            catch_up_floor=self._node.catch_up_floor,
         )
 
     # Peers and sync: honest answers for a node without a mesh ----------------------------
@@ -200,13 +202,18 @@ class SidecarService(pb.PeatSidecarBase):
         request = await stream.recv_message()
         assert request is not None
         with self._node.subscribe(
-            request.collections, request.since_sequence, _peer_name(stream)
+            request.collections,
+            request.since_sequence,
+            epoch=request.epoch or None,  # an empty epoch is as good as none
+            snapshot=request.snapshot,
+            peer=_peer_name(stream),
         ) as subscription:
             log.info(
-                "subscriber %s opened (collections: %s, since: %s)",
+                "subscriber %s opened (collections: %s, since: %s, snapshot: %s)",
                 subscription.name,
                 subscription.describe_collections(),
                 request.since_sequence,
+                "yes" if request.snapshot else "no",
             )
             pump = BatchPump(functools.partial(subscription.next_batch, SEND_BATCH))
             try:
@@ -222,10 +229,15 @@ class SidecarService(pb.PeatSidecarBase):
                     raise asyncio.CancelledError from None
                 # Sent here, inside the subscription's block, so the trailers are on their
                 # way before the server, seeing every subscription closed, stops.
+                resume_point = subscription.resume_point
+                advice = (
+                    "resubscribe with snapshot=true: the snapshot was not complete"
+                    if resume_point is None
+                    else f"resubscribe with since_sequence={resume_point}"
+                )
                 await stream.send_trailing_metadata(
                     status=Status.UNAVAILABLE,
-                    status_message="the server is shutting down; resubscribe with"
-                    f" since_sequence={subscription.position}",
+                    status_message=f"the server is shutting down; {advice}",
                 )
             finally:
                 log.info(

@@ -34,6 +34,15 @@ class StoredDocument:
     sequence: int  # the sequence the document was last changed at
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Changes read from the store for a catch-up, with the head and floor they were read at."""
+
+    changes: list[Change]  # latest state of each document, tombstones as deletes
+    head_sequence: int
+    catch_up_floor: int
+
+
 class Store(Protocol):
     @property
     def epoch(self) -> str:
@@ -42,6 +51,11 @@ class Store(Protocol):
     @property
     def head_sequence(self) -> int:
         """The sequence of the newest committed change, 0 for an empty store."""
+
+    @property
+    def catch_up_floor(self) -> int:
+        """The oldest sequence `changes_after` can catch up from: the tombstones of deletes up
+        to it may have been purged."""
 
     def commit(self, mutations: Sequence[Mutation]) -> list[Change | None]:
         """Apply `mutations` atomically and durably, in order.
@@ -55,5 +69,18 @@ class Store(Protocol):
     def list_ids(self, collection: str) -> list[str]: ...
 
     def list_documents(self, collection: str) -> list[StoredDocument]: ...
+
+    def changes_after(
+        self, since: int, collections: frozenset[str] | None, limit: int, tombstones_after: int
+    ) -> HistoryPage:
+        """Up to `limit` documents of `collections` (None: all) last changed after `since`, in
+        sequence order, with the head and floor read in the same transaction.
+
+        A tombstone is included only if it is newer than `tombstones_after`.
+        """
+
+    def purge_tombstones(self, deleted_before: float, limit: int) -> int:
+        """Remove up to `limit` of the oldest tombstones of deletes made before the unix time
+        `deleted_before`, raising the catch-up floor past them. Returns how many were removed."""
 
     def close(self) -> None: ...

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from peat_sync.store._types import Change, Mutation, StoredDocument
+from peat_sync.store._types import Change, HistoryPage, Mutation, StoredDocument
 
 DATABASE_FILE = "peat.sqlite3"
 SCHEMA_VERSION = "1"
@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS documents (
     PRIMARY KEY (collection, doc_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS documents_by_sequence ON documents (sequence);
+CREATE INDEX IF NOT EXISTS tombstones_by_sequence ON documents (sequence)
+    WHERE json_data IS NULL;
 """
 
 
@@ -51,7 +53,9 @@ class SQLiteStore:
         self._connections: list[sqlite3.Connection] = []
         self._local = threading.local()
         self._writer = self._connect()
-        self._epoch, self._head = self._initialise()
+        # Commits and tombstone purges share the writer connection, from different threads.
+        self._write_lock = threading.Lock()
+        self._epoch, self._head, self._catch_up_floor = self._initialise()
 
     @classmethod
     def open(cls, data_dir: Path) -> SQLiteStore:
@@ -70,6 +74,10 @@ class SQLiteStore:
     def head_sequence(self) -> int:
         return self._head
 
+    @property
+    def catch_up_floor(self) -> int:
+        return self._catch_up_floor
+
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in commit).
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -87,7 +95,7 @@ class SQLiteStore:
             self._local.connection = connection
         return connection
 
-    def _initialise(self) -> tuple[str, int]:
+    def _initialise(self) -> tuple[str, int, int]:
         db = self._writer
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -112,9 +120,14 @@ class SQLiteStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return meta["epoch"], int(meta["head_sequence"])
+        # Stores made before tombstone retention existed have purged nothing.
+        return meta["epoch"], int(meta["head_sequence"]), int(meta.get("catch_up_floor", "0"))
 
     def commit(self, mutations: Sequence[Mutation]) -> list[Change | None]:
+        with self._write_lock:
+            return self._commit(mutations)
+
+    def _commit(self, mutations: Sequence[Mutation]) -> list[Change | None]:
         db = self._writer
         head = self._head
         now = time.time()
@@ -185,6 +198,65 @@ class SQLiteStore:
             (collection,),
         )
         return [StoredDocument(collection, *row) for row in rows]
+
+    def changes_after(
+        self, since: int, collections: frozenset[str] | None, limit: int, tombstones_after: int
+    ) -> HistoryPage:
+        query = (
+            "SELECT sequence, collection, doc_id, json_data FROM documents WHERE sequence > ?"
+            " AND (json_data IS NOT NULL OR sequence > ?)"
+        )
+        parameters: list[object] = [since, tombstones_after]
+        if collections is not None:
+            query += f" AND collection IN ({', '.join('?' * len(collections))})"
+            parameters.extend(sorted(collections))
+        query += " ORDER BY sequence LIMIT ?"
+        parameters.append(limit)
+        db = self._reader()
+        # One read transaction: the rows, the head and the floor come from the same snapshot.
+        db.execute("BEGIN")
+        try:
+            changes = [Change(*row) for row in db.execute(query, parameters)]
+            meta = dict(
+                db.execute(
+                    "SELECT key, value FROM meta WHERE key IN ('head_sequence', 'catch_up_floor')"
+                ).fetchall()
+            )
+        finally:
+            db.execute("COMMIT")
+        return HistoryPage(
+            changes, int(meta["head_sequence"]), int(meta.get("catch_up_floor", "0"))
+        )
+
+    def purge_tombstones(self, deleted_before: float, limit: int) -> int:
+        with self._write_lock:
+            db = self._writer
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                purged = db.execute(
+                    "SELECT collection, doc_id, sequence FROM documents WHERE json_data IS NULL"
+                    " AND deleted_at < ? ORDER BY sequence LIMIT ?",
+                    (deleted_before, limit),
+                ).fetchall()
+                if not purged:
+                    db.execute("COMMIT")
+                    return 0
+                db.executemany(
+                    "DELETE FROM documents WHERE collection = ? AND doc_id = ?",
+                    [(collection, doc_id) for collection, doc_id, _ in purged],
+                )
+                floor = max(self._catch_up_floor, max(sequence for *_, sequence in purged))
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('catch_up_floor', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(floor),),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._catch_up_floor = floor
+            return len(purged)
 
     def close(self) -> None:
         with self._lock:

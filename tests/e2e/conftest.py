@@ -89,10 +89,17 @@ class Event:
     sequence: int
     resync_reason: int = 0
     message: str = ""
+    epoch: str = ""
+    replay_floor: int = 0
+    catch_up_floor: int = 0
 
     @property
     def is_resync(self) -> bool:
         return self.change_type == pb.ChangeType.RESYNC.value
+
+    @property
+    def is_heartbeat(self) -> bool:
+        return self.change_type == pb.ChangeType.HEARTBEAT.value
 
     @classmethod
     def from_grpcio(cls, change: Any) -> Event:
@@ -104,6 +111,9 @@ class Event:
             change.sequence,
             int(change.resync_reason),
             change.message,
+            change.epoch,
+            change.replay_floor,
+            change.catch_up_floor,
         )
 
     @classmethod
@@ -116,12 +126,19 @@ class Event:
             change.sequence,
             int(change.resync_reason.value),
             change.message,
+            change.epoch,
+            change.replay_floor,
+            change.catch_up_floor,
         )
 
 
 UPSERT = pb.ChangeType.UPSERT.value
 DELETE = pb.ChangeType.DELETE.value
 RESYNC = pb.ChangeType.RESYNC.value
+HEARTBEAT = pb.ChangeType.HEARTBEAT.value
+SNAPSHOT_BEGIN = pb.ChangeType.SNAPSHOT_BEGIN.value
+CATCH_UP_BEGIN = pb.ChangeType.CATCH_UP_BEGIN.value
+CATCH_UP_END = pb.ChangeType.CATCH_UP_END.value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,17 +414,21 @@ class GrpcioSubscription:
     def __init__(self, client: GrpcioClient, timeout: float = STREAM_TIMEOUT, **request: Any):
         self.call = client.stub.Subscribe(client.pb2.SubscribeRequest(**request), timeout=timeout)
 
-    def next(self) -> Event:
-        return Event.from_grpcio(next(self.call))
+    def next(self, *, heartbeats: bool = False) -> Event:
+        """The next event; heartbeats are skipped unless asked for."""
+        while True:
+            event = Event.from_grpcio(next(self.call))
+            if heartbeats or not event.is_heartbeat:
+                return event
 
-    def take(self, count: int) -> list[Event]:
-        return [self.next() for _ in range(count)]
+    def take(self, count: int, *, heartbeats: bool = False) -> list[Event]:
+        return [self.next(heartbeats=heartbeats) for _ in range(count)]
 
-    def until(self, stop: Callable[[Event], bool]) -> list[Event]:
+    def until(self, stop: Callable[[Event], bool], *, heartbeats: bool = False) -> list[Event]:
         """Events up to and including the first one for which `stop` is true."""
         events = []
         while True:
-            event = self.next()
+            event = self.next(heartbeats=heartbeats)
             events.append(event)
             if stop(event):
                 return events
@@ -468,11 +489,17 @@ async def grpclib_subscribe(
             await within(stream.__aexit__(None, None, None))
 
 
-async def recv_event(stream: Any, seconds: float = CALL_TIMEOUT) -> Event:
-    """Asyncio-flavoured: the next event of a grpclib Subscribe stream."""
-    message = await within(stream.recv_message(), seconds)
-    assert message is not None, "the Subscribe stream ended"
-    return Event.from_grpclib(message)
+async def recv_event(
+    stream: Any, seconds: float = CALL_TIMEOUT, *, heartbeats: bool = False
+) -> Event:
+    """Asyncio-flavoured: the next event of a grpclib Subscribe stream; heartbeats are
+    skipped unless asked for."""
+    while True:
+        message = await within(stream.recv_message(), seconds)
+        assert message is not None, "the Subscribe stream ended"
+        event = Event.from_grpclib(message)
+        if heartbeats or not event.is_heartbeat:
+            return event
 
 
 async def wait_for_subscribers_async(stub: pb.PeatSidecarStub, count: int) -> None:

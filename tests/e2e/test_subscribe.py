@@ -14,6 +14,8 @@ from peat_sync.generated.peat.sidecar import v1 as pb
 from tests.conftest import ServerProcess, StartServer
 from tests.e2e.conftest import (
     CALL_TIMEOUT,
+    CATCH_UP_BEGIN,
+    CATCH_UP_END,
     DELETE,
     UPSERT,
     Event,
@@ -54,49 +56,63 @@ def doc_id_of(sequence: int) -> str:
     return f"d{sequence:05d}"
 
 
-def assert_contiguous_with_resyncs(events: list[Event], start: int) -> list[Event]:
-    """Check a single-collection stream that began after `start`: every change is the one
-    right after the previous position (a RESYNC moves the position to its head, and the next
-    change is past it). Returns the RESYNC events."""
+def assert_contiguous(events: list[Event], start: int) -> list[Event]:
+    """Check a single-collection stream of documents written once each, that began after
+    `start`: every change is the one right after the previous position. A catch-up moves the
+    position to its end, and a RESYNC to its head. Returns the events that heal a lag
+    (CATCH_UP_BEGIN and RESYNC)."""
     position = start
-    resyncs = []
+    heals = []
     for event in events:
         if event.is_resync:
             assert event.resync_reason == SLOW_CONSUMER, event
             assert event.sequence > position, (event, position)
             assert event.message, "a RESYNC explains itself"
-            resyncs.append(event)
+            heals.append(event)
+        elif event.change_type == CATCH_UP_BEGIN:
+            assert event.sequence == position, (event, position)
+            heals.append(event)
+            continue
+        elif event.change_type == CATCH_UP_END:
+            assert event.sequence >= position, (event, position)
         else:
             assert event.sequence == position + 1, f"gap or duplicate after {position}: {event}"
             assert event.doc_id == doc_id_of(event.sequence)
         position = event.sequence
-    return resyncs
+    return heals
 
 
-def lag_warnings(log: str, subscriber: str) -> list[tuple[int, int, int, str, str]]:
-    """The lag warnings of `subscriber` that ended in a RESYNC:
-    (count, first sequence, last sequence, first doc_id, last doc_id)."""
+def lag_warnings(log: str, subscriber: str) -> list[tuple[int, int, int, str, str, str]]:
+    """The lag warnings of `subscriber` that did not heal from the replay log:
+    (count, first sequence, last sequence, first doc_id, last doc_id, outcome)."""
     pattern = re.compile(
         rf"WARNING peat_sync\.subscription: subscriber {re.escape(subscriber)}"
         r" \(collections: lag\) lagged and missed (\d+) events: sequences (\d+)\.\.(\d+),"
-        r" doc_ids '([^']*)'\.\.'([^']*)'; the replay log starts after sequence \d+,"
-        r" so the subscriber gets a RESYNC"
+        r" doc_ids '([^']*)'\.\.'([^']*)'; the replay log starts after sequence \d+,? (.*)"
     )
-    return [(int(m[1]), int(m[2]), int(m[3]), m[4], m[5]) for m in pattern.finditer(log)]
+    return [(int(m[1]), int(m[2]), int(m[3]), m[4], m[5], m[6]) for m in pattern.finditer(log)]
 
 
 def assert_lag_logged(server: ServerProcess, events: list[Event], start: int) -> None:
-    """Each RESYNC in `events` has its lag warning, naming exactly the range skipped."""
+    """Each catch-up or RESYNC in `events` has its lag warning, naming the range it missed
+    from the position where it stopped, and what happens next."""
     subscriber = _OVERFLOW.search(server.log)
     assert subscriber, server.log
-    expected = []
+    warnings = lag_warnings(server.log, subscriber[1])
     position = start
+    heals = 0
     for event in events:
-        if event.is_resync:
-            first, last = position + 1, event.sequence
-            expected.append((last - first + 1, first, last, doc_id_of(first), doc_id_of(last)))
+        if event.is_resync or event.change_type == CATCH_UP_BEGIN:
+            count, first, last, first_doc, last_doc, outcome = warnings[heals]
+            assert first == position + 1, (warnings[heals], position)
+            assert position < last <= event.sequence or event.change_type == CATCH_UP_BEGIN
+            assert count == last - first + 1
+            assert (first_doc, last_doc) == (doc_id_of(first), doc_id_of(last))
+            expected = "gets a RESYNC" if event.is_resync else "catching up from the store"
+            assert expected in outcome, outcome
+            heals += 1
         position = event.sequence
-    assert lag_warnings(server.log, subscriber[1]) == expected, server.log
+    assert heals == len(warnings), server.log
 
 
 def reconcile(
@@ -291,6 +307,15 @@ async def put_lag(stub: pb.PeatSidecarStub, expected: int, json_data: str) -> in
     return response.sequence
 
 
+async def wait_for_catch_up_floor(stub: pb.PeatSidecarStub, floor: int) -> None:
+    """Asyncio-flavoured: wait until the retention task has purged the tombstones up to
+    `floor` (it runs once a second with no retention)."""
+    while True:
+        if (await stub.get_status()).catch_up_floor >= floor:
+            return
+        await asyncio.sleep(0.05)
+
+
 def padded(size: int) -> str:
     return '{"pad": "' + "x" * size + '"}'
 
@@ -306,8 +331,11 @@ async def relist_async(stub: pb.PeatSidecarStub, collection: str) -> dict[str, t
     return view
 
 
-def test_stalled_grpclib_subscriber_gets_resync(start_server: StartServer) -> None:
-    server = start_server(*SLOW_SERVER_ARGS)
+def test_stalled_grpclib_subscriber_beyond_the_kept_history_gets_resync(
+    start_server: StartServer,
+) -> None:
+    # With no tombstone retention, one delete after the stall leaves no catch-up possible.
+    server = start_server(*SLOW_SERVER_ARGS, "--tombstone-retention", "0")
 
     async def scenario() -> tuple[list[Event], int, list[dict[str, tuple[str, int]]], Any]:
         # Writes and status go on their own channel: the stalled stream holds all of its
@@ -319,8 +347,16 @@ def test_stalled_grpclib_subscriber_gets_resync(start_server: StartServer) -> No
             request = pb.SubscribeRequest(collections=["lag"])
             async with grpclib_subscribe(reader, request) as stream:
                 await within(wait_for_subscribers_async(stub, 1))
-                head = await write_while_stalled(stub, server, padded(16 * 1024))
-                assert (await stub.get_status()).head_sequence == head
+                last_lag = await write_while_stalled(stub, server, padded(16 * 1024))
+                await stub.put_document(
+                    pb.PutDocumentRequest(collection="gone", doc_id="x", json_data="{}")
+                )
+                head = (
+                    await stub.delete_document(
+                        pb.DeleteDocumentRequest(collection="gone", doc_id="x")
+                    )
+                ).sequence
+                await within(wait_for_catch_up_floor(stub, head))
                 # The client re-lists on each RESYNC, then follows the stream.
                 events: list[Event] = []
                 relists: list[dict[str, tuple[str, int]]] = []
@@ -331,22 +367,22 @@ def test_stalled_grpclib_subscriber_gets_resync(start_server: StartServer) -> No
                 tail = await put_lag(stub, head + 1, '{"tail": true}')
                 events.append(await recv_event(stream))
                 assert events[-1].sequence == tail
-            return events, head, relists, await relist_async(stub, "lag")
+            return events, last_lag, relists, await relist_async(stub, "lag")
         finally:
             reader.close()
             writer.close()
 
-    events, head, relists, store = run_scenario(scenario)
-    resyncs = assert_contiguous_with_resyncs(events, start=0)
-    assert resyncs[-1].sequence == head
+    events, last_lag, relists, store = run_scenario(scenario)
     assert events[-2].is_resync
-    assert events[-1].sequence == head + 1
+    assert events[-2].catch_up_floor == events[-2].sequence == events[-1].sequence - 1
     assert_lag_logged(server, events, start=0)
-    assert sorted(store) == [doc_id_of(sequence) for sequence in range(1, head + 2)]
+    assert sorted(store) == [doc_id_of(sequence) for sequence in range(1, last_lag + 1)] + [
+        doc_id_of(events[-1].sequence)
+    ]
     assert reconcile(events, relists) == store
 
 
-def test_stalled_grpcio_subscriber_gets_resync(
+def test_stalled_grpcio_subscriber_catches_up_from_the_store(
     start_server: StartServer, grpcio_api: tuple[ModuleType, ModuleType]
 ) -> None:
     server = start_server(*SLOW_SERVER_ARGS)
@@ -366,25 +402,21 @@ def test_stalled_grpcio_subscriber_gets_resync(
             described = status(writer)
             assert described["head_sequence"] == head
             assert described["lag_events"] >= 1, "the overflow is counted"
-            # The client re-lists on each RESYNC, then follows the stream.
-            events: list[Event] = []
-            relists: list[dict[str, tuple[str, int]]] = []
-            while not (events and events[-1].is_resync and events[-1].sequence == head):
-                events.append(subscription.next())
-                if events[-1].is_resync:
-                    relists.append(relist_with(writer, "lag"))
+            assert described["replay_floor"] > 1, "the replay log no longer holds the start"
+            events = subscription.until(
+                lambda event: event.sequence == head and event.change_type == CATCH_UP_END
+            )
             tail = put(writer, "lag", doc_id_of(head + 1), '{"tail": true}')
             events.append(subscription.next())
-        store = relist_with(writer, "lag")
     finally:
         writer.close()
         reader.close()
-    resyncs = assert_contiguous_with_resyncs(events, start=0)
-    assert resyncs[-1].sequence == head
+    heals = assert_contiguous(events, start=0)
+    assert heals
+    assert all(heal.change_type == CATCH_UP_BEGIN for heal in heals)
+    assert not [event for event in events if event.is_resync]
     assert events[-1].sequence == tail == head + 1
     assert_lag_logged(server, events, start=0)
-    assert sorted(store) == [doc_id_of(sequence) for sequence in range(1, tail + 1)]
-    assert reconcile(events, relists) == store
 
 
 def test_overflow_within_the_replay_log_heals_without_resync(start_server: StartServer) -> None:
@@ -412,7 +444,7 @@ def test_overflow_within_the_replay_log_heals_without_resync(start_server: Start
     events, head = run_scenario(scenario)
     assert not [event for event in events if event.is_resync]
     assert [event.sequence for event in events] == list(range(1, head + 2))
-    assert_contiguous_with_resyncs(events, start=0)
+    assert_contiguous(events, start=0)
     assert re.search(
         r"subscriber #\d+ \([^)]*\) \(collections: lag\) lagged and missed \d+ events:"
         r" sequences \d+\.\.\d+, doc_ids 'd\d+'\.\.'d\d+'; replaying them from the replay log",

@@ -31,6 +31,7 @@ from peat_sync.node import (
     open_node,
 )
 from peat_sync.node.feed import ChangeFeed
+from peat_sync.node.history import History
 from peat_sync.node.producer import Producer
 from peat_sync.node.replay_log import ReplayLog
 from peat_sync.store import Change, Mutation, SQLiteStore, StoredDocument
@@ -59,19 +60,29 @@ def doc_id(sequence: int) -> str:
 async def read_until(
     subscription: Subscription, sequence: int, limit: int = 100
 ) -> list[DocumentChange]:
-    """Read until an event at or past `sequence` arrives; returns every event read."""
+    """Read until an event at or past `sequence` arrives; returns every event read but the
+    heartbeats."""
     changes: list[DocumentChange] = []
     while not changes or changes[-1].sequence < sequence:
-        changes.extend(decode(event) for event in await subscription.next_batch(limit))
+        for event in await subscription.next_batch(limit):
+            change = decode(event)
+            if change.change_type != ChangeType.HEARTBEAT:
+                changes.append(change)
     return changes
 
 
 async def stall_while_live(subscription: Subscription) -> None:
-    """Wait in `next_batch` until the subscription is attached to the live feed, then stop
-    reading: it now stalls like a client that stopped draining its stream. Only for a
-    subscription with nothing to replay."""
+    """Read heartbeats until the subscription waits on the live feed, then stop reading: it
+    now stalls like a client that stopped draining its stream. Only for a subscription with
+    nothing to replay."""
+
+    async def read_heartbeats() -> None:
+        while True:
+            for event in await subscription.next_batch(1):
+                assert decode(event).change_type == ChangeType.HEARTBEAT
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(subscription.next_batch, 1)
+        nursery.start_soon(read_heartbeats)
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
 
@@ -395,15 +406,22 @@ async def test_subscribing_without_since_starts_at_the_current_head(tmp_path: Pa
     assert [(c.doc_id, c.sequence) for c in changes] == [("new", 2)]
 
 
-async def test_events_in_flight_when_a_subscription_starts_are_not_delivered() -> None:
+async def test_events_in_flight_when_a_subscription_starts_are_not_delivered(
+    tmp_path: Path,
+) -> None:
     """A subscription takes its start from the committed head, which can be ahead of the
     feed while a committed batch is still on its way from the producer. Those in-flight
     events reach the new subscription's channel and must be dropped, not delivered.
 
     The feed runs alone here so the in-flight window can be held open deterministically."""
-    committed_head = 3  # sequences 1..3 are committed but not yet handed to the feed
+    store = stored(tmp_path)
+    # Sequences 1..3 are committed but not yet handed to the feed.
+    store.commit([Mutation("c", doc_id(sequence), "{}") for sequence in range(1, 4)])
     feed = ChangeFeed(
-        ReplayLog(max_entries=100, max_bytes=1 << 20, head=0), lambda: committed_head, 16
+        ReplayLog(max_entries=100, max_bytes=1 << 20, head=0),
+        History(store, trio.CapacityLimiter(1)),
+        buffer_size=16,
+        heartbeat_interval=DEADLINE,
     )
     publish_send, publish_receive = trio.open_memory_channel[list[ChangeEvent]](4)
 
@@ -421,10 +439,13 @@ async def test_events_in_flight_when_a_subscription_starts_are_not_delivered() -
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             await nursery.start(feed.run, publish_receive)
-            with feed.subscribe(None, None, "test") as subscription:
+            with feed.subscribe(
+                None, since=None, epoch=None, snapshot=False, peer="test"
+            ) as subscription:
                 nursery.start_soon(producer)
                 changes = await read_until(subscription, 4)
             await publish_send.aclose()
+    store.close()
 
     assert [(c.doc_id, c.sequence) for c in changes] == [("d004", 4)]
 
@@ -447,25 +468,66 @@ async def test_since_ahead_of_head_gets_a_sequence_ahead_resync(tmp_path: Path) 
     assert [(c.doc_id, c.sequence) for c in live] == [("c", 3)]
 
 
-async def test_since_older_than_the_replay_log_gets_a_history_compacted_resync(
-    tmp_path: Path,
-) -> None:
-    """A `since` the replay log no longer covers gets RESYNC HISTORY_COMPACTED at the head,
-    then live events from there."""
+def kinds(changes: Sequence[DocumentChange]) -> list[tuple[ChangeType, str, int]]:
+    return [(change.change_type, change.doc_id, change.sequence) for change in changes]
+
+
+async def test_since_older_than_the_replay_log_catches_up_from_the_store(tmp_path: Path) -> None:
+    """A `since` the replay log no longer covers gets a catch-up: the latest state of each
+    document changed after it (deletes included, intermediate states skipped) between
+    CATCH_UP_BEGIN and CATCH_UP_END at the head, then live events."""
     with trio.fail_after(DEADLINE):
         async with running_node(tmp_path, replay_log_size=3) as node:
+            await node.put("c", "a", '{"v": 1}')  # 1
+            await node.put("c", "b", "{}")  # 2
+            await node.put("c", "a", '{"v": 2}')  # 3
+            await node.delete("c", "b")  # 4
+            await node.put("c", "c", "{}")  # 5
+            for sequence in range(6, 11):
+                await node.put("other", doc_id(sequence), "{}")
+            await trio.testing.wait_all_tasks_blocked()
+            assert node.replay_floor == 7
+            with node.subscribe(["c"], since=1) as subscription:
+                caught_up = await read_until(subscription, 10)
+                await node.put("c", "d", "{}")
+                live = await read_until(subscription, 11)
+
+    assert kinds(caught_up) == [
+        (ChangeType.CATCH_UP_BEGIN, "", 1),
+        (ChangeType.UPSERT, "a", 3),
+        (ChangeType.DELETE, "b", 4),
+        (ChangeType.UPSERT, "c", 5),
+        (ChangeType.CATCH_UP_END, "", 10),
+    ]
+    assert caught_up[1].json_data == '{"v": 2}'
+    assert "the replay log starts after sequence 7" in caught_up[0].message
+    assert kinds(live) == [(ChangeType.UPSERT, "d", 11)]
+
+
+async def test_since_older_than_the_purged_tombstones_gets_a_history_compacted_resync(
+    tmp_path: Path,
+) -> None:
+    """Once tombstones after `since` are purged, no catch-up can be exact: RESYNC
+    HISTORY_COMPACTED at the head, carrying the floors, then live events."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path, replay_log_size=3, tombstone_retention=0) as node:
             for sequence in range(1, 11):
                 await node.put("c", doc_id(sequence), "{}")
-            await trio.testing.wait_all_tasks_blocked()
+            await node.delete("c", doc_id(1))  # 11
+            await node.purge_expired_tombstones()  # the retention task may have been first
+            assert node.catch_up_floor == 11
             with node.subscribe(since=2) as subscription:
                 (resync,) = [decode(event) for event in await subscription.next_batch(10)]
-                await node.put("c", doc_id(11), "{}")
-                live = await read_until(subscription, 11)
+                await node.put("c", doc_id(12), "{}")
+                live = await read_until(subscription, 12)
 
     assert resync.change_type == ChangeType.RESYNC
     assert resync.resync_reason == ResyncReason.HISTORY_COMPACTED
-    assert resync.sequence == 10
-    assert [c.sequence for c in live] == [11]
+    assert resync.sequence == 11
+    assert (resync.catch_up_floor, resync.replay_floor) == (11, 8)
+    assert resync.epoch == node.epoch
+    assert "re-list" in resync.message
+    assert [c.sequence for c in live] == [12]
 
 
 async def test_since_at_the_replay_log_floor_is_replayed_exactly(tmp_path: Path) -> None:
@@ -533,12 +595,12 @@ async def test_a_slow_subscriber_heals_from_the_replay_log(
     assert "replaying them from the replay log" in warning
 
 
-async def test_a_slow_subscriber_beyond_the_replay_log_gets_a_slow_consumer_resync(
+async def test_a_slow_subscriber_beyond_the_replay_log_catches_up_from_the_store(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """When the log no longer holds what a stalled subscriber missed, it gets what it had
-    buffered, then RESYNC SLOW_CONSUMER at the head, then live events. A fast subscriber
-    alongside it is not held back and receives every event."""
+    buffered, then a catch-up from the store, then live events. A fast subscriber alongside
+    it is not held back and receives every event."""
     caplog.set_level(logging.WARNING)
     with trio.fail_after(DEADLINE):
         async with running_node(tmp_path, broadcast_buffer_size=4, replay_log_size=3) as node:
@@ -554,17 +616,18 @@ async def test_a_slow_subscriber_beyond_the_replay_log_gets_a_slow_consumer_resy
                     await commit_alternating(node, 1, 40)
                     await trio.testing.wait_all_tasks_blocked()
 
-                    buffered = [decode(event) for event in await slow.next_batch(100)]
-                    (resync,) = [decode(event) for event in await slow.next_batch(100)]
+                    caught_up = await read_until(slow, 40)
                     await node.put("c", doc_id(41), "{}")
                     live = await read_until(slow, 41)
 
             assert node.feed.lag_events == 1
 
-    assert [c.sequence for c in buffered] == [1, 3, 5, 7]
-    assert resync.change_type == ChangeType.RESYNC
-    assert resync.resync_reason == ResyncReason.SLOW_CONSUMER
-    assert resync.sequence == 40
+    assert kinds(caught_up) == [
+        *[(ChangeType.UPSERT, doc_id(s), s) for s in (1, 3, 5, 7)],
+        (ChangeType.CATCH_UP_BEGIN, "", 7),
+        *[(ChangeType.UPSERT, doc_id(s), s) for s in range(9, 40, 2)],
+        (ChangeType.CATCH_UP_END, "", 40),
+    ]
     assert [c.sequence for c in live] == [41]
     assert [c.sequence for c in fast_changes] == list(range(1, 42))
     (warning,) = lag_warnings(caplog)
@@ -572,7 +635,39 @@ async def test_a_slow_subscriber_beyond_the_replay_log_gets_a_slow_consumer_resy
     assert "(collections: c)" in warning
     assert "16 events: sequences 9..39" in warning
     assert "doc_ids 'd009'..'d039'" in warning
-    assert "the replay log starts after sequence 37" in warning
+    assert "catching up from the store" in warning
+
+
+async def test_a_slow_subscriber_beyond_the_kept_history_gets_a_slow_consumer_resync(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the store's tombstones after its position are purged too, a stalled subscriber
+    gets what it had buffered, then RESYNC SLOW_CONSUMER at the head, then live events."""
+    caplog.set_level(logging.WARNING)
+    with trio.fail_after(DEADLINE):
+        async with running_node(
+            tmp_path, broadcast_buffer_size=4, replay_log_size=3, tombstone_retention=0
+        ) as node:
+            with node.subscribe(["c"]) as slow:
+                await stall_while_live(slow)
+                await commit_alternating(node, 1, 40)
+                await node.delete("c", doc_id(1))  # 41
+                await node.purge_expired_tombstones()
+                assert node.catch_up_floor == 41
+                await trio.testing.wait_all_tasks_blocked()
+
+                buffered = [decode(event) for event in await slow.next_batch(100)]
+                (resync,) = [decode(event) for event in await slow.next_batch(100)]
+                await node.put("c", doc_id(42), "{}")
+                live = await read_until(slow, 42)
+
+    assert [c.sequence for c in buffered] == [1, 3, 5, 7]
+    assert resync.change_type == ChangeType.RESYNC
+    assert resync.resync_reason == ResyncReason.SLOW_CONSUMER
+    assert resync.sequence == 41
+    assert [c.sequence for c in live] == [42]
+    (warning,) = lag_warnings(caplog)
+    assert "so the subscriber gets a RESYNC" in warning
 
 
 # Lifecycle ---------------------------------------------------------------------------------
@@ -687,7 +782,8 @@ async def test_cancelling_the_enclosing_scope_stops_the_node(tmp_path: Path) -> 
         read = 0
         with node.subscribe() as subscription:
             while True:
-                read += len(await subscription.next_batch(100))
+                batch = await subscription.next_batch(100)
+                read += sum(not event.is_control for event in batch)
                 if read >= 20:
                     enough_read.set()
 

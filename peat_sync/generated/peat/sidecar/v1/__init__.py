@@ -117,7 +117,34 @@ class ChangeType(betterproto2.Enum):
     RESYNC = 3
     """
     The server cannot guarantee that the stream holds every change: the client must re-list
-    and resume from `sequence` (the head at the time of the event). `resync_reason` says why.
+    (or, when it asked for snapshots, take the snapshot that follows at once). The changes
+    after `sequence` (the head at the time of the event) follow. `resync_reason` says why.
+    """
+
+    HEARTBEAT = 4
+    """
+    No change: the stream has delivered every change to its collections up to `sequence`.
+    Opens every stream that does not open with another control event, and is repeated on an
+    idle stream every heartbeat interval. Advance your resume point to `sequence`.
+    """
+
+    SNAPSHOT_BEGIN = 5
+    """
+    A snapshot follows: discard your copy of the collections; the current documents come as
+    UPSERT events, in sequence order, until CATCH_UP_END.
+    """
+
+    CATCH_UP_BEGIN = 6
+    """
+    A catch-up from the store follows, because the replay log no longer holds the changes
+    after `sequence`: keep your copy; the latest state of each document changed since comes
+    as UPSERT or DELETE, in sequence order, until CATCH_UP_END. Intermediate states of a
+    document are skipped.
+    """
+
+    CATCH_UP_END = 7
+    """
+    The snapshot or catch-up is complete: your copy now equals the store at `sequence`.
     """
 
     @classmethod
@@ -127,6 +154,10 @@ class ChangeType(betterproto2.Enum):
             1: "CHANGE_TYPE_UPSERT",
             2: "CHANGE_TYPE_DELETE",
             3: "CHANGE_TYPE_RESYNC",
+            4: "CHANGE_TYPE_HEARTBEAT",
+            5: "CHANGE_TYPE_SNAPSHOT_BEGIN",
+            6: "CHANGE_TYPE_CATCH_UP_BEGIN",
+            7: "CHANGE_TYPE_CATCH_UP_END",
         }
 
     @classmethod
@@ -136,6 +167,10 @@ class ChangeType(betterproto2.Enum):
             "CHANGE_TYPE_UPSERT": 1,
             "CHANGE_TYPE_DELETE": 2,
             "CHANGE_TYPE_RESYNC": 3,
+            "CHANGE_TYPE_HEARTBEAT": 4,
+            "CHANGE_TYPE_SNAPSHOT_BEGIN": 5,
+            "CHANGE_TYPE_CATCH_UP_BEGIN": 6,
+            "CHANGE_TYPE_CATCH_UP_END": 7,
         }
 
 
@@ -476,7 +511,7 @@ class DocumentChange(betterproto2.Message):
 
     sequence: "int" = betterproto2.field(5, betterproto2.TYPE_UINT64)
     """
-    The change's commit sequence; for CHANGE_TYPE_RESYNC, the head sequence.
+    The change's commit sequence; for a control event, the position it reports.
     """
 
     resync_reason: "ResyncReason" = betterproto2.field(
@@ -488,7 +523,23 @@ class DocumentChange(betterproto2.Message):
 
     message: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
     """
-    A human-readable explanation, set on CHANGE_TYPE_RESYNC only.
+    A human-readable explanation, set on control events.
+    """
+
+    epoch: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
+    """
+    The following are set on control events (every type but UPSERT and DELETE).
+    The store's epoch: pass it back with since_sequence when resuming.
+    """
+
+    replay_floor: "int" = betterproto2.field(9, betterproto2.TYPE_UINT64)
+    """
+    The oldest since_sequence the replay log resumes exactly.
+    """
+
+    catch_up_floor: "int" = betterproto2.field(10, betterproto2.TYPE_UINT64)
+    """
+    The oldest since_sequence the store can still catch up from.
     """
 
 
@@ -637,6 +688,17 @@ class GetStatusResponse(betterproto2.Message):
     lag_events: "int" = betterproto2.field(9, betterproto2.TYPE_UINT64)
     """
     How often a subscriber's buffer overflowed since the server started.
+    """
+
+    replay_floor: "int" = betterproto2.field(10, betterproto2.TYPE_UINT64)
+    """
+    The oldest since_sequence the replay log resumes exactly (one below its oldest event).
+    """
+
+    catch_up_floor: "int" = betterproto2.field(11, betterproto2.TYPE_UINT64)
+    """
+    The oldest since_sequence a catch-up from the store can serve: tombstones of deletes up
+    to this sequence were removed after the tombstone retention.
     """
 
 
@@ -975,6 +1037,19 @@ class SubscribeRequest(betterproto2.Message):
     """
     Resume after this sequence: the stream starts with the changes committed after it.
     Unset means "from now on".
+    """
+
+    epoch: "str | None" = betterproto2.field(3, betterproto2.TYPE_STRING, optional=True)
+    """
+    The epoch since_sequence belongs to, as the stream's control events reported it. When it
+    is not the store's epoch, the stream starts with a RESYNC (RESYNC_REASON_UNKNOWN_EPOCH).
+    """
+
+    snapshot: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    Send the current documents of the collections first (SNAPSHOT_BEGIN ... CATCH_UP_END),
+    then live changes; and send a fresh snapshot after every RESYNC, so the client never has
+    to re-list. With since_sequence set, a snapshot is sent only if the stream cannot resume.
     """
 
 

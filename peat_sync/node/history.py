@@ -1,0 +1,42 @@
+"""The store's history as subscriptions see it: positions, floors and catch-up reads."""
+
+from __future__ import annotations
+
+import trio
+
+from peat_sync.store import HistoryPage, Store
+
+
+class History:
+    """Trio-flavoured access to what the store knows beyond the replay log."""
+
+    def __init__(self, store: Store, limiter: trio.CapacityLimiter) -> None:
+        self._store = store
+        self._limiter = limiter
+
+    @property
+    def epoch(self) -> str:
+        return self._store.epoch
+
+    @property
+    def head(self) -> int:
+        """The newest committed sequence; it can be ahead of the replay log for a moment."""
+        return self._store.head_sequence
+
+    @property
+    def catch_up_floor(self) -> int:
+        """The oldest position a catch-up from the store can start from."""
+        return self._store.catch_up_floor
+
+    async def changes_after(
+        self, since: int, collections: frozenset[str] | None, limit: int, tombstones_after: int
+    ) -> HistoryPage:
+        """Trio-flavoured: the next page of a catch-up (see `Store.changes_after`)."""
+        return await trio.to_thread.run_sync(
+            self._store.changes_after,
+            since,
+            collections,
+            limit,
+            tombstones_after,
+            limiter=self._limiter,
+        )
