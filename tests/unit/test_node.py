@@ -11,6 +11,7 @@ import math
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -803,3 +804,120 @@ async def test_cancelling_the_enclosing_scope_stops_the_node(tmp_path: Path) -> 
         assert len(ids) == store.head_sequence >= 20
     finally:
         store.close()
+
+
+# Heartbeats and snapshots --------------------------------------------------------------------
+
+
+async def test_an_idle_stream_gets_a_heartbeat_at_the_feeds_head_every_interval(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The stream opens with a heartbeat at its start; then, with nothing for its collection
+    while other collections change, it gets one heartbeat per interval whose sequence is the
+    newest change the feed handled, so a quiet subscriber's resume point advances."""
+    store = stored(tmp_path)
+    store.commit([Mutation("busy", doc_id(sequence), "{}") for sequence in range(1, 4)])
+    feed = ChangeFeed(
+        ReplayLog(max_entries=100, max_bytes=1 << 20, head=3),
+        History(store, trio.CapacityLimiter(1)),
+        buffer_size=16,
+        heartbeat_interval=5,
+    )
+    publish_send, publish_receive = trio.open_memory_channel[list[ChangeEvent]](4)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(feed.run, publish_receive)
+            with feed.subscribe(
+                frozenset({"quiet"}), since=None, epoch=None, snapshot=False, peer="test"
+            ) as subscription:
+                (opening,) = [decode(event) for event in await subscription.next_batch(10)]
+                started = trio.current_time()
+                changes = store.commit([Mutation("busy", doc_id(4), "{}")])
+                await publish_send.send([ChangeEvent.from_change(c) for c in changes if c])
+                (beat,) = [decode(event) for event in await subscription.next_batch(10)]
+                waited = trio.current_time() - started
+                (second,) = [decode(event) for event in await subscription.next_batch(10)]
+            await publish_send.aclose()
+    store.close()
+
+    assert (opening.change_type, opening.sequence, opening.epoch) == (
+        ChangeType.HEARTBEAT,
+        3,
+        store.epoch,
+    )
+    assert (beat.change_type, beat.sequence, beat.replay_floor) == (ChangeType.HEARTBEAT, 4, 3)
+    assert waited == 5
+    assert (second.change_type, second.sequence) == (ChangeType.HEARTBEAT, 4)
+    assert subscription.position == 4
+
+
+def copy_after(changes: Sequence[DocumentChange]) -> dict[str, str]:
+    """A client's copy after applying `changes` from SNAPSHOT_BEGIN on."""
+    copy: dict[str, str] = {}
+    for change in changes:
+        if change.change_type == ChangeType.SNAPSHOT_BEGIN:
+            copy.clear()
+        elif change.change_type == ChangeType.UPSERT:
+            assert change.json_data is not None
+            copy[change.doc_id] = change.json_data
+        elif change.change_type == ChangeType.DELETE:
+            copy.pop(change.doc_id, None)
+    return copy
+
+
+async def test_a_snapshot_read_in_pages_while_writes_go_on_ends_consistent(
+    tmp_path: Path,
+) -> None:
+    """A snapshot is read a page at a time while documents already sent, and some not yet
+    sent, change between pages. The changed documents come again with their newer state,
+    a delete of a sent document comes as a DELETE, and at CATCH_UP_END the copy equals the
+    store at that sequence. Live changes follow."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            for number in range(10):
+                await node.put("c", f"k{number}", f'{{"v": {number}}}')
+            await node.put("other", "x", "{}")
+            await node.delete("c", "k9")  # a tombstone from before the snapshot: never sent
+            writes = [
+                partial(node.put, "c", "k0", '{"v": "new"}'),  # already sent
+                partial(node.delete, "c", "k1"),  # already sent
+                partial(node.put, "c", "k8", '{"v": "new"}'),  # not sent yet
+                partial(node.put, "c", "k10", "{}"),  # created during the snapshot
+            ]
+            with node.subscribe(["c"], snapshot=True) as subscription:
+                changes: list[DocumentChange] = []
+                while not changes or changes[-1].change_type != ChangeType.CATCH_UP_END:
+                    batch = [decode(event) for event in await subscription.next_batch(2)]
+                    changes.extend(batch)
+                    if writes and batch[0].change_type == ChangeType.UPSERT:
+                        await writes.pop(0)()  # between two pages
+                end = changes[-1].sequence
+                assert subscription.resume_point == end
+                await node.put("c", "live", "{}")
+                live = await read_until(subscription, end + 1)
+            documents = {d.doc_id: d.json_data for d in await node.list_documents("c")}
+
+    assert changes[0].change_type == ChangeType.SNAPSHOT_BEGIN
+    assert changes[0].sequence == 12
+    sent = [(c.change_type, c.doc_id) for c in changes[1:-1]]
+    assert sent[:2] == [(ChangeType.UPSERT, "k0"), (ChangeType.UPSERT, "k1")]
+    assert (ChangeType.DELETE, "k1") in sent
+    assert (ChangeType.DELETE, "k9") not in sent
+    assert sent.count((ChangeType.UPSERT, "k0")) == 2
+    assert sent.count((ChangeType.UPSERT, "k8")) == 1, "k8 changed before it was sent"
+    assert [c.sequence for c in changes[1:-1]] == sorted(c.sequence for c in changes[1:-1])
+    assert end == 16
+    assert [(c.doc_id, c.sequence) for c in live] == [("live", 17)]
+    del documents["live"]
+    assert copy_after(changes) == documents
+
+
+async def test_a_snapshot_subscriber_mid_snapshot_has_no_resume_point(tmp_path: Path) -> None:
+    """Until CATCH_UP_END, a partial snapshot cannot be resumed: only a new snapshot helps."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            for number in range(5):
+                await node.put("c", f"k{number}", "{}")
+            with node.subscribe(["c"], snapshot=True) as subscription:
+                await subscription.next_batch(2)
+                assert subscription.resume_point is None

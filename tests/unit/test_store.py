@@ -212,3 +212,67 @@ def test_a_store_of_another_schema_version_is_refused(data_dir: Path) -> None:
 
     with pytest.raises(StoreError, match="schema version 99"):
         SQLiteStore.open(data_dir)
+
+
+# Catch-up reads and tombstone retention ------------------------------------------------------
+
+
+def test_changes_after_gives_the_latest_state_of_each_changed_document_in_sequence_order(
+    store: SQLiteStore,
+) -> None:
+    """A catch-up sees each document once, at its last change, tombstones included, with the
+    head it was read at."""
+    store.commit([put("c", "a", "1"), put("c", "b"), put("o", "x")])  # 1..3
+    store.commit([put("c", "a", "2"), delete("c", "b"), put("c", "n")])  # 4..6
+    page = store.changes_after(1, None, 100, tombstones_after=1)
+    assert page.changes == [
+        Change(3, "o", "x", "{}"),
+        Change(4, "c", "a", "2"),
+        Change(5, "c", "b", None),
+        Change(6, "c", "n", "{}"),
+    ]
+    assert (page.head_sequence, page.catch_up_floor) == (6, 0)
+
+
+def test_changes_after_filters_collections_pages_and_old_tombstones(store: SQLiteStore) -> None:
+    """The collection filter, the page limit and `tombstones_after` all narrow the read."""
+    store.commit([put("c", "a"), put("o", "x"), put("c", "b"), delete("c", "a"), put("p", "y")])
+    only_c = store.changes_after(0, frozenset({"c"}), 100, tombstones_after=0)
+    assert [(c.sequence, c.doc_id) for c in only_c.changes] == [(3, "b"), (4, "a")]
+    first_page = store.changes_after(0, None, 2, tombstones_after=0)
+    assert [c.sequence for c in first_page.changes] == [2, 3]
+    # A snapshot has no use for tombstones older than its start.
+    snapshot = store.changes_after(0, None, 100, tombstones_after=4)
+    assert [c.sequence for c in snapshot.changes] == [2, 3, 5]
+
+
+def test_purging_removes_only_expired_tombstones_and_raises_the_floor(
+    store: SQLiteStore, data_dir: Path
+) -> None:
+    """A purge takes the oldest expired tombstones first, up to its limit, and persists the
+    floor it raised; live documents are never purged."""
+    store.commit([put("c", "a"), put("c", "b"), put("c", "keep")])
+    store.commit([delete("c", "a"), delete("c", "b")])  # 4, 5
+    assert store.purge_tombstones(deleted_before=0.0, limit=100) == 0, "nothing is that old"
+    assert store.catch_up_floor == 0
+    assert store.purge_tombstones(deleted_before=float("inf"), limit=1) == 1
+    assert store.catch_up_floor == 4, "the oldest tombstone goes first"
+    assert store.purge_tombstones(deleted_before=float("inf"), limit=100) == 1
+    assert store.catch_up_floor == 5
+    page = store.changes_after(0, None, 100, tombstones_after=0)
+    assert [c.doc_id for c in page.changes] == ["keep"]
+    assert page.catch_up_floor == 5
+    store.close()
+    reopened = SQLiteStore.open(data_dir)
+    try:
+        assert reopened.catch_up_floor == 5, "the floor is persisted"
+        assert reopened.head_sequence == 5
+    finally:
+        reopened.close()
+
+
+def test_a_document_put_again_after_its_delete_is_not_purged(store: SQLiteStore) -> None:
+    """A put over a tombstone turns it back into a live document."""
+    store.commit([put("c", "a"), delete("c", "a"), put("c", "a", "2")])
+    assert store.purge_tombstones(deleted_before=float("inf"), limit=100) == 0
+    assert store.get("c", "a") == StoredDocument("c", "a", "2", 3)
