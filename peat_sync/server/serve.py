@@ -31,7 +31,13 @@ class ListenError(Exception):
     """The listen address cannot be bound; the message says why."""
 
 
-def _bind(address: ListenAddress) -> tuple[socket.socket, ListenAddress]:
+def dead_peer_timeout(heartbeat_interval: float) -> float:
+    """Seconds sent data may stay unacknowledged before a connection counts as dead: a few
+    heartbeats, so that a stream to a vanished peer ends instead of waiting for minutes."""
+    return max(3 * heartbeat_interval, 20.0)
+
+
+def _bind(address: ListenAddress, heartbeat_interval: float) -> tuple[socket.socket, ListenAddress]:
     """Bind a listening socket; returns it with the address actually bound (port 0 resolved)."""
     if address.path is not None:
         return _bind_unix(address.path), address
@@ -44,6 +50,9 @@ def _bind(address: ListenAddress) -> tuple[socket.socket, ListenAddress]:
         # has proto 0; accepted connections inherit the option from the listening socket.
         # Without it every small response waits for a delayed ACK (about 40 ms).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux; inherited like TCP_NODELAY
+            milliseconds = int(dead_peer_timeout(heartbeat_interval) * 1000)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
     except OSError as exc:
         raise ListenError(f"cannot listen on {address}: {exc.strerror or exc}") from None
     host, port = sock.getsockname()[:2]
@@ -95,7 +104,7 @@ async def serve(
     open streams and calls get `SHUTDOWN_GRACE_SECONDS` to finish, then the node commits what
     is queued and closes the store.
     """
-    sock, bound = _bind(config.listen)
+    sock, bound = _bind(config.listen, config.node.heartbeat_interval)
     async with open_node(config.node) as node, trio_asyncio.open_loop():
         service = SidecarService(node, str(bound))
         # grpclib binds to the running asyncio loop, so it is built inside open_loop().
