@@ -1,7 +1,8 @@
 """The embedded default store: one SQLite file in WAL mode.
 
-A single writer connection belongs to the node's producer; readers get a connection per
-thread, so reads never wait for a commit (WAL lets them run side by side). `synchronous=FULL`
+A single writer connection belongs to the node's producer; each read borrows a connection
+from a pool, so reads never wait for a commit (WAL lets them run side by side), and there are
+never more reader connections than reads at once. `synchronous=FULL`
 makes every commit durable before `commit` returns, which is what lets the node acknowledge a
 write: an acknowledged write survives `kill -9` and power loss alike. The producer batches
 writes, so the cost of the fsync is shared by the whole batch.
@@ -13,7 +14,8 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from peat_sync.store._types import Change, HistoryPage, Mutation, StoredDocument
@@ -51,7 +53,7 @@ class SQLiteStore:
         self.path = path
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
-        self._local = threading.local()
+        self._idle_readers: list[sqlite3.Connection] = []
         self._writer = self._connect()
         # Commits and tombstone purges share the writer connection, from different threads.
         self._write_lock = threading.Lock()
@@ -88,12 +90,20 @@ class SQLiteStore:
             self._connections.append(connection)
         return connection
 
-    def _reader(self) -> sqlite3.Connection:
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A reader connection for the duration of one read."""
+        # Pooled rather than one per thread: worker threads come and go, and a connection
+        # per thread would leak file descriptors with each new one.
+        with self._lock:
+            connection = self._idle_readers.pop() if self._idle_readers else None
         if connection is None:
             connection = self._connect()
-            self._local.connection = connection
-        return connection
+        try:
+            yield connection
+        finally:
+            with self._lock:
+                self._idle_readers.append(connection)
 
     def _initialise(self) -> tuple[str, int, int]:
         db = self._writer
@@ -172,31 +182,30 @@ class SQLiteStore:
         return changes
 
     def get(self, collection: str, doc_id: str) -> StoredDocument | None:
-        row = (
-            self._reader()
-            .execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT json_data, sequence FROM documents WHERE collection = ? AND doc_id = ?"
                 " AND json_data IS NOT NULL",
                 (collection, doc_id),
-            )
-            .fetchone()
-        )
+            ).fetchone()
         return None if row is None else StoredDocument(collection, doc_id, row[0], row[1])
 
     def list_ids(self, collection: str) -> list[str]:
-        rows = self._reader().execute(
-            "SELECT doc_id FROM documents WHERE collection = ? AND json_data IS NOT NULL"
-            " ORDER BY doc_id",
-            (collection,),
-        )
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT doc_id FROM documents WHERE collection = ? AND json_data IS NOT NULL"
+                " ORDER BY doc_id",
+                (collection,),
+            ).fetchall()
         return [doc_id for (doc_id,) in rows]
 
     def list_documents(self, collection: str) -> list[StoredDocument]:
-        rows = self._reader().execute(
-            "SELECT doc_id, json_data, sequence FROM documents WHERE collection = ?"
-            " AND json_data IS NOT NULL ORDER BY doc_id",
-            (collection,),
-        )
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT doc_id, json_data, sequence FROM documents WHERE collection = ?"
+                " AND json_data IS NOT NULL ORDER BY doc_id",
+                (collection,),
+            ).fetchall()
         return [StoredDocument(collection, *row) for row in rows]
 
     def changes_after(
@@ -212,18 +221,19 @@ class SQLiteStore:
             parameters.extend(sorted(collections))
         query += " ORDER BY sequence LIMIT ?"
         parameters.append(limit)
-        db = self._reader()
-        # One read transaction: the rows, the head and the floor come from the same snapshot.
-        db.execute("BEGIN")
-        try:
-            changes = [Change(*row) for row in db.execute(query, parameters)]
-            meta = dict(
-                db.execute(
-                    "SELECT key, value FROM meta WHERE key IN ('head_sequence', 'catch_up_floor')"
-                ).fetchall()
-            )
-        finally:
-            db.execute("COMMIT")
+        with self._reading() as db:
+            # One read transaction: the rows, the head and the floor come from one snapshot.
+            db.execute("BEGIN")
+            try:
+                changes = [Change(*row) for row in db.execute(query, parameters)]
+                meta = dict(
+                    db.execute(
+                        "SELECT key, value FROM meta"
+                        " WHERE key IN ('head_sequence', 'catch_up_floor')"
+                    ).fetchall()
+                )
+            finally:
+                db.execute("COMMIT")
         return HistoryPage(
             changes, int(meta["head_sequence"]), int(meta.get("catch_up_floor", "0"))
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -276,3 +277,25 @@ def test_a_document_put_again_after_its_delete_is_not_purged(store: SQLiteStore)
     store.commit([put("c", "a"), delete("c", "a"), put("c", "a", "2")])
     assert store.purge_tombstones(deleted_before=float("inf"), limit=100) == 0
     assert store.get("c", "a") == StoredDocument("c", "a", "2", 3)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc")
+def test_reads_from_ever_new_threads_do_not_leak_connections(store: SQLiteStore) -> None:
+    """Worker threads come and go; each read borrows a pooled connection, so a long-running
+    server does not accumulate open files."""
+    store.commit([put("c", "a")])
+
+    def read() -> None:
+        assert store.get("c", "a") is not None
+        store.changes_after(0, None, 10, tombstones_after=0)
+
+    def open_files() -> int:
+        return len(list(Path("/proc/self/fd").iterdir()))
+
+    read()
+    before = open_files()
+    for _ in range(20):
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join()
+    assert open_files() == before
