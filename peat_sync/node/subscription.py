@@ -26,6 +26,11 @@ class _StoreRead:
     cursor: int
     tombstones_after: int  # older tombstones concern documents the consumer does not have
     snapshot: bool
+    sent: int = 0
+
+    @property
+    def kind(self) -> str:
+        return "snapshot" if self.snapshot else "catch-up"
 
 
 class Subscription:
@@ -162,6 +167,7 @@ class Subscription:
             )
             return []
         events = [ChangeEvent.from_change(change) for change in page.changes]
+        read.sent += len(events)
         if events:
             read.cursor = events[-1].sequence
             if not read.snapshot:
@@ -170,6 +176,13 @@ class Subscription:
         if len(page.changes) < limit:
             self._store_read = None
             self.position = page.head_sequence
+            log.info(
+                "subscriber %s: %s complete at sequence %d (%d documents)",
+                self.name,
+                read.kind,
+                self.position,
+                read.sent,
+            )
             events.append(
                 self._control(
                     ChangeType.CATCH_UP_END,
@@ -218,6 +231,13 @@ class Subscription:
         catch_up_floor = self._history.catch_up_floor
         if self.position >= catch_up_floor:
             self._store_read = _StoreRead(self.position, self.position, snapshot=False)
+            log.info(
+                "subscriber %s: catching up from the store after sequence %d (the replay log"
+                " starts after %d)",
+                self.name,
+                self.position,
+                replay_floor,
+            )
             self._pending.append(
                 self._control(
                     ChangeType.CATCH_UP_BEGIN,
@@ -237,6 +257,7 @@ class Subscription:
 
     def _resync(self, reason: ResyncReason, why: str) -> None:
         head = self._history.head
+        log.info("subscriber %s: RESYNC (%s) at sequence %d: %s", self.name, reason.name, head, why)
         self.position = head
         advice = (
             "a snapshot of the current documents follows"
