@@ -523,7 +523,7 @@ class DocumentChange(betterproto2.Message):
 
     message: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
     """
-    A human-readable explanation, set on control events.
+    A human-readable explanation, set on every control event but HEARTBEAT.
     """
 
     epoch: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
