@@ -99,10 +99,14 @@ def duration(text: str) -> float:
     return float(match[1]) * _SECONDS[(match[2] or "s").lower()]
 
 
-def positive_duration(text: str) -> float:
+# Each idle stream wakes once per heartbeat interval: below this, idle streams cost real CPU.
+MIN_HEARTBEAT_INTERVAL = 0.1
+
+
+def heartbeat_interval(text: str) -> float:
     value = duration(text)
-    if value <= 0:
-        raise ValueError("must be longer than zero")
+    if value < MIN_HEARTBEAT_INTERVAL:
+        raise ValueError(f"must be at least {MIN_HEARTBEAT_INTERVAL * 1000:g}ms")
     return value
 
 
@@ -176,7 +180,7 @@ SERVE_OPTIONS = (
     ),
     Option(
         "--heartbeat-interval",
-        positive_duration,
+        heartbeat_interval,
         "10s",
         "silence after which an idle Subscribe stream gets a heartbeat (500ms, 10s, 1m ...)",
     ),

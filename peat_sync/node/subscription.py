@@ -194,34 +194,41 @@ class Subscription:
         return events
 
     async def _receive_live(self, limit: int) -> list[ChangeEvent]:
-        assert self._receive is not None
-        with trio.move_on_after(self._feed.heartbeat_interval):
+        receive = self._receive
+        assert receive is not None
+        first: ChangeEvent | None = None
+        try:
+            with trio.move_on_after(self._feed.heartbeat_interval):
+                first = await receive.receive()
+            if first is None:
+                # The feed may have buffered events after the timeout fired and before this
+                # task ran again: those come first.
+                first = receive.receive_nowait()
+        except trio.WouldBlock:
+            # Idle for a whole interval with an empty channel: the feed has offered this
+            # subscription every event up to the log's head, and it has taken them all.
+            self.position = max(self.position, self._feed.replay_log.head)
+            return [self._control(ChangeType.HEARTBEAT, self.position)]
+        except trio.EndOfChannel:
+            # The feed closed the channel: on overflow, or because the node is closing,
+            # which the top of `next_batch` reports.
+            self._receive = None
+            if not self._feed.closed:
+                self._lagged = True
+                self._log_lag()
+            return []
+        batch = [first]
+        while len(batch) < limit:
             try:
-                first = await self._receive.receive()
-            except trio.EndOfChannel:
-                # The feed closed the channel: on overflow, or because the node is closing,
-                # which the top of `next_batch` reports.
-                self._receive = None
-                if not self._feed.closed:
-                    self._lagged = True
-                    self._log_lag()
-                return []
-            batch = [first]
-            while len(batch) < limit:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            # Events committed before a subscription started can still be in flight to the
-            # feed when it attaches; the position filters them out.
-            batch = [event for event in batch if event.sequence > self.position]
-            if batch:
-                self.position = batch[-1].sequence
-            return batch
-        # Idle for a whole interval with an empty channel: the feed has offered this
-        # subscription every event up to the log's head, and it has taken them all.
-        self.position = max(self.position, self._feed.replay_log.head)
-        return [self._control(ChangeType.HEARTBEAT, self.position)]
+                batch.append(receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        # Events committed before a subscription started can still be in flight to the feed
+        # when it attaches; the position filters them out.
+        batch = [event for event in batch if event.sequence > self.position]
+        if batch:
+            self.position = batch[-1].sequence
+        return batch
 
     # Changes of course -------------------------------------------------------------------
 

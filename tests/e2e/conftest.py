@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import enum
 import re
+import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -29,7 +30,7 @@ from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.conftest import ServerProcess, StartServer
+from tests.conftest import ServerProcess, StartServer, clean_env, peat_sync_command
 
 # The deadline of one unary call.
 CALL_TIMEOUT = 10.0
@@ -502,12 +503,97 @@ async def recv_event(
             return event
 
 
+class GrpclibStream:
+    """A grpclib Subscribe stream read from sync code, on an event loop of its own (so each
+    thread can have one); reads like `GrpcioSubscription`."""
+
+    def __init__(
+        self,
+        port: int,
+        request: pb.SubscribeRequest,
+        config: grpclib.config.Configuration | None = None,
+    ) -> None:
+        self._runner = asyncio.Runner()
+        self._channel = self._runner.run(self._open(port, config))
+        self._stream = self._runner.run(open_grpclib_subscribe(self._channel, request))
+
+    @staticmethod
+    async def _open(
+        port: int, config: grpclib.config.Configuration | None
+    ) -> grpclib.client.Channel:
+        return grpclib.client.Channel("127.0.0.1", port, config=config)
+
+    def next(self, *, heartbeats: bool = False, seconds: float = CALL_TIMEOUT) -> Event:
+        """The next event (heartbeats skipped unless asked for), within `seconds`."""
+        try:
+            return self._runner.run(recv_event(self._stream, seconds, heartbeats=heartbeats))
+        except TimeoutError:
+            raise AssertionError(f"no event within {seconds} s") from None
+
+    def until(self, stop: Callable[[Event], bool], *, heartbeats: bool = False) -> list[Event]:
+        events = [self.next(heartbeats=heartbeats)]
+        while not stop(events[-1]):
+            events.append(self.next(heartbeats=heartbeats))
+        return events
+
+    def close(self) -> None:
+        with suppress(StreamTerminatedError):
+            self._runner.run(within(self._stream.cancel()))
+            self._runner.run(within(self._stream.__aexit__(None, None, None)))
+        self._channel.close()
+        self._runner.close()
+
+
 async def wait_for_subscribers_async(stub: pb.PeatSidecarStub, count: int) -> None:
     """Asyncio-flavoured: poll GetStatus until `count` Subscribe streams are open."""
     while True:
         if (await stub.get_status()).subscribers == count:
             return
         await asyncio.sleep(0.01)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+CLI_TIMEOUT = 30.0
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `peat-sync ARGS` to completion, with only `env` as PEAT_SIDECAR_* variables."""
+    return subprocess.run(
+        [*peat_sync_command(), *args],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        env=clean_env(**env),
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """The output is one line, no traceback, holding every fragment; returns the line."""
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def help_entries(text: str) -> dict[str, str]:
+    """Each option's entry in argparse help, keyed by flag, whitespace collapsed."""
+    entries: dict[str, str] = {}
+    flag = None
+    for line in text.splitlines():
+        match = re.match(r"  (-h, --help|--[a-z-]+)\b", line)
+        if match:
+            flag = match[1].split(", ")[-1]
+            entries[flag] = ""
+        elif flag is not None and not line.startswith("  "):
+            flag = None
+        if flag is not None:
+            entries[flag] = " ".join([*entries[flag].split(), *line.split()])
+    return entries
 
 
 # ---------------------------------------------------------------------------------------------

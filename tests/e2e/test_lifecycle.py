@@ -9,7 +9,6 @@ import re
 import signal
 import socket
 import stat
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,17 +21,19 @@ import pytest
 
 from peat_sync.config import SERVE_OPTIONS
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.conftest import ServerProcess, StartServer, clean_env
-from tests.conftest import peat_sync_command as command
+from tests.conftest import ServerProcess, StartServer
 from tests.e2e.conftest import (
     CALL_TIMEOUT,
     CallFailed,
     GrpcioClient,
+    assert_one_line_error,
     delete,
     get,
     grpcio_subscription,
     grpclib_subscribe,
+    help_entries,
     put,
+    run_cli,
     run_scenario,
     small_window_config,
     status,
@@ -43,18 +44,6 @@ from tests.e2e.conftest import (
 )
 
 SIGNALS = [signal.SIGTERM, signal.SIGINT]
-
-CLI_TIMEOUT = 30.0
-
-
-def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*command(), *args],
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        env=clean_env(**env),
-    )
 
 
 def assert_stopped_cleanly(server: ServerProcess, signum: int, subscribers: int, head: int) -> None:
@@ -287,16 +276,6 @@ def test_unix_socket_of_a_running_server_is_not_taken_over(
 # Start-up errors
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output, output
-    lines = output.strip().splitlines()
-    assert len(lines) == 1, output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     ("args", "env", "fragments"),
     [
@@ -401,22 +380,6 @@ DESIGNED_FLAGS = {
     "--broadcast-buffer-size": "PEAT_SIDECAR_BROADCAST_BUFFER_SIZE",
     "--replay-log-size": "PEAT_SIDECAR_REPLAY_LOG_SIZE",
 }
-
-
-def help_entries(text: str) -> dict[str, str]:
-    """Each option's entry in argparse help, keyed by flag, whitespace collapsed."""
-    entries: dict[str, str] = {}
-    flag = None
-    for line in text.splitlines():
-        match = re.match(r"  (-h, --help|--[a-z-]+)\b", line)
-        if match:
-            flag = match[1].split(", ")[-1]
-            entries[flag] = ""
-        elif flag is not None and not line.startswith("  "):
-            flag = None
-        if flag is not None:
-            entries[flag] = " ".join([*entries[flag].split(), *line.split()])
-    return entries
 
 
 def test_help_lists_the_serve_command() -> None:

@@ -9,21 +9,16 @@ read with ListDocuments and GetDocument.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import re
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, contextmanager, suppress
+from contextlib import closing, contextmanager
 from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
-
-import grpclib.client
-import grpclib.config
-from grpclib.exceptions import StreamTerminatedError
 
 from peat_sync.generated.peat.sidecar import v1 as pb
 from tests.conftest import ServerProcess, StartServer
@@ -39,17 +34,15 @@ from tests.e2e.conftest import (
     UPSERT,
     Event,
     GrpcioClient,
+    GrpclibStream,
     delete,
     get,
     grpcio_subscription,
     list_ids,
-    open_grpclib_subscribe,
     put,
-    recv_event,
     small_window_config,
     status,
     wait_until,
-    within,
 )
 
 Api = tuple[ModuleType, ModuleType]
@@ -73,43 +66,6 @@ class Stream(Protocol):
     def next(self, *, heartbeats: bool = False) -> Event: ...
 
     def until(self, stop: Callable[[Event], bool], *, heartbeats: bool = False) -> list[Event]: ...
-
-
-class GrpclibStream:
-    """A grpclib Subscribe stream read from sync code, on an event loop of its own (so each
-    thread can have one); reads like `GrpcioSubscription`."""
-
-    def __init__(
-        self,
-        port: int,
-        request: pb.SubscribeRequest,
-        config: grpclib.config.Configuration | None = None,
-    ) -> None:
-        self._runner = asyncio.Runner()
-        self._channel = self._runner.run(self._open(port, config))
-        self._stream = self._runner.run(open_grpclib_subscribe(self._channel, request))
-
-    @staticmethod
-    async def _open(
-        port: int, config: grpclib.config.Configuration | None
-    ) -> grpclib.client.Channel:
-        return grpclib.client.Channel("127.0.0.1", port, config=config)
-
-    def next(self, *, heartbeats: bool = False) -> Event:
-        return self._runner.run(recv_event(self._stream, heartbeats=heartbeats))
-
-    def until(self, stop: Callable[[Event], bool], *, heartbeats: bool = False) -> list[Event]:
-        events = [self.next(heartbeats=heartbeats)]
-        while not stop(events[-1]):
-            events.append(self.next(heartbeats=heartbeats))
-        return events
-
-    def close(self) -> None:
-        with suppress(StreamTerminatedError):
-            self._runner.run(within(self._stream.cancel()))
-            self._runner.run(within(self._stream.__aexit__(None, None, None)))
-        self._channel.close()
-        self._runner.close()
 
 
 @contextmanager

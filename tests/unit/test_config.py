@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 
 from peat_sync.cli import build_parser
-from peat_sync.config import ConfigError, ListenAddress, ServeConfig, byte_size, serve_config
+from peat_sync.config import (
+    ConfigError,
+    ListenAddress,
+    ServeConfig,
+    byte_size,
+    duration,
+    heartbeat_interval,
+    serve_config,
+)
 
 MiB = 1024 * 1024
 
@@ -32,6 +40,8 @@ def test_defaults() -> None:
     assert config.node.replay_log_size == 100_000
     assert config.node.replay_log_bytes == 64 * MiB
     assert config.node.max_document_bytes == MiB
+    assert config.node.heartbeat_interval == 10.0
+    assert config.node.tombstone_retention == 24 * 3600.0
     assert config.log_level == "info"
 
 
@@ -88,6 +98,20 @@ OPTIONS: list[tuple[str, str, str, Callable[[ServeConfig], Any], Any]] = [
         lambda c: c.node.max_document_bytes,
         512 * 1024,
     ),
+    (
+        "--heartbeat-interval",
+        "PEAT_SIDECAR_HEARTBEAT_INTERVAL",
+        "500ms",
+        lambda c: c.node.heartbeat_interval,
+        pytest.approx(0.5),
+    ),
+    (
+        "--tombstone-retention",
+        "PEAT_SIDECAR_TOMBSTONE_RETENTION",
+        "7d",
+        lambda c: c.node.tombstone_retention,
+        7 * 86400.0,
+    ),
     ("--log-level", "PEAT_SIDECAR_LOG_LEVEL", "DEBUG", lambda c: c.log_level, "debug"),
 ]
 OPTION_IDS = [option[0] for option in OPTIONS]
@@ -121,6 +145,9 @@ def test_flag_wins_over_environment_variable(
         ("--node-id", "  ", "must not be empty"),
         ("--log-level", "verbose", "is not one of"),
         ("--listen", "localhost", "expected tcp://HOST:PORT"),
+        ("--heartbeat-interval", "0", "must be at least 100ms"),
+        ("--heartbeat-interval", "often", "is not a duration"),
+        ("--tombstone-retention", "-5", "is not a duration"),
     ],
 )
 def test_bad_flag_value_names_the_flag(flag: str, value: str, complaint: str) -> None:
@@ -140,6 +167,8 @@ def test_bad_flag_value_names_the_flag(flag: str, value: str, complaint: str) ->
         ("PEAT_SIDECAR_REPLAY_LOG_BYTES", "64 parsecs", "is not a size"),
         ("PEAT_SIDECAR_LISTEN", "unix://relative.sock", "absolute path"),
         ("PEAT_SIDECAR_NODE_ID", "", "must not be empty"),
+        ("PEAT_SIDECAR_HEARTBEAT_INTERVAL", "0ms", "must be at least 100ms"),
+        ("PEAT_SIDECAR_TOMBSTONE_RETENTION", "a day", "is not a duration"),
     ],
 )
 def test_bad_environment_value_names_the_variable(env: str, value: str, complaint: str) -> None:
@@ -229,6 +258,77 @@ def test_bad_byte_sizes(text: str) -> None:
     """Anything that is not a whole, positive size is refused."""
     with pytest.raises(ValueError, match=r"is not a size|at least 1 byte"):
         byte_size(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("500ms", 0.5),
+        ("10s", 10),
+        ("15m", 900),
+        ("24h", 86400),
+        ("7d", 604800),
+        ("30", 30),
+        ("0.2s", 0.2),
+        ("1.5h", 5400),
+        ("2.5", 2.5),
+        ("0", 0),
+        ("0s", 0),
+        (" 10 S ", 10),
+        ("250MS", 0.25),
+    ],
+)
+def test_durations(text: str, seconds: float) -> None:
+    """Durations are seconds, or a whole or decimal number with a unit (ms, s, m, h, d, in
+    any case); zero is allowed."""
+    assert duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "s",
+        "soon",
+        "-1",
+        "-5s",
+        ".5s",
+        "1.5.2s",
+        "1e3",
+        "10w",
+        "10 minutes",
+        "5s5",
+        "nan",
+        "inf",
+    ],
+)
+def test_bad_durations(text: str) -> None:
+    """Anything but a non-negative number with an optional known unit is refused, with the
+    forms that are accepted."""
+    with pytest.raises(ValueError, match=r"is not a duration; write it as 30, 500ms, 10s"):
+        duration(text)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("100ms", 0.1), ("0.2s", 0.2), ("10s", 10)])
+def test_heartbeat_intervals(text: str, seconds: float) -> None:
+    """A heartbeat interval is any duration of at least 100ms."""
+    assert heartbeat_interval(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("0", "must be at least 100ms"),
+        ("99ms", "must be at least 100ms"),
+        ("0.0h", "must be at least 100ms"),
+        ("-1s", "is not a duration"),
+        ("fast", "is not a duration"),
+    ],
+)
+def test_bad_heartbeat_intervals(text: str, complaint: str) -> None:
+    """Shorter heartbeat intervals would make idle streams cost real CPU."""
+    with pytest.raises(ValueError, match=complaint):
+        heartbeat_interval(text)
 
 
 def test_bad_value_on_the_command_line_exits_2_without_a_traceback(tmp_path: Path) -> None:

@@ -921,3 +921,46 @@ async def test_a_snapshot_subscriber_mid_snapshot_has_no_resume_point(tmp_path: 
             with node.subscribe(["c"], snapshot=True) as subscription:
                 await subscription.next_batch(2)
                 assert subscription.resume_point is None
+
+
+async def test_events_buffered_when_a_heartbeat_falls_due_come_before_it(
+    tmp_path: Path,
+) -> None:
+    """A heartbeat's timeout can fire just as the feed buffers events for the subscriber
+    (after the timeout, before the subscriber runs again). Those events are delivered, and
+    the heartbeat never claims a position past them. An interval of zero makes every wait
+    time out at once, which holds that moment open."""
+    store = stored(tmp_path)
+    feed = ChangeFeed(
+        ReplayLog(max_entries=100, max_bytes=1 << 20, head=0),
+        History(store, trio.CapacityLimiter(1)),
+        buffer_size=16,
+        heartbeat_interval=0,
+    )
+    publish_send, publish_receive = trio.open_memory_channel[list[ChangeEvent]](4)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(feed.run, publish_receive)
+            with feed.subscribe(
+                None, since=None, epoch=None, snapshot=False, peer="test"
+            ) as subscription:
+                opening = [decode(event) for event in await subscription.next_batch(10)]
+                idle = [decode(event) for event in await subscription.next_batch(10)]
+                changes = store.commit([Mutation("c", doc_id(s), "{}") for s in (1, 2, 3)])
+                await publish_send.send([ChangeEvent.from_change(c) for c in changes if c])
+                await trio.testing.wait_all_tasks_blocked()  # buffered in its channel
+                buffered = [decode(event) for event in await subscription.next_batch(10)]
+                after = [decode(event) for event in await subscription.next_batch(10)]
+            await publish_send.aclose()
+    store.close()
+
+    assert [(c.change_type, c.sequence) for c in opening + idle] == [
+        (ChangeType.HEARTBEAT, 0),
+        (ChangeType.HEARTBEAT, 0),
+    ]
+    assert [(c.change_type, c.sequence) for c in buffered] == [
+        (ChangeType.UPSERT, 1),
+        (ChangeType.UPSERT, 2),
+        (ChangeType.UPSERT, 3),
+    ]
+    assert [(c.change_type, c.sequence) for c in after] == [(ChangeType.HEARTBEAT, 3)]
