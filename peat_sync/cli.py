@@ -12,7 +12,7 @@ import trio
 
 from peat_sync.config import SERVE_OPTIONS, ConfigError, ServeConfig, add_options, serve_config
 from peat_sync.logs import configure_logging
-from peat_sync.server import ListenError, serve
+from peat_sync.server.serve import ListenError, serve
 from peat_sync.store.sqlite import StoreError
 
 log = logging.getLogger("peat_sync.cli")

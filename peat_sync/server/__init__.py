@@ -1,5 +1,5 @@
-"""The gRPC server: grpclib on asyncio, inside trio_asyncio, in front of the trio node."""
+"""The gRPC server: grpclib on asyncio, inside trio_asyncio, in front of the trio node.
 
-from peat_sync.server.serve import ListenError, serve
-
-__all__ = ["ListenError", "serve"]
+Nothing is imported here: importing trio_asyncio changes how asyncio runs, and `codec` must
+stay usable without that (the bare-grpclib benchmark baseline imports it).
+"""
