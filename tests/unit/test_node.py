@@ -11,6 +11,7 @@ import math
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -407,46 +408,66 @@ async def test_subscribing_without_since_starts_at_the_current_head(tmp_path: Pa
     assert [(c.doc_id, c.sequence) for c in changes] == [("new", 2)]
 
 
+@dataclass
+class LoneFeed:
+    """The feed without a producer, over a real store: the test commits to the store and hands
+    the batches to the feed itself, so it decides when the feed sees a commit."""
+
+    store: SQLiteStore
+    feed: ChangeFeed
+    publisher: trio.MemorySendChannel[list[ChangeEvent]]
+
+    def subscribe(self, collections: frozenset[str] | None = None) -> Subscription:
+        return self.feed.subscribe(collections, since=None, epoch=None, snapshot=False, peer="test")
+
+    def commit(self, collection: str, *doc_ids: str) -> list[ChangeEvent]:
+        """Commit puts to the store only; the feed sees them once they are published."""
+        changes = self.store.commit([Mutation(collection, d, "{}") for d in doc_ids])
+        return [ChangeEvent.from_change(change) for change in changes if change is not None]
+
+    async def publish(self, events: list[ChangeEvent]) -> None:
+        await self.publisher.send(events)
+
+
+@asynccontextmanager
+async def lone_feed(
+    tmp_path: Path, heartbeat_interval: float = DEADLINE
+) -> AsyncIterator[LoneFeed]:
+    store = stored(tmp_path)
+    feed = ChangeFeed(
+        ReplayLog(max_entries=100, max_bytes=1 << 20, head=0),
+        History(store, trio.CapacityLimiter(1)),
+        buffer_size=16,
+        heartbeat_interval=heartbeat_interval,
+    )
+    publisher, published = trio.open_memory_channel[list[ChangeEvent]](4)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(feed.run, published)
+            yield LoneFeed(store, feed, publisher)
+            await publisher.aclose()
+    finally:
+        store.close()
+
+
 async def test_events_in_flight_when_a_subscription_starts_are_not_delivered(
     tmp_path: Path,
 ) -> None:
     """A subscription takes its start from the committed head, which can be ahead of the
     feed while a committed batch is still on its way from the producer. Those in-flight
-    events reach the new subscription's channel and must be dropped, not delivered.
-
-    The feed runs alone here so the in-flight window can be held open deterministically."""
-    store = stored(tmp_path)
-    # Sequences 1..3 are committed but not yet handed to the feed.
-    store.commit([Mutation("c", doc_id(sequence), "{}") for sequence in range(1, 4)])
-    feed = ChangeFeed(
-        ReplayLog(max_entries=100, max_bytes=1 << 20, head=0),
-        History(store, trio.CapacityLimiter(1)),
-        buffer_size=16,
-        heartbeat_interval=DEADLINE,
-    )
-    publish_send, publish_receive = trio.open_memory_channel[list[ChangeEvent]](4)
-
-    def committed(first: int, last: int) -> list[ChangeEvent]:
-        return [
-            ChangeEvent.from_change(Change(sequence, "c", doc_id(sequence), "{}"))
-            for sequence in range(first, last + 1)
-        ]
-
-    async def producer() -> None:
-        await trio.testing.wait_all_tasks_blocked()  # the subscription is waiting, live
-        await publish_send.send(committed(1, 3))
-        await publish_send.send(committed(4, 4))
-
+    events reach the new subscription's channel and must be dropped, not delivered."""
     with trio.fail_after(DEADLINE):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(feed.run, publish_receive)
-            with feed.subscribe(
-                None, since=None, epoch=None, snapshot=False, peer="test"
-            ) as subscription:
+        async with lone_feed(tmp_path) as lone, trio.open_nursery() as nursery:
+            in_flight = lone.commit("c", *(doc_id(sequence) for sequence in (1, 2, 3)))
+
+            async def producer() -> None:
+                await trio.testing.wait_all_tasks_blocked()  # the subscription waits, live
+                await lone.publish(in_flight)
+                await lone.publish(lone.commit("c", doc_id(4)))
+
+            with lone.subscribe() as subscription:
                 nursery.start_soon(producer)
                 changes = await read_until(subscription, 4)
-            await publish_send.aclose()
-    store.close()
 
     assert [(c.doc_id, c.sequence) for c in changes] == [("d004", 4)]
 
@@ -815,37 +836,24 @@ async def test_an_idle_stream_gets_a_heartbeat_at_the_feeds_head_every_interval(
     """The stream opens with a heartbeat at its start; then, with nothing for its collection
     while other collections change, it gets one heartbeat per interval whose sequence is the
     newest change the feed handled, so a quiet subscriber's resume point advances."""
-    store = stored(tmp_path)
-    store.commit([Mutation("busy", doc_id(sequence), "{}") for sequence in range(1, 4)])
-    feed = ChangeFeed(
-        ReplayLog(max_entries=100, max_bytes=1 << 20, head=3),
-        History(store, trio.CapacityLimiter(1)),
-        buffer_size=16,
-        heartbeat_interval=5,
-    )
-    publish_send, publish_receive = trio.open_memory_channel[list[ChangeEvent]](4)
     with trio.fail_after(DEADLINE):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(feed.run, publish_receive)
-            with feed.subscribe(
-                frozenset({"quiet"}), since=None, epoch=None, snapshot=False, peer="test"
-            ) as subscription:
+        async with lone_feed(tmp_path, heartbeat_interval=5) as lone:
+            await lone.publish(lone.commit("busy", "b1", "b2", "b3"))
+            await trio.testing.wait_all_tasks_blocked()
+            with lone.subscribe(frozenset({"quiet"})) as subscription:
                 (opening,) = [decode(event) for event in await subscription.next_batch(10)]
                 started = trio.current_time()
-                changes = store.commit([Mutation("busy", doc_id(4), "{}")])
-                await publish_send.send([ChangeEvent.from_change(c) for c in changes if c])
+                await lone.publish(lone.commit("busy", "b4"))
                 (beat,) = [decode(event) for event in await subscription.next_batch(10)]
                 waited = trio.current_time() - started
                 (second,) = [decode(event) for event in await subscription.next_batch(10)]
-            await publish_send.aclose()
-    store.close()
 
     assert (opening.change_type, opening.sequence, opening.epoch) == (
         ChangeType.HEARTBEAT,
         3,
-        store.epoch,
+        lone.store.epoch,
     )
-    assert (beat.change_type, beat.sequence, beat.replay_floor) == (ChangeType.HEARTBEAT, 4, 3)
+    assert (beat.change_type, beat.sequence, beat.replay_floor) == (ChangeType.HEARTBEAT, 4, 0)
     assert waited == 5
     assert (second.change_type, second.sequence) == (ChangeType.HEARTBEAT, 4)
     assert subscription.position == 4
@@ -930,29 +938,15 @@ async def test_events_buffered_when_a_heartbeat_falls_due_come_before_it(
     (after the timeout, before the subscriber runs again). Those events are delivered, and
     the heartbeat never claims a position past them. An interval of zero makes every wait
     time out at once, which holds that moment open."""
-    store = stored(tmp_path)
-    feed = ChangeFeed(
-        ReplayLog(max_entries=100, max_bytes=1 << 20, head=0),
-        History(store, trio.CapacityLimiter(1)),
-        buffer_size=16,
-        heartbeat_interval=0,
-    )
-    publish_send, publish_receive = trio.open_memory_channel[list[ChangeEvent]](4)
     with trio.fail_after(DEADLINE):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(feed.run, publish_receive)
-            with feed.subscribe(
-                None, since=None, epoch=None, snapshot=False, peer="test"
-            ) as subscription:
+        async with lone_feed(tmp_path, heartbeat_interval=0) as lone:
+            with lone.subscribe() as subscription:
                 opening = [decode(event) for event in await subscription.next_batch(10)]
                 idle = [decode(event) for event in await subscription.next_batch(10)]
-                changes = store.commit([Mutation("c", doc_id(s), "{}") for s in (1, 2, 3)])
-                await publish_send.send([ChangeEvent.from_change(c) for c in changes if c])
+                await lone.publish(lone.commit("c", "d1", "d2", "d3"))
                 await trio.testing.wait_all_tasks_blocked()  # buffered in its channel
                 buffered = [decode(event) for event in await subscription.next_batch(10)]
                 after = [decode(event) for event in await subscription.next_batch(10)]
-            await publish_send.aclose()
-    store.close()
 
     assert [(c.change_type, c.sequence) for c in opening + idle] == [
         (ChangeType.HEARTBEAT, 0),
