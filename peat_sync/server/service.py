@@ -234,6 +234,7 @@ class SidecarService(pb.PeatSidecarBase):
                     "resubscribe with snapshot=true: the snapshot was not complete"
                     if resume_point is None
                     else f"resubscribe with since_sequence={resume_point}"
+                    f" and epoch={self._node.epoch}"
                 )
                 await stream.send_trailing_metadata(
                     status=Status.UNAVAILABLE,

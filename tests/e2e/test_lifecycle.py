@@ -144,13 +144,15 @@ def test_subscriber_is_told_where_to_resume_on_shutdown(
 ) -> None:
     client = grpcio_client
     head = put(client, "c", "d", "{}")
+    epoch = status(client)["epoch"]
     with grpcio_subscription(client, since_sequence=0) as subscription:
         assert subscription.next().sequence == head
         assert server.stop(signal.SIGTERM) == 0
         with pytest.raises(grpc.RpcError) as ended:
             subscription.next()
     assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert f"resubscribe with since_sequence={head}" in (ended.value.details() or "")
+    advice = f"resubscribe with since_sequence={head} and epoch={epoch}"
+    assert advice in (ended.value.details() or "")
 
 
 # ---------------------------------------------------------------------------------------------
