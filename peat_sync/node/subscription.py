@@ -75,8 +75,8 @@ class Subscription:
         if epoch is not None and epoch != self._history.epoch:
             self._resync(
                 ResyncReason.UNKNOWN_EPOCH,
-                f"epoch {epoch!r} is not this store's epoch ({self._history.epoch!r}), so"
-                f" since_sequence {since} means nothing here (a wiped data dir or another node)",
+                f"epoch {epoch!r} is not this store's epoch ({self._history.epoch!r}): your"
+                " position belongs to another store (a wiped data dir or another node)",
             )
         elif since is not None and since > head:
             self._resync(
