@@ -164,6 +164,8 @@ class Subscription:
                 ResyncReason.HISTORY_COMPACTED,
                 f"deletes after sequence {read.cursor} were purged (tombstone retention) while"
                 " the stream was catching up",
+                # The page saw the purge committed; the store's floor in memory may not yet.
+                catch_up_floor=page.catch_up_floor,
             )
             return []
         events = [ChangeEvent.from_change(change) for change in page.changes]
@@ -262,7 +264,7 @@ class Subscription:
             )
         self._lagged = False
 
-    def _resync(self, reason: ResyncReason, why: str) -> None:
+    def _resync(self, reason: ResyncReason, why: str, catch_up_floor: int = 0) -> None:
         head = self._history.head
         log.info("subscriber %s: RESYNC (%s) at sequence %d: %s", self.name, reason.name, head, why)
         self.position = head
@@ -277,6 +279,7 @@ class Subscription:
                 head,
                 f"{why}: {advice}; the changes after sequence {head} follow",
                 reason,
+                catch_up_floor,
             )
         )
         if self._snapshot:
@@ -298,9 +301,12 @@ class Subscription:
         sequence: int,
         explanation: str = "",
         reason: ResyncReason = ResyncReason.UNSPECIFIED,
+        catch_up_floor: int = 0,
     ) -> ChangeEvent:
         progress = Progress(
-            self._history.epoch, self._feed.replay_log.floor, self._history.catch_up_floor
+            self._history.epoch,
+            self._feed.replay_log.floor,
+            max(self._history.catch_up_floor, catch_up_floor),
         )
         return ChangeEvent.control(change_type, sequence, progress, explanation, reason)
 
