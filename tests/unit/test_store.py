@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -293,9 +294,11 @@ def test_reads_from_ever_new_threads_do_not_leak_connections(store: SQLiteStore)
         return len(list(Path("/proc/self/fd").iterdir()))
 
     read()
+    gc.collect()  # files that earlier tests left to the collector must not close mid-count
     before = open_files()
     for _ in range(20):
         thread = threading.Thread(target=read)
         thread.start()
         thread.join()
-    assert open_files() == before
+    # A connection per thread would hold 3 more files each (database, WAL, shared memory).
+    assert open_files() <= before
