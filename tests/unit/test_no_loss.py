@@ -62,13 +62,6 @@ def read_store(database: Path) -> tuple[Documents, int]:
     return {(collection, doc_id): json for collection, doc_id, json in rows}, int(head)
 
 
-def committed_catch_up_floor(database: Path) -> int:
-    """The store's catch-up floor as committed, which its copy in memory can lag."""
-    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-        row = db.execute("SELECT value FROM meta WHERE key = 'catch_up_floor'").fetchone()
-    return 0 if row is None else int(row[0])
-
-
 def tombstone_purged(database: Path, delete: Change) -> bool:
     """Whether the store no longer holds the tombstone `delete` left."""
     with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
@@ -324,14 +317,12 @@ class Client:
         assert not (opening and reason == ResyncReason.SLOW_CONSUMER), where
         self.seen[reason.name] += 1
         # The store could not serve the changes after `start` only if it purged a tombstone
-        # after it. The event's floor never lags the page that found the purge (see
-        # test_a_resync_reports_the_floor_that_caused_it).
+        # after it: the floor that says so (test_a_resync_reports_the_floor_that_caused_it).
         start = (
             self.snapshot_head if self.store_read == ChangeType.SNAPSHOT_BEGIN else self.position
         )
         assert start is not None, f"{where}: no position"
-        floor = committed_catch_up_floor(self.world.database)
-        assert change.catch_up_floor <= floor, f"{where}: floor {change.catch_up_floor} > {floor}"
+        floor = change.catch_up_floor
         assert start < floor, f"{where}: from {start}, though the catch-up floor is {floor}"
         purged = self.world.writes[floor]
         assert purged.json_data is None, f"{where}: floor {floor} is no delete"
