@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import trio
 
-from peat_sync.store import HistoryPage, Store
+from peat_sync.node.errors import NodeClosed
+from peat_sync.store import HistoryPage, Store, StoreClosed
+
+T = TypeVar("T")
+
+
+async def read_store(read: Callable[..., T], *args: object, limiter: trio.CapacityLimiter) -> T:
+    """Trio-flavoured: run the blocking store read `read(*args)` on a worker thread.
+
+    The store closes when the node does, after the reads under way; a read that comes later
+    means the node is shutting down.
+    """
+    try:
+        return await trio.to_thread.run_sync(read, *args, limiter=limiter)
+    except StoreClosed:
+        raise NodeClosed("the node is shutting down; retry against a running node") from None
 
 
 class History:
@@ -32,7 +50,7 @@ class History:
         self, since: int, collections: frozenset[str] | None, limit: int, tombstones_after: int
     ) -> HistoryPage:
         """Trio-flavoured: the next page of a catch-up (see `Store.changes_after`)."""
-        return await trio.to_thread.run_sync(
+        return await read_store(
             self._store.changes_after,
             since,
             collections,

@@ -13,7 +13,7 @@ import trio
 
 from peat_sync.node.events import ChangeEvent
 from peat_sync.node.feed import ChangeFeed
-from peat_sync.node.history import History
+from peat_sync.node.history import History, read_store
 from peat_sync.node.producer import Producer
 from peat_sync.node.replay_log import ReplayLog
 from peat_sync.node.retention import purge_expired_tombstones, run_tombstone_retention
@@ -113,21 +113,15 @@ class Node:
     async def get(self, collection: str, doc_id: str) -> StoredDocument | None:
         check_name("collection", collection)
         check_name("doc_id", doc_id)
-        return await trio.to_thread.run_sync(
-            self._store.get, collection, doc_id, limiter=self._read_limiter
-        )
+        return await read_store(self._store.get, collection, doc_id, limiter=self._read_limiter)
 
     async def list_ids(self, collection: str) -> list[str]:
         check_name("collection", collection)
-        return await trio.to_thread.run_sync(
-            self._store.list_ids, collection, limiter=self._read_limiter
-        )
+        return await read_store(self._store.list_ids, collection, limiter=self._read_limiter)
 
     async def list_documents(self, collection: str) -> list[StoredDocument]:
         check_name("collection", collection)
-        return await trio.to_thread.run_sync(
-            self._store.list_documents, collection, limiter=self._read_limiter
-        )
+        return await read_store(self._store.list_documents, collection, limiter=self._read_limiter)
 
     def subscribe(
         self,
@@ -196,4 +190,7 @@ async def open_node(config: NodeConfig) -> AsyncIterator[Node]:
             finally:
                 node._stop()
     finally:
-        store.close()
+        # Reads that other tasks started (a subscription's catch-up, say) may still run on
+        # worker threads: the store waits for them before it closes.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(store.close)

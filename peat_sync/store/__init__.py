@@ -5,7 +5,22 @@ distributed log such as NATS JetStream) can replace the embedded SQLite file wit
 the node. Every method is synchronous and blocking: the node calls them from worker threads.
 """
 
-from peat_sync.store._types import Change, HistoryPage, Mutation, Store, StoredDocument
+from peat_sync.store._types import (
+    Change,
+    HistoryPage,
+    Mutation,
+    Store,
+    StoreClosed,
+    StoredDocument,
+)
 from peat_sync.store.sqlite import SQLiteStore
 
-__all__ = ["Change", "HistoryPage", "Mutation", "SQLiteStore", "Store", "StoredDocument"]
+__all__ = [
+    "Change",
+    "HistoryPage",
+    "Mutation",
+    "SQLiteStore",
+    "Store",
+    "StoreClosed",
+    "StoredDocument",
+]

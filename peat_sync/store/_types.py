@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
+class StoreClosed(Exception):
+    """A read came after `Store.close`."""
+
+
 @dataclass(frozen=True, slots=True)
 class Mutation:
     """One requested change: a put when `json_data` is set, a delete when it is None."""
@@ -83,4 +87,5 @@ class Store(Protocol):
         """Remove up to `limit` of the oldest tombstones of deletes made before the unix time
         `deleted_before`, raising the catch-up floor past them. Returns how many were removed."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Wait for the reads under way, then close; later reads raise `StoreClosed`."""

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from peat_sync.store._types import Change, HistoryPage, Mutation, StoredDocument
+from peat_sync.store._types import Change, HistoryPage, Mutation, StoreClosed, StoredDocument
 
 DATABASE_FILE = "peat.sqlite3"
 SCHEMA_VERSION = "1"
@@ -54,6 +54,11 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._idle_readers: list[sqlite3.Connection] = []
+        # Reads under way; `close` waits for them, since closing a connection under a running
+        # query can crash the interpreter.
+        self._reads = 0
+        self._reads_done = threading.Condition(self._lock)
+        self._closed = False
         self._writer = self._connect()
         # Commits and tombstone purges share the writer connection, from different threads.
         self._write_lock = threading.Lock()
@@ -96,14 +101,20 @@ class SQLiteStore:
         # Pooled rather than one per thread: worker threads come and go, and a connection
         # per thread would leak file descriptors with each new one.
         with self._lock:
+            if self._closed:
+                raise StoreClosed("the store is closed")
+            self._reads += 1
             connection = self._idle_readers.pop() if self._idle_readers else None
-        if connection is None:
-            connection = self._connect()
         try:
+            if connection is None:
+                connection = self._connect()
             yield connection
         finally:
             with self._lock:
-                self._idle_readers.append(connection)
+                if connection is not None:
+                    self._idle_readers.append(connection)
+                self._reads -= 1
+                self._reads_done.notify_all()
 
     def _initialise(self) -> tuple[str, int, int]:
         db = self._writer
@@ -269,7 +280,10 @@ class SQLiteStore:
             return len(purged)
 
     def close(self) -> None:
+        """Wait for the reads under way, refuse new ones, and close every connection."""
         with self._lock:
+            self._closed = True
+            self._reads_done.wait_for(lambda: self._reads == 0)
             for connection in self._connections:
                 connection.close()
             self._connections.clear()

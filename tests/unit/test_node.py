@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -958,3 +959,41 @@ async def test_events_buffered_when_a_heartbeat_falls_due_come_before_it(
         (ChangeType.UPSERT, 3),
     ]
     assert [(c.change_type, c.sequence) for c in after] == [(ChangeType.HEARTBEAT, 3)]
+
+
+async def test_closing_the_node_during_a_catch_up_ends_it_with_node_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subscription reading a catch-up page on a worker thread when the node closes gets
+    NodeClosed, never an error from a store closed under its read."""
+    reading, release = threading.Event(), threading.Event()
+    changes_after = SQLiteStore.changes_after
+
+    def slow_changes_after(store: SQLiteStore, *args: Any) -> Any:
+        reading.set()
+        release.wait(DEADLINE)  # the node closes meanwhile
+        return changes_after(store, *args)
+
+    monkeypatch.setattr(SQLiteStore, "changes_after", slow_changes_after)
+    outcome: list[BaseException] = []
+
+    async def read(subscription: Subscription) -> None:
+        try:
+            while True:
+                await subscription.next_batch(100)
+        except NodeClosed as exc:
+            outcome.append(exc)
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            async with running_node(tmp_path, replay_log_size=1) as node:
+                for number in range(3):
+                    await node.put("c", doc_id(number), "{}")
+                await node.get("c", doc_id(0))  # a reader connection waits in the pool
+                subscription = node.subscribe(["c"], since=0)  # a catch-up
+                nursery.start_soon(read, subscription)
+                await trio.to_thread.run_sync(reading.wait)
+                threading.Timer(0.2, release.set).start()
+            subscription.close()
+
+    assert len(outcome) == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from peat_sync.store import Change, Mutation, SQLiteStore, StoredDocument
+from peat_sync.store import Change, Mutation, SQLiteStore, StoreClosed, StoredDocument
 from peat_sync.store.sqlite import DATABASE_FILE, StoreError
 
 
@@ -302,3 +302,31 @@ def test_reads_from_ever_new_threads_do_not_leak_connections(store: SQLiteStore)
         thread.join()
     # A connection per thread would hold 3 more files each (database, WAL, shared memory).
     assert open_files() <= before
+
+
+def test_close_waits_for_reads_under_way_and_refuses_later_ones(data_dir: Path) -> None:
+    """Closing a connection under a running query can crash the interpreter: `close` lets
+    reads on other threads finish, and a read after it raises StoreClosed."""
+    store = SQLiteStore.open(data_dir)
+    store.commit([put("c", f"d{i}") for i in range(20_000)])
+    outcomes: list[object] = []
+    started = threading.Event()
+
+    def read_until_closed() -> None:
+        try:
+            while True:
+                started.set()
+                page = store.changes_after(0, None, 20_000, tombstones_after=0)
+                outcomes.append(len(page.changes))
+        except StoreClosed as exc:
+            outcomes.append(exc)
+
+    reader = threading.Thread(target=read_until_closed)
+    reader.start()
+    started.wait(10)
+    store.close()
+    reader.join(10)
+    assert isinstance(outcomes[-1], StoreClosed)
+    assert all(outcome == 20_000 for outcome in outcomes[:-1])
+    with pytest.raises(StoreClosed):
+        store.get("c", "d0")
