@@ -60,7 +60,6 @@ class SQLiteStore:
         self._reads_done = threading.Condition(self._lock)
         self._closed = False
         self._writer = self._connect()
-        # Commits and tombstone purges share the writer connection, from different threads.
         self._write_lock = threading.Lock()
         self._epoch, self._head, self._catch_up_floor = self._initialise()
 
@@ -116,10 +115,23 @@ class SQLiteStore:
                 self._reads -= 1
                 self._reads_done.notify_all()
 
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """The writer connection inside one transaction, committed when the block ends and
+        rolled back if it raises."""
+        # Commits and tombstone purges share the writer connection, from different threads.
+        with self._write_lock:
+            db = self._writer
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
     def _initialise(self) -> tuple[str, int, int]:
-        db = self._writer
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing() as db:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -137,24 +149,14 @@ class SQLiteStore:
                     "head_sequence": "0",
                 }
                 db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         # Stores made before tombstone retention existed have purged nothing.
         return meta["epoch"], int(meta["head_sequence"]), int(meta.get("catch_up_floor", "0"))
 
     def commit(self, mutations: Sequence[Mutation]) -> list[Change | None]:
-        with self._write_lock:
-            return self._commit(mutations)
-
-    def _commit(self, mutations: Sequence[Mutation]) -> list[Change | None]:
-        db = self._writer
-        head = self._head
-        now = time.time()
-        changes: list[Change | None] = []
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing() as db:
+            head = self._head
+            now = time.time()
+            changes: list[Change | None] = []
             for mutation in mutations:
                 if mutation.json_data is None:
                     existing = db.execute(
@@ -185,10 +187,6 @@ class SQLiteStore:
                 )
             if head != self._head:
                 db.execute("UPDATE meta SET value = ? WHERE key = 'head_sequence'", (str(head),))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self._head = head
         return changes
 
@@ -250,34 +248,26 @@ class SQLiteStore:
         )
 
     def purge_tombstones(self, deleted_before: float, limit: int) -> int:
-        with self._write_lock:
-            db = self._writer
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                purged = db.execute(
-                    "SELECT collection, doc_id, sequence FROM documents WHERE json_data IS NULL"
-                    " AND deleted_at < ? ORDER BY sequence LIMIT ?",
-                    (deleted_before, limit),
-                ).fetchall()
-                if not purged:
-                    db.execute("COMMIT")
-                    return 0
-                db.executemany(
-                    "DELETE FROM documents WHERE collection = ? AND doc_id = ?",
-                    [(collection, doc_id) for collection, doc_id, _ in purged],
-                )
-                floor = max(self._catch_up_floor, max(sequence for *_, sequence in purged))
-                db.execute(
-                    "INSERT INTO meta (key, value) VALUES ('catch_up_floor', ?)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (str(floor),),
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            self._catch_up_floor = floor
-            return len(purged)
+        with self._writing() as db:
+            purged = db.execute(
+                "SELECT collection, doc_id, sequence FROM documents WHERE json_data IS NULL"
+                " AND deleted_at < ? ORDER BY sequence LIMIT ?",
+                (deleted_before, limit),
+            ).fetchall()
+            if not purged:
+                return 0
+            db.executemany(
+                "DELETE FROM documents WHERE collection = ? AND doc_id = ?",
+                [(collection, doc_id) for collection, doc_id, _ in purged],
+            )
+            floor = max(self._catch_up_floor, max(sequence for *_, sequence in purged))
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('catch_up_floor', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(floor),),
+            )
+        self._catch_up_floor = floor
+        return len(purged)
 
     def close(self) -> None:
         """Wait for the reads under way, refuse new ones, and close every connection."""
