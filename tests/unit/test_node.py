@@ -581,6 +581,17 @@ def lag_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
+def assert_lag_logged(caplog: pytest.LogCaptureFixture, slow: Subscription, outcome: str) -> None:
+    """One lag warning names the subscriber, its collection, what `commit_alternating(1, 40)`
+    made it miss after its buffer of 4, and `outcome`."""
+    (warning,) = lag_warnings(caplog)
+    assert slow.name in warning
+    assert "(collections: c)" in warning
+    assert "16 events: sequences 9..39" in warning
+    assert "doc_ids 'd009'..'d039'" in warning
+    assert outcome in warning
+
+
 async def commit_alternating(node: Node, first: int, last: int) -> None:
     """Commit sequences first..last: odd ones to "c", even ones to "other"."""
     for sequence in range(first, last + 1):
@@ -610,12 +621,7 @@ async def test_a_slow_subscriber_heals_from_the_replay_log(
     assert [c.sequence for c in caught_up] == list(range(1, 40, 2))
     assert [c.sequence for c in live] == [41]
     assert all(c.change_type == ChangeType.UPSERT for c in caught_up)
-    (warning,) = lag_warnings(caplog)
-    assert slow.name in warning
-    assert "(collections: c)" in warning
-    assert "16 events: sequences 9..39" in warning
-    assert "doc_ids 'd009'..'d039'" in warning
-    assert "replaying them from the replay log" in warning
+    assert_lag_logged(caplog, slow, "replaying them from the replay log")
 
 
 async def test_a_slow_subscriber_beyond_the_replay_log_catches_up_from_the_store(
@@ -653,12 +659,7 @@ async def test_a_slow_subscriber_beyond_the_replay_log_catches_up_from_the_store
     ]
     assert [c.sequence for c in live] == [41]
     assert [c.sequence for c in fast_changes] == list(range(1, 42))
-    (warning,) = lag_warnings(caplog)
-    assert slow.name in warning
-    assert "(collections: c)" in warning
-    assert "16 events: sequences 9..39" in warning
-    assert "doc_ids 'd009'..'d039'" in warning
-    assert "catching up from the store" in warning
+    assert_lag_logged(caplog, slow, "catching up from the store")
 
 
 async def test_a_slow_subscriber_beyond_the_kept_history_gets_a_slow_consumer_resync(
