@@ -1,0 +1,39 @@
+"""The peat-sync client library (asyncio-flavoured; from trio, cross with
+`peat_sync.server.adapter`).
+
+    async with Client("127.0.0.1:50051") as client:
+        sequence = await client.put("commands", "c1", {"status": "pending"})
+        async with client.mirror(["commands"]) as mirror:
+            await mirror.wait_for(sequence)
+            print(mirror.documents["commands"]["c1"])
+"""
+
+from peat_sync.client.client import (
+    ADDRESS_ENV,
+    DEFAULT_ADDRESS,
+    Client,
+    Document,
+    default_address,
+)
+from peat_sync.client.errors import ClientError, Rejected, Unavailable
+from peat_sync.client.events import ChangeType, Event, ResyncReason
+from peat_sync.client.mirror import AppliedChange, Mirror
+from peat_sync.client.subscription import Backoff, ResilientSubscription
+
+__all__ = [
+    "ADDRESS_ENV",
+    "DEFAULT_ADDRESS",
+    "AppliedChange",
+    "Backoff",
+    "ChangeType",
+    "Client",
+    "ClientError",
+    "Document",
+    "Event",
+    "Mirror",
+    "Rejected",
+    "ResilientSubscription",
+    "ResyncReason",
+    "Unavailable",
+    "default_address",
+]

@@ -1,0 +1,242 @@
+"""`Client`: typed calls for every RPC of one peat-sync server."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpclib.client
+import grpclib.config
+
+from peat_sync.client.errors import CALL_FAILURES, client_error
+from peat_sync.client.mirror import Mirror
+from peat_sync.client.subscription import Backoff, ResilientSubscription
+from peat_sync.config import ListenAddress
+from peat_sync.generated.peat.sidecar import v1 as pb
+
+T = TypeVar("T")
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+ADDRESS_ENV = "PEAT_SIDECAR_ADDR"
+# Unary calls answer in milliseconds; a call that takes this long has met a dead server.
+DEFAULT_TIMEOUT = 10.0
+
+
+def default_address() -> str:
+    """`PEAT_SIDECAR_ADDR` if set, else the server's default listen address."""
+    return os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A stored document and the sequence of the change that last wrote it."""
+
+    collection: str
+    doc_id: str
+    json_data: str
+    sequence: int
+
+    @property
+    def data(self) -> Any:
+        return json.loads(self.json_data)
+
+
+def encode_document(document: Mapping[str, Any] | str) -> str:
+    """JSON text for a document given as a mapping, or as JSON text (sent as it is, so the
+    server's validation and messages apply)."""
+    if isinstance(document, str):
+        return document
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+
+
+class Client:
+    """Asyncio-flavoured: a connection to one peat-sync server, with a typed method for each
+    RPC of `peat.sidecar.v1.PeatSidecar`.
+
+    `address` is HOST:PORT, tcp://HOST:PORT or unix:///PATH. The connection opens on the
+    first call and reopens after a failure; use the client in `async with`, or call
+    `close()`. Every failure is a `ClientError`: `Unavailable` when retrying later may
+    work, `Rejected` when the request itself is at fault.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        config: grpclib.config.Configuration | None = None,
+    ) -> None:
+        self.address = address or default_address()
+        try:
+            self._target = ListenAddress.parse(self.address)
+        except ValueError as exc:
+            raise ValueError(f"bad server address {self.address!r}: {exc}") from None
+        self.timeout = timeout
+        self._config = config
+        self._channel: grpclib.client.Channel | None = None
+
+    @property
+    def channel(self) -> grpclib.client.Channel:
+        """The grpclib channel; created on first use, inside the running asyncio loop."""
+        if self._channel is None:
+            if self._target.path is not None:
+                self._channel = grpclib.client.Channel(
+                    path=str(self._target.path), config=self._config
+                )
+            else:
+                self._channel = grpclib.client.Channel(
+                    self._target.host, self._target.port, config=self._config
+                )
+        return self._channel
+
+    @property
+    def stub(self) -> pb.PeatSidecarStub:
+        return pb.PeatSidecarStub(self.channel)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def _call(self, method: Callable[..., Awaitable[T]], request: Any) -> T:
+        try:
+            return await method(request, timeout=self.timeout)
+        except CALL_FAILURES as exc:
+            raise client_error(exc, self.address) from exc
+
+    # Lifecycle ---------------------------------------------------------------------------
+
+    async def status(self) -> pb.GetStatusResponse:
+        """The node's id, phase, head sequence, epoch, subscribers and replay floors."""
+        return await self._call(self.stub.get_status, pb.GetStatusRequest())
+
+    # Documents ---------------------------------------------------------------------------
+
+    async def put(self, collection: str, doc_id: str, document: Mapping[str, Any] | str) -> int:
+        """Store a JSON object (a mapping, or JSON text); returns the sequence it was
+        committed at, once it is durable."""
+        request = pb.PutDocumentRequest(
+            collection=collection, doc_id=doc_id, json_data=encode_document(document)
+        )
+        return (await self._call(self.stub.put_document, request)).sequence
+
+    async def get(self, collection: str, doc_id: str) -> Document | None:
+        """The document, or None when there is none."""
+        request = pb.GetDocumentRequest(collection=collection, doc_id=doc_id)
+        response = await self._call(self.stub.get_document, request)
+        if response.json_data is None:
+            return None
+        return Document(collection, doc_id, response.json_data, response.sequence)
+
+    async def delete(self, collection: str, doc_id: str) -> int:
+        """Delete a document; returns the sequence of the delete (of the current head when
+        there was nothing to delete)."""
+        request = pb.DeleteDocumentRequest(collection=collection, doc_id=doc_id)
+        return (await self._call(self.stub.delete_document, request)).sequence
+
+    async def list_ids(self, collection: str) -> list[str]:
+        """The doc_ids of a collection, sorted."""
+        request = pb.ListDocumentsRequest(collection=collection)
+        return list((await self._call(self.stub.list_documents, request)).doc_ids)
+
+    # Typed collections -------------------------------------------------------------------
+
+    async def put_platform(self, platform: pb.Platform) -> int:
+        request = pb.PutPlatformRequest(platform=platform)
+        return (await self._call(self.stub.put_platform, request)).sequence
+
+    async def get_platforms(self) -> list[pb.Platform]:
+        return list((await self._call(self.stub.get_platforms, pb.GetPlatformsRequest())).platforms)
+
+    async def put_cell(self, cell: pb.Cell) -> int:
+        return (await self._call(self.stub.put_cell, pb.PutCellRequest(cell=cell))).sequence
+
+    async def get_cells(self) -> list[pb.Cell]:
+        return list((await self._call(self.stub.get_cells, pb.GetCellsRequest())).cells)
+
+    async def put_track(self, track: pb.Track) -> int:
+        return (await self._call(self.stub.put_track, pb.PutTrackRequest(track=track))).sequence
+
+    async def get_tracks(self) -> list[pb.Track]:
+        return list((await self._call(self.stub.get_tracks, pb.GetTracksRequest())).tracks)
+
+    async def put_command(self, command: pb.Command) -> int:
+        request = pb.PutCommandRequest(command=command)
+        return (await self._call(self.stub.put_command, request)).sequence
+
+    async def get_commands(self) -> list[pb.Command]:
+        return list((await self._call(self.stub.get_commands, pb.GetCommandsRequest())).commands)
+
+    # Peers and sync: this node has no mesh, and says so --------------------------------
+
+    async def connect_peer(
+        self, endpoint_id: str, addresses: Iterable[str] = (), relay_url: str = ""
+    ) -> None:
+        request = pb.ConnectPeerRequest(
+            endpoint_id=endpoint_id, addresses=list(addresses), relay_url=relay_url
+        )
+        await self._call(self.stub.connect_peer, request)
+
+    async def disconnect_peer(self, endpoint_id: str) -> None:
+        request = pb.DisconnectPeerRequest(endpoint_id=endpoint_id)
+        await self._call(self.stub.disconnect_peer, request)
+
+    async def list_peers(self) -> list[pb.PeerInfo]:
+        return list((await self._call(self.stub.list_peers, pb.ListPeersRequest())).peers)
+
+    async def start_sync(self) -> None:
+        await self._call(self.stub.start_sync, pb.StartSyncRequest())
+
+    async def stop_sync(self) -> None:
+        await self._call(self.stub.stop_sync, pb.StopSyncRequest())
+
+    async def sync_stats(self) -> pb.GetSyncStatsResponse:
+        return await self._call(self.stub.get_sync_stats, pb.GetSyncStatsRequest())
+
+    # Change feed -------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        collections: Iterable[str] = (),
+        *,
+        since: int | None = None,
+        epoch: str | None = None,
+        snapshot: bool = False,
+        backoff: Backoff | None = None,
+        silence_timeout: float | None = None,
+    ) -> ResilientSubscription:
+        """A subscription that reconnects and resumes by itself; see `ResilientSubscription`."""
+        return ResilientSubscription(
+            self,
+            collections,
+            since=since,
+            epoch=epoch,
+            snapshot=snapshot,
+            backoff=backoff,
+            silence_timeout=silence_timeout,
+        )
+
+    def mirror(
+        self,
+        collections: Iterable[str] = (),
+        *,
+        backoff: Backoff | None = None,
+        silence_timeout: float | None = None,
+    ) -> Mirror:
+        """A local copy of `collections`, kept equal to the store; see `Mirror`."""
+        return Mirror(self, collections, backoff=backoff, silence_timeout=silence_timeout)

@@ -1,0 +1,58 @@
+"""What a client call can fail with."""
+
+from __future__ import annotations
+
+import asyncio
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+
+# Statuses after which the same call may succeed later: the server is starting, stopping,
+# unreachable or busy. Anything else is the request's own fault and is not retried.
+RETRYABLE = frozenset(
+    {
+        Status.UNAVAILABLE,
+        Status.RESOURCE_EXHAUSTED,
+        Status.DEADLINE_EXCEEDED,
+        Status.ABORTED,
+        Status.INTERNAL,
+        Status.UNKNOWN,
+    }
+)
+
+
+class ClientError(Exception):
+    """A call to the server failed; the message says why."""
+
+
+class Unavailable(ClientError):
+    """The server cannot be reached, or cannot serve the call now: retrying later may work."""
+
+
+class Rejected(ClientError):
+    """The server refused the request (bad input, a missing precondition, an unimplemented
+    RPC); retrying the same request will fail again."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def client_error(exc: BaseException, address: str) -> ClientError:
+    """The `ClientError` that stands for a grpclib or socket failure of a call to `address`."""
+    if isinstance(exc, GRPCError):
+        message = exc.message or exc.status.name.lower().replace("_", " ")
+        if exc.status in RETRYABLE:
+            return Unavailable(f"{address}: {message}")
+        return Rejected(exc.status, message)
+    if isinstance(exc, asyncio.TimeoutError):
+        return Unavailable(f"{address}: no answer in time")
+    if isinstance(exc, ConnectionRefusedError):
+        return Unavailable(f"cannot connect to {address}: is peat-sync serving there?")
+    if isinstance(exc, OSError):
+        return Unavailable(f"cannot reach {address}: {exc.strerror or exc}")
+    return Unavailable(f"connection to {address} lost: {exc or type(exc).__name__}")
+
+
+# Everything a call over a connection that fails can raise, short of a bug.
+CALL_FAILURES = (GRPCError, StreamTerminatedError, ProtocolError, OSError, asyncio.TimeoutError)
