@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import trio
 
+from peat_sync.client.commands import add_client_commands, run_client_command
 from peat_sync.config import SERVE_OPTIONS, ConfigError, ServeConfig, add_options, serve_config
 from peat_sync.logs import configure_logging
 from peat_sync.server.serve import ListenError, serve
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         " environment variable shown; a flag wins over its variable.",
     )
     add_options(serve_parser, SERVE_OPTIONS)
+    add_client_commands(commands)
     return parser
 
 
@@ -65,6 +67,8 @@ async def _serve_until_signalled(config: ServeConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if "client_command" in args:
+        return run_client_command(args)
     try:
         config = serve_config(args)
     except ConfigError as exc:
