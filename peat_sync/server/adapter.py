@@ -1,5 +1,9 @@
 """The one place where asyncio (grpclib) and trio (the node) meet.
 
+Trio programs use the asyncio-flavoured client library (`peat_sync.client`) through it too:
+inside `trio_asyncio.open_loop()`, `call_asyncio`, `enter_asyncio` and `iterate_asyncio` run
+its calls, context managers and iterators.
+
 grpclib runs on asyncio inside `trio_asyncio.open_loop()`, in the same thread as trio. Every
 crossing costs scheduler hops, so callers cross once per RPC or once per batch of events,
 never once per event. A stream crosses through a `BatchPump`: `call_trio` starts a new trio
@@ -10,8 +14,8 @@ whole delivery (measured: 187 against 88 microseconds of server CPU per delivere
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Generic, ParamSpec, TypeVar, cast
 
 import trio
@@ -29,6 +33,17 @@ async def call_trio(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kw
 async def call_asyncio(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
     """Trio-flavoured: run the asyncio-flavoured `fn` and return its result."""
     return cast(T, await trio_asyncio.aio_as_trio(fn)(*args, **kwargs))
+
+
+def enter_asyncio(manager: AbstractAsyncContextManager[T]) -> AbstractAsyncContextManager[T]:
+    """For trio-flavoured `async with`: enter and exit an asyncio-flavoured context manager."""
+    return cast(AbstractAsyncContextManager[T], trio_asyncio.aio_as_trio(manager))
+
+
+def iterate_asyncio(iterable: AsyncIterable[T]) -> AsyncIterator[T]:
+    """For trio-flavoured `async for`: the items of an asyncio-flavoured async iterable, each
+    fetched with one crossing."""
+    return cast(AsyncIterator[T], trio_asyncio.aio_as_trio(aiter(iterable)))
 
 
 class BatchPump(Generic[T]):
