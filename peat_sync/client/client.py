@@ -144,8 +144,8 @@ class Client:
         return Document(collection, doc_id, response.json_data, response.sequence)
 
     async def delete(self, collection: str, doc_id: str) -> int:
-        """Delete a document; returns the sequence of the delete (of the current head when
-        there was nothing to delete)."""
+        """Delete a document; returns the sequence of the delete, or 0 when there was
+        nothing to delete."""
         request = pb.DeleteDocumentRequest(collection=collection, doc_id=doc_id)
         return (await self._call(self.stub.delete_document, request)).sequence
 

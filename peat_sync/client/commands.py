@@ -184,7 +184,7 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         delete,
         "delete a document",
         "Delete a document and print the sequence of the delete. Deleting a document that"
-        " does not exist succeeds and prints the current head sequence.",
+        " does not exist succeeds and prints sequence 0.",
     )
     add_document_arguments(parser)
 
