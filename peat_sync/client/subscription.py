@@ -115,7 +115,8 @@ class ResilientSubscription:
                 await self._open()
             assert self._stream is not None
             try:
-                message = await asyncio.wait_for(self._stream.recv_message(), self._silence_timeout)
+                async with asyncio.timeout(self._silence_timeout):
+                    message = await self._stream.recv_message()
             except TimeoutError:
                 await self._lost(f"no event or heartbeat for {self._silence_timeout:g} s")
                 continue
