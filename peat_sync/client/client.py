@@ -219,6 +219,7 @@ class Client:
         snapshot: bool = False,
         backoff: Backoff | None = None,
         silence_timeout: float | None = None,
+        atomic_catch_ups: bool = False,
     ) -> ResilientSubscription:
         """A subscription that reconnects and resumes by itself; see `ResilientSubscription`."""
         return ResilientSubscription(
@@ -229,6 +230,7 @@ class Client:
             snapshot=snapshot,
             backoff=backoff,
             silence_timeout=silence_timeout,
+            atomic_catch_ups=atomic_catch_ups,
         )
 
     def mirror(

@@ -69,6 +69,7 @@ class Mirror:
             snapshot=True,
             backoff=backoff,
             silence_timeout=silence_timeout,
+            atomic_catch_ups=True,
         )
         self.documents: Documents = {}
         self.sequence = 0
@@ -173,13 +174,19 @@ class Mirror:
         self._notify()
 
     def _collect(self, event: Event) -> None:
-        """Keep an event of a catch-up or snapshot until its CATCH_UP_END."""
+        """Keep an event of a catch-up or snapshot until its CATCH_UP_END.
+
+        Any other control event means the stream was lost and a new one opened, resuming
+        from where the copy stands (the subscription's atomic catch-ups): what was collected
+        is void, and the new stream says what comes instead.
+        """
         assert self._pending is not None
         if event.is_change:
             self._pending.append(event)
-        elif event.type is ChangeType.SNAPSHOT_BEGIN:  # a new snapshot voids the one collected
-            self._pending, self._pending_is_snapshot = [], True
-        elif event.type is ChangeType.RESYNC:  # the stream brings a snapshot next
+        elif event.type in (ChangeType.SNAPSHOT_BEGIN, ChangeType.CATCH_UP_BEGIN):
+            self._pending = []
+            self._pending_is_snapshot = event.type is ChangeType.SNAPSHOT_BEGIN
+        else:  # RESYNC: a snapshot follows; HEARTBEAT: exact changes follow
             self._pending = None
 
     def _apply_pending(self) -> list[tuple[str, str]]:

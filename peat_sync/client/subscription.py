@@ -65,7 +65,11 @@ class ResilientSubscription:
     - every later stream asks for a snapshot when it cannot resume, so a reconnection in the
       middle of a snapshot, or after the history was compacted, starts a new snapshot.
 
-    `position` and `epoch` are what a new subscription would resume from. A stream silent for
+    `position` and `epoch` are what a new subscription would resume from. Every event of a
+    catch-up is a valid resume point for a consumer that applies each event as it comes; a
+    consumer that applies a catch-up only at its CATCH_UP_END (as `Mirror` does) passes
+    `atomic_catch_ups=True`, and an interrupted catch-up then resumes from its start, where
+    the new stream opens with a HEARTBEAT or a new CATCH_UP_BEGIN. A stream silent for
     `silence_timeout` seconds (heartbeats included) counts as lost; keep it at three server
     heartbeat intervals or more. A request the server rejects (a bad collection name, say)
     raises `Rejected` from the iteration; connection failures never end it.
@@ -81,6 +85,7 @@ class ResilientSubscription:
         snapshot: bool = False,
         backoff: Backoff | None = None,
         silence_timeout: float | None = None,
+        atomic_catch_ups: bool = False,
     ) -> None:
         self._client = client
         self.collections = list(collections)
@@ -89,7 +94,9 @@ class ResilientSubscription:
         self._snapshot = snapshot
         self._backoff = backoff or Backoff()
         self._silence_timeout = silence_timeout or DEFAULT_SILENCE_TIMEOUT
-        self._in_snapshot = False
+        self._atomic_catch_ups = atomic_catch_ups
+        # In a snapshot (or, with atomic catch-ups, a catch-up): the position stays put.
+        self._holding_position = False
         self._stream: SubscribeStream | None = None
         self._stream_has_snapshots = False
         self._failures = 0
@@ -150,10 +157,13 @@ class ResilientSubscription:
             self.epoch = event.epoch
         match event.type:
             case ChangeType.SNAPSHOT_BEGIN:
-                self._in_snapshot = True  # no resume point until the snapshot is complete
+                self._holding_position = True  # no resume point until the snapshot is complete
                 self.position = None
+            case ChangeType.CATCH_UP_BEGIN:
+                self._holding_position = self._atomic_catch_ups
+                self.position = event.sequence
             case ChangeType.CATCH_UP_END:
-                self._in_snapshot = False
+                self._holding_position = False
                 self.position = event.sequence
             case ChangeType.RESYNC:
                 self.position = None
@@ -163,7 +173,7 @@ class ResilientSubscription:
                     self._snapshot = True
                     await self.aclose()
             case _:
-                if not self._in_snapshot:
+                if not self._holding_position:
                     self.position = event.sequence
 
     def _request(self) -> pb.SubscribeRequest:
@@ -193,7 +203,7 @@ class ResilientSubscription:
                 continue
             self._stream = stream
             self._stream_has_snapshots = request.snapshot
-            self._in_snapshot = False
+            self._holding_position = False
             return
 
     async def _lost(self, reason: str) -> None:
