@@ -15,9 +15,10 @@ from peat_sync.client.client import (
     Document,
     default_address,
 )
+from peat_sync.client.copy import AppliedChange, ConsistentCopy
 from peat_sync.client.errors import ClientError, Rejected, Unavailable
 from peat_sync.client.events import ChangeType, Event, ResyncReason
-from peat_sync.client.mirror import AppliedChange, Mirror
+from peat_sync.client.mirror import Mirror
 from peat_sync.client.subscription import Backoff, ResilientSubscription
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "ChangeType",
     "Client",
     "ClientError",
+    "ConsistentCopy",
     "Document",
     "Event",
     "Mirror",

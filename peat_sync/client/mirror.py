@@ -1,45 +1,21 @@
-"""`Mirror`: a local copy of collections that is always consistent with the store.
-
-The copy only ever shows the store as it was at one sequence. Live changes apply one by one,
-since each leaves the copy equal to the store at its sequence. A catch-up or a snapshot
-(after a restart, a RESYNC or a lost connection) is collected first, and applied all at once
-at its CATCH_UP_END, because its intermediate states do not belong to any one sequence.
-"""
+"""`Mirror`: a `ConsistentCopy` of collections, kept equal to the store by a subscription."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from peat_sync.client.events import ChangeType, Event
+from peat_sync.client.copy import AppliedChange, ConsistentCopy, Documents
 from peat_sync.client.subscription import Backoff, ResilientSubscription
 
 if TYPE_CHECKING:
     from peat_sync.client.client import Client
 
-Documents = dict[str, dict[str, Any]]
 # Applied changes each `changes()` reader may have unread before the mirror waits for it.
 CHANGES_BUFFER = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class AppliedChange:
-    """A document of the mirror that changed: `document` is its new content, or None when it
-    was deleted. `sequence` is the store sequence the mirror stands at after it."""
-
-    collection: str
-    doc_id: str
-    document: Any
-    sequence: int
-
-    @property
-    def deleted(self) -> bool:
-        return self.document is None
 
 
 class Mirror:
@@ -71,12 +47,7 @@ class Mirror:
             silence_timeout=silence_timeout,
             atomic_catch_ups=True,
         )
-        self.documents: Documents = {}
-        self.sequence = 0
-        self.epoch = ""
-        self.ready = False
-        self._pending: list[Event] | None = None  # a catch-up or snapshot being collected
-        self._pending_is_snapshot = False
+        self._copy = ConsistentCopy()
         self._progress = asyncio.Event()
         self._readers: set[asyncio.Queue[AppliedChange]] = set()
         self._failure: BaseException | None = None
@@ -100,9 +71,23 @@ class Mirror:
             raise self._failure
 
     @property
-    def position(self) -> tuple[str, int]:
-        """The store epoch and sequence the copy equals."""
-        return self.epoch, self.sequence
+    def documents(self) -> Documents:
+        """`{collection: {doc_id: document}}`: read it, do not change it."""
+        return self._copy.documents
+
+    @property
+    def sequence(self) -> int:
+        """The store sequence the copy equals."""
+        return self._copy.sequence
+
+    @property
+    def epoch(self) -> str:
+        return self._copy.epoch
+
+    @property
+    def ready(self) -> bool:
+        """Whether the first snapshot has arrived."""
+        return self._copy.ready
 
     async def wait_ready(self) -> None:
         """Return once the copy holds the first complete snapshot."""
@@ -144,90 +129,14 @@ class Mirror:
     async def _follow(self) -> None:
         try:
             async for event in self._subscription:
-                await self._apply(event)
+                for change in self._copy.apply(event):
+                    for queue in list(self._readers):
+                        await queue.put(change)
+                        self._notify()
+                self._notify()
         except Exception as exc:  # handed to every waiter: nothing is left to follow
             self._failure = exc
             self._notify()
-
-    async def _apply(self, event: Event) -> None:
-        if event.epoch:
-            self.epoch = event.epoch
-        if self._pending is not None and event.type is not ChangeType.CATCH_UP_END:
-            self._collect(event)
-            return
-        match event.type:
-            case ChangeType.UPSERT | ChangeType.DELETE:
-                change = self._set(event.collection, event.doc_id, event.json_data)
-                self.sequence = event.sequence
-                await self._publish([change], event.sequence)
-            case ChangeType.SNAPSHOT_BEGIN | ChangeType.CATCH_UP_BEGIN:
-                self._pending = []
-                self._pending_is_snapshot = event.type is ChangeType.SNAPSHOT_BEGIN
-            case ChangeType.CATCH_UP_END:
-                changes = self._apply_pending()
-                self.sequence = event.sequence
-                self.ready = True
-                await self._publish(changes, event.sequence)
-            case ChangeType.HEARTBEAT:
-                # Every change to these collections up to here has been applied.
-                self.sequence = max(self.sequence, event.sequence)
-        self._notify()
-
-    def _collect(self, event: Event) -> None:
-        """Keep an event of a catch-up or snapshot until its CATCH_UP_END.
-
-        Any other control event means the stream was lost and a new one opened, resuming
-        from where the copy stands (the subscription's atomic catch-ups): what was collected
-        is void, and the new stream says what comes instead.
-        """
-        assert self._pending is not None
-        if event.is_change:
-            self._pending.append(event)
-        elif event.type in (ChangeType.SNAPSHOT_BEGIN, ChangeType.CATCH_UP_BEGIN):
-            self._pending = []
-            self._pending_is_snapshot = event.type is ChangeType.SNAPSHOT_BEGIN
-        else:  # RESYNC: a snapshot follows; HEARTBEAT: exact changes follow
-            self._pending = None
-
-    def _apply_pending(self) -> list[tuple[str, str]]:
-        pending, self._pending = self._pending or [], None
-        latest = {(event.collection, event.doc_id): event.json_data for event in pending}
-        if self._pending_is_snapshot:
-            # The snapshot is the whole store: what it lacks is gone, what it repeats is not
-            # a change.
-            for collection, documents in self.documents.items():
-                for doc_id in documents:
-                    latest.setdefault((collection, doc_id), None)
-            latest = {
-                key: json_data
-                for key, json_data in latest.items()
-                if json_data is None or self._get(*key) != json.loads(json_data)
-            }
-        return [key for key, json_data in latest.items() if self._set(*key, json_data)]
-
-    def _get(self, collection: str, doc_id: str) -> Any:
-        return self.documents.get(collection, {}).get(doc_id)
-
-    def _set(self, collection: str, doc_id: str, json_data: str | None) -> tuple[str, str] | None:
-        """Make the copy hold `json_data` for one document (None: no document). Returns the
-        document's key, or None when there was nothing to delete."""
-        documents = self.documents.setdefault(collection, {})
-        if json_data is not None:
-            documents[doc_id] = json.loads(json_data)
-            return collection, doc_id
-        deleted = documents.pop(doc_id, _ABSENT) is not _ABSENT
-        if not documents:
-            del self.documents[collection]
-        return (collection, doc_id) if deleted else None
-
-    async def _publish(self, changed: Iterable[tuple[str, str] | None], sequence: int) -> None:
-        for key in changed:
-            if key is None:
-                continue
-            change = AppliedChange(*key, self._get(*key), sequence)
-            for queue in list(self._readers):
-                await queue.put(change)
-                self._notify()
 
     # Waiting -----------------------------------------------------------------------------
 
@@ -243,6 +152,3 @@ class Mirror:
         while not condition():
             self._raise_failure()
             await self._progress.wait()
-
-
-_ABSENT = object()
