@@ -42,4 +42,3 @@ async def test_a_trio_program_writes_mirrors_and_follows_changes(server: ServerP
         (ChangeType.UPSERT, first),
         (ChangeType.UPSERT, second),
     ]
-
