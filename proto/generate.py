@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto" / "sidecar.proto"
 GENERATED = ROOT / "peat_sync" / "generated"
-OPTIONS = "client_generation=async,server_generation=async"
+OPTIONS = "client_generation=async,server_generation=async,google_protobuf_descriptors"
 
 
 def generate(out: Path) -> None:

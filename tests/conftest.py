@@ -21,7 +21,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 START_TIMEOUT = 20.0
-_SERVING = re.compile(r"serving peat\.sidecar\.v1 on (?:tcp://[^ ]+:(\d+)|unix://\S+)")
+# The server listens (and logs its port) before it opens the store, then serves.
+_LISTENING = re.compile(r"listening on (?:tcp://[^ ;]+:(\d+)|unix://[^ ;]+)")
+_SERVING = re.compile(r"serving peat\.sidecar\.v1 on ")
 
 
 def peat_sync_command() -> list[str]:
@@ -112,11 +114,12 @@ class ServerProcess:
     def _read_log(self, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
         for line in process.stdout:
+            match = _LISTENING.search(line)
+            if match:  # the port is known before the line can be seen in the log
+                self.port = int(match[1] or 0)
             with self._log_lock:
                 self._log.append(line)
-            match = _SERVING.search(line)
-            if match:
-                self.port = int(match[1] or 0)
+            if _SERVING.search(line):
                 self._serving.set()
 
     def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:

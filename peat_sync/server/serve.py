@@ -6,11 +6,14 @@ import logging
 import os
 import socket
 import stat
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpclib.server
 import trio
 import trio_asyncio
+from grpclib._typing import IServable
 
 from peat_sync.config import ListenAddress, ServeConfig
 from peat_sync.generated.peat.sidecar.v1 import NodePhase
@@ -18,6 +21,7 @@ from peat_sync.node import open_node
 from peat_sync.server.adapter import call_asyncio
 from peat_sync.server.codec import PreEncodingCodec
 from peat_sync.server.service import SidecarService
+from peat_sync.store.sqlite import StoreError
 
 log = logging.getLogger("peat_sync.server")
 
@@ -92,6 +96,45 @@ def _bind_unix(path: Path) -> socket.socket:
     return sock
 
 
+def _create_data_dir(path: Path) -> None:
+    """Create the data dir, if need be, before the server listens, so that an unusable one
+    is a one-line start-up error like a busy port; the store opens there afterwards."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot open the store in {path}: {exc}") from None
+
+
+@asynccontextmanager
+async def _grpc_server(
+    services: list[IServable], sock: socket.socket, listen: ListenAddress
+) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Trio-flavoured, inside the asyncio loop: serve `services` on `sock` for the duration of
+    the block. Yields `close`, which closes the server once: running calls are cancelled and
+    get `SHUTDOWN_GRACE_SECONDS` to finish; the block's end calls it too."""
+    # grpclib binds to the running asyncio loop, so it is built inside open_loop().
+    server = grpclib.server.Server(services, codec=PreEncodingCodec())
+    await call_asyncio(server.start, sock=sock)
+    closed = False
+
+    async def close() -> None:
+        nonlocal closed
+        if closed:
+            return
+        closed = True
+        with trio.CancelScope(shield=True):
+            server.close()
+            with trio.move_on_after(SHUTDOWN_GRACE_SECONDS):
+                await call_asyncio(server.wait_closed)
+        if listen.path is not None:
+            listen.path.unlink(missing_ok=True)
+
+    try:
+        yield close
+    finally:
+        await close()
+
+
 async def serve(
     config: ServeConfig,
     stop: trio.Event,
@@ -100,38 +143,58 @@ async def serve(
 ) -> None:
     """Trio-flavoured: serve until `stop` is set, then shut down cleanly.
 
-    Reports the bound address through `task_status` once the server accepts calls. On stop,
-    open streams and calls get `SHUTDOWN_GRACE_SECONDS` to finish, then the node commits what
-    is queued and closes the store.
+    The server listens before the store opens: while it opens, GetStatus reports
+    INITIALIZING, health checks NOT_SERVING, and every other call fails with UNAVAILABLE.
+    Reports the bound address through `task_status` once the node is ready. On stop, health
+    checks report NOT_SERVING, open streams get `STREAM_GRACE_SECONDS` to end and calls
+    `SHUTDOWN_GRACE_SECONDS` to finish, then the node commits what is queued and closes the
+    store.
     """
+    # Imported only to serve: grpclib's health and reflection protos go into protobuf's
+    # default pool, where grpcio's own copies (grpcio-health-checking, grpcio-reflection)
+    # clash with them in any process that imports both, such as a test run.
+    from peat_sync.server.standard import Health, reflection, service_names
+
     sock, bound = _bind(config.listen, config.node.heartbeat_interval)
-    async with open_node(config.node) as node, trio_asyncio.open_loop():
-        service = SidecarService(node, str(bound))
-        # grpclib binds to the running asyncio loop, so it is built inside open_loop().
-        server = grpclib.server.Server([service], codec=PreEncodingCodec())
-        await call_asyncio(server.start, sock=sock)
-        try:
-            log.info(
-                "serving peat.sidecar.v1 on %s (node %s, data dir %s, head sequence %d)",
-                bound,
-                node.node_id,
-                config.node.data_dir.resolve(),
-                node.head_sequence,
-            )
-            task_status.started(bound)
-            await stop.wait()
-            service.phase = NodePhase.SHUTTING_DOWN
-            log.info("shutting down: closing %d subscriber streams", node.feed.subscriber_count)
-            # Each open stream ends with UNAVAILABLE and the since_sequence to resume from;
-            # a stream stuck on a client that stopped reading is cut off after the grace.
-            node.feed.close()
-            with trio.move_on_after(STREAM_GRACE_SECONDS):
-                await node.feed.wait_all_detached()
-        finally:
-            with trio.CancelScope(shield=True):
-                server.close()
-                with trio.move_on_after(SHUTDOWN_GRACE_SECONDS):
-                    await call_asyncio(server.wait_closed)
-            if config.listen.path is not None:
-                config.listen.path.unlink(missing_ok=True)
+    _create_data_dir(config.node.data_dir)
+    data_dir = config.node.data_dir.resolve()
+    async with trio_asyncio.open_loop():
+        service = SidecarService(config.node.node_id, str(bound))
+        health = Health(service_names([service]))
+        services: list[IServable] = [service, health, *reflection([service, health])]
+        async with _grpc_server(services, sock, config.listen) as close_server:
+            log.info("listening on %s; opening the store in %s", bound, data_dir)
+            async with open_node(config.node) as node:
+                try:
+                    service.attach(node)
+                    await call_asyncio(health.set_serving, True)
+                    log.info(
+                        "serving peat.sidecar.v1 on %s (node %s, data dir %s, head sequence %d)",
+                        bound,
+                        node.node_id,
+                        data_dir,
+                        node.head_sequence,
+                    )
+                    task_status.started(bound)
+                    await stop.wait()
+                    service.phase = NodePhase.SHUTTING_DOWN
+                    # Open streams get the grace, in all, to end; a stream stuck on a client
+                    # that stopped reading is cut off after it.
+                    deadline = trio.current_time() + STREAM_GRACE_SECONDS
+                    # Health watchers learn of the drain first, before any subscriber stream
+                    # ends: each is sent NOT_SERVING, then UNAVAILABLE.
+                    with trio.move_on_at(deadline):
+                        await call_asyncio(health.shut_down)
+                    log.info(
+                        "shutting down: closing %d subscriber streams",
+                        node.feed.subscriber_count,
+                    )
+                    # Each subscriber stream ends with UNAVAILABLE and the since_sequence to
+                    # resume from.
+                    node.feed.close()
+                    with trio.move_on_at(deadline):
+                        await node.feed.wait_all_detached()
+                finally:
+                    # Before the node closes: calls under way finish on an open node.
+                    await close_server()
     log.info("stopped cleanly at sequence %d", node.head_sequence)

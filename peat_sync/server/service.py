@@ -28,6 +28,7 @@ from peat_sync.server.codec import Encoded
 
 log = logging.getLogger("peat_sync.service")
 
+GET_STATUS = "/peat.sidecar.v1.PeatSidecar/GetStatus"
 SUBSCRIBE = "/peat.sidecar.v1.PeatSidecar/Subscribe"
 # Events taken from a subscription per crossing into trio.
 SEND_BATCH = 512
@@ -38,6 +39,8 @@ _STATUS_OF: dict[type[RequestError], Status] = {
     NodeClosed: Status.UNAVAILABLE,
     StoreUnavailable: Status.UNAVAILABLE,
 }
+
+NODE_STARTING = "the node is starting (opening the store); retry shortly"
 
 NO_MESH = (
     "peat-sync is a single-node sidecar with no peer mesh; {rpc} is not available."
@@ -74,36 +77,69 @@ def _required(value: typed.M | None, name: str) -> typed.M:
 
 
 class SidecarService(pb.PeatSidecarBase):
-    def __init__(self, node: Node, endpoint_addr: str) -> None:
-        self._node = node
+    """The sidecar's RPCs. It is served before its node opens: until `attach`, GetStatus
+    reports the `phase` and every other RPC fails with UNAVAILABLE."""
+
+    def __init__(self, node_id: str, endpoint_addr: str) -> None:
+        self._node: Node | None = None
+        self._node_id = node_id
         self._endpoint_addr = endpoint_addr
+        self.phase = pb.NodePhase.INITIALIZING
+
+    def attach(self, node: Node) -> None:
+        """Serve every RPC from `node`, which is open, from now on: the phase is READY."""
+        self._node = node
         self.phase = pb.NodePhase.READY
+
+    @property
+    def node(self) -> Node:
+        """The open node; UNAVAILABLE while it is starting."""
+        if self._node is None:
+            raise GRPCError(Status.UNAVAILABLE, NODE_STARTING)
+        return self._node
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         mapping = super().__mapping__()
         # Subscribe is served from the stream itself, to send pre-encoded events in batches.
         mapping[SUBSCRIBE] = mapping[SUBSCRIBE]._replace(func=self._subscribe)
         return {
-            name: handler._replace(func=_translating_errors(handler.func))
+            name: handler._replace(
+                func=_translating_errors(
+                    handler.func if name == GET_STATUS else self._once_attached(handler.func)
+                )
+            )
             for name, handler in mapping.items()
         }
+
+    def _once_attached(self, handler: StreamHandler) -> StreamHandler:
+        """Fail with UNAVAILABLE until the node is attached, whether or not the RPC needs it."""
+
+        @functools.wraps(handler)
+        async def gated(stream: grpclib.server.Stream[Any, Any]) -> None:
+            _ = self.node  # UNAVAILABLE until the node is attached
+            await handler(stream)
+
+        return gated
 
     # Lifecycle ---------------------------------------------------------------------------
 
     async def get_status(self, message: pb.GetStatusRequest) -> pb.GetStatusResponse:
-        return pb.GetStatusResponse(
-            node_id=self._node.node_id,
+        status = pb.GetStatusResponse(
+            node_id=self._node_id,
             endpoint_addr=self._endpoint_addr,
             sync_active=False,
             connected_peers=0,
             phase=self.phase,
-            head_sequence=self._node.head_sequence,
-            epoch=self._node.epoch,
-            subscribers=self._node.feed.subscriber_count,
-            lag_events=self._node.feed.lag_events,
-            replay_floor=self._node.replay_floor,
-            catch_up_floor=self._node.catch_up_floor,
         )
+        node = self._node
+        if node is not None:  # while the store opens, nothing more is known
+            status.head_sequence = node.head_sequence
+            status.epoch = node.epoch
+            status.subscribers = node.feed.subscriber_count
+            status.lag_events = node.feed.lag_events
+            status.replay_floor = node.replay_floor
+            status.catch_up_floor = node.catch_up_floor
+        return status
 
     # Peers and sync: honest answers for a node without a mesh ----------------------------
 
@@ -135,22 +171,22 @@ class SidecarService(pb.PeatSidecarBase):
 
     async def put_document(self, message: pb.PutDocumentRequest) -> pb.PutDocumentResponse:
         sequence = await call_trio(
-            self._node.put, message.collection, message.doc_id, message.json_data
+            self.node.put, message.collection, message.doc_id, message.json_data
         )
         return pb.PutDocumentResponse(sequence=sequence)
 
     async def get_document(self, message: pb.GetDocumentRequest) -> pb.GetDocumentResponse:
-        document = await call_trio(self._node.get, message.collection, message.doc_id)
+        document = await call_trio(self.node.get, message.collection, message.doc_id)
         if document is None:
             return pb.GetDocumentResponse()
         return pb.GetDocumentResponse(json_data=document.json_data, sequence=document.sequence)
 
     async def delete_document(self, message: pb.DeleteDocumentRequest) -> pb.DeleteDocumentResponse:
-        sequence = await call_trio(self._node.delete, message.collection, message.doc_id)
+        sequence = await call_trio(self.node.delete, message.collection, message.doc_id)
         return pb.DeleteDocumentResponse(sequence=sequence)
 
     async def list_documents(self, message: pb.ListDocumentsRequest) -> pb.ListDocumentsResponse:
-        doc_ids = await call_trio(self._node.list_ids, message.collection)
+        doc_ids = await call_trio(self.node.list_ids, message.collection)
         return pb.ListDocumentsResponse(doc_ids=doc_ids)
 
     # Typed collections -------------------------------------------------------------------
@@ -161,10 +197,10 @@ class SidecarService(pb.PeatSidecarBase):
         doc_id = getattr(message, "id", "")
         if not doc_id:
             raise InvalidRequest(f"{name}.id must not be empty")
-        return await call_trio(self._node.put, collection, doc_id, typed.to_json(message, name))
+        return await call_trio(self.node.put, collection, doc_id, typed.to_json(message, name))
 
     async def _get_typed(self, message_type: type[typed.M]) -> list[typed.M]:
-        documents = await call_trio(self._node.list_documents, typed.COLLECTIONS[message_type])
+        documents = await call_trio(self.node.list_documents, typed.COLLECTIONS[message_type])
         return typed.from_documents(
             message_type, [(document.doc_id, document.json_data) for document in documents]
         )
@@ -201,7 +237,7 @@ class SidecarService(pb.PeatSidecarBase):
         # Read the request before streaming: an unread request holds flow-control window.
         request = await stream.recv_message()
         assert request is not None
-        with self._node.subscribe(
+        with self.node.subscribe(
             request.collections,
             request.since_sequence,
             epoch=request.epoch or None,  # an empty epoch is as good as none
@@ -234,7 +270,7 @@ class SidecarService(pb.PeatSidecarBase):
                     "resubscribe with snapshot=true: the snapshot was not complete"
                     if resume_point is None
                     else f"resubscribe with since_sequence={resume_point}"
-                    f" and epoch={self._node.epoch}"
+                    f" and epoch={self.node.epoch}"
                 )
                 await stream.send_trailing_metadata(
                     status=Status.UNAVAILABLE,
