@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import trio
 
@@ -22,8 +23,16 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad command line in one line, pointing at --help instead of printing the
+    usage synopsis; subcommand parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="peat-sync",
         description="A document-sync sidecar: JSON documents in collections over gRPC, with a"
         " change feed that never loses an event silently.",

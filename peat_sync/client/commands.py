@@ -206,7 +206,8 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "Print one JSON line per event of the change feed, until interrupted. The watch"
         " reconnects by itself when the server goes away, and resumes where it stopped, so"
         " no change is missed or printed twice; when the server cannot resume it, a"
-        " 'resync' line says so and a snapshot of the current documents follows. To resume"
+        " 'resync' line says so and a snapshot of the current documents follows. While the"
+        " server cannot be reached, watch keeps retrying (it never exits 3). To resume"
         " a later watch, pass the sequence of the last line and the epoch of the last"
         " control line (any type but upsert and delete) as --since and --epoch.",
     )
