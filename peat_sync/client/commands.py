@@ -130,7 +130,7 @@ def _seconds(text: str) -> float:
     return value
 
 
-def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_client_commands(commands: argparse._SubParsersAction[Any]) -> None:
     """Add the client commands to the `peat-sync` parser's subcommands."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
