@@ -149,7 +149,7 @@ def add_client_commands(commands: argparse._SubParsersAction[Any]) -> None:
     )
 
     def add(name: str, command: Command, summary: str, description: str) -> argparse.ArgumentParser:
-        parser = commands.add_parser(
+        parser: argparse.ArgumentParser = commands.add_parser(
             name,
             parents=[common],
             help=summary,
