@@ -10,6 +10,8 @@ writes, so the cost of the fsync is shared by the whole batch.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import secrets
 import sqlite3
 import threading
@@ -17,10 +19,12 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Self
 
 from peat_sync.store._types import Change, HistoryPage, Mutation, StoreClosed, StoredDocument
 
 DATABASE_FILE = "peat.sqlite3"
+LOCK_FILE = "peat.lock"
 SCHEMA_VERSION = "1"
 
 _SCHEMA = """
@@ -49,8 +53,9 @@ class StoreError(Exception):
 class SQLiteStore:
     """The `Store` protocol on a SQLite file. Every method blocks: call it from a thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, dir_lock: int) -> None:
         self.path = path
+        self._dir_lock = dir_lock  # released by `close`
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._idle_readers: list[sqlite3.Connection] = []
@@ -64,13 +69,20 @@ class SQLiteStore:
         self._epoch, self._head, self._catch_up_floor = self._initialise()
 
     @classmethod
-    def open(cls, data_dir: Path) -> SQLiteStore:
+    def open(cls, data_dir: Path) -> Self:
         """Open the store in `data_dir`, creating the directory and the store if needed."""
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
-            return cls(data_dir / DATABASE_FILE)
-        except (OSError, sqlite3.Error) as exc:
+            dir_lock = _lock_data_dir(data_dir)
+        except OSError as exc:
             raise StoreError(f"cannot open the store in {data_dir}: {exc}") from exc
+        try:
+            return cls(data_dir / DATABASE_FILE, dir_lock)
+        except BaseException as exc:
+            os.close(dir_lock)
+            if isinstance(exc, OSError | sqlite3.Error):
+                raise StoreError(f"cannot open the store in {data_dir}: {exc}") from exc
+            raise
 
     @property
     def epoch(self) -> str:
@@ -277,3 +289,28 @@ class SQLiteStore:
             for connection in self._connections:
                 connection.close()
             self._connections.clear()
+            if self._dir_lock >= 0:
+                os.close(self._dir_lock)  # lets another server open the store
+                self._dir_lock = -1
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """Take the data dir for this process; returns the open lock file, whose lock lasts until
+    it is closed (or the process dies, even by kill -9).
+
+    Two servers on one store would each count sequences in memory and hand out the same
+    ones: the second is refused, naming the first.
+    """
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreError(
+            f"another peat-sync server (pid {holder}) is using the store in {data_dir};"
+            " stop it, or give this server another --data-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

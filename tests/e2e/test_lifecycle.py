@@ -363,6 +363,26 @@ def test_unusable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
     assert_one_line_error(result, f"cannot open the store in {not_a_directory}")
 
 
+def test_a_second_server_on_the_same_data_dir_is_refused(
+    start_server: StartServer, grpcio_api: tuple[ModuleType, ModuleType]
+) -> None:
+    """Two servers on one store would hand out the same sequences: the second exits 1 and
+    names the first, which keeps serving."""
+    first = start_server()
+    client = GrpcioClient(first.address, grpcio_api)
+    try:
+        assert put(client, "c", "d", "{}") == 1
+        second = start_server(must_start=False)
+        assert second.process is not None
+        assert second.process.wait(CALL_TIMEOUT) == 1
+        assert first.process is not None
+        assert f"another peat-sync server (pid {first.process.pid})" in second.log
+        assert "Traceback" not in second.log
+        assert put(client, "c", "e", "{}") == 2
+    finally:
+        client.close()
+
+
 def test_unix_path_that_is_not_a_socket_is_a_clear_error(tmp_path: Path) -> None:
     regular = tmp_path / "peat.sock"
     regular.write_text("keep me")

@@ -251,7 +251,7 @@ class PoisonedStore(SQLiteStore):
 async def test_one_bad_write_does_not_fail_the_writes_batched_with_it(tmp_path: Path) -> None:
     """Writers queued together are committed in one batch; a write the store refuses must
     fail alone, not take the good ones of its batch down with it."""
-    store = PoisonedStore(tmp_path / "store.sqlite3")
+    store = PoisonedStore.open(tmp_path)
     producer = Producer(store, max_batch=100)
     publish, published = trio.open_memory_channel[list[ChangeEvent]](16)
     outcomes: dict[str, object] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -330,3 +331,20 @@ def test_close_waits_for_reads_under_way_and_refuses_later_ones(data_dir: Path) 
     assert all(outcome == 20_000 for outcome in outcomes[:-1])
     with pytest.raises(StoreClosed):
         store.get("c", "d0")
+
+
+def test_a_second_store_on_the_same_data_dir_is_refused_until_the_first_closes(
+    data_dir: Path,
+) -> None:
+    """Two stores on one data dir would hand out the same sequences: the second is refused,
+    naming the process that holds the store, and may open once the first has closed."""
+    first = SQLiteStore.open(data_dir)
+    with pytest.raises(StoreError, match=rf"another peat-sync server \(pid {os.getpid()}\)"):
+        SQLiteStore.open(data_dir)
+    first.commit([put("c", "d")])
+    first.close()
+    second = SQLiteStore.open(data_dir)
+    try:
+        assert second.head_sequence == 1
+    finally:
+        second.close()
