@@ -7,12 +7,12 @@ import asyncio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
-# Statuses after which the same call may succeed later: the server is starting, stopping,
-# unreachable or busy. Anything else is the request's own fault and is not retried.
+# Statuses after which the same call may succeed later: the server is starting, stopping or
+# unreachable. Anything else is the request's own fault and is not retried; that includes
+# RESOURCE_EXHAUSTED, which the server answers only to a document over its size limit.
 RETRYABLE = frozenset(
     {
         Status.UNAVAILABLE,
-        Status.RESOURCE_EXHAUSTED,
         Status.DEADLINE_EXCEEDED,
         Status.ABORTED,
         Status.INTERNAL,
