@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import textwrap
@@ -260,5 +261,7 @@ def run_client_command(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         return EXIT_OK
     except BrokenPipeError:  # the reader of stdout went away, as `head` does
-        sys.stderr.close()
+        # Python flushes stdout once more at exit, and would fail then (exit status 120):
+        # point it at /dev/null instead.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
