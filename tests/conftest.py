@@ -21,6 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 START_TIMEOUT = 20.0
+# `sidecar_pb2` and `sidecar_pb2_grpc`, as the `grpcio_api` fixture compiles them.
+GrpcioApi = tuple[ModuleType, ModuleType]
 # The server listens (and logs its port) before it opens the store, then serves.
 _LISTENING = re.compile(r"listening on (?:tcp://[^ ;]+:(\d+)|unix://[^ ;]+)")
 _SERVING = re.compile(r"serving peat\.sidecar\.v1 on ")
@@ -185,7 +187,7 @@ def server(start_server: StartServer) -> ServerProcess:
 
 
 @pytest.fixture(scope="session")
-def grpcio_api(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, ModuleType]:
+def grpcio_api(tmp_path_factory: pytest.TempPathFactory) -> GrpcioApi:
     """`sidecar_pb2` and `sidecar_pb2_grpc`, compiled from proto/sidecar.proto by grpc_tools:
     the official client, built from nothing but the proto file."""
     from grpc_tools import protoc

@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -30,7 +29,7 @@ from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.conftest import ServerProcess, StartServer, clean_env, peat_sync_command
+from tests.conftest import GrpcioApi, ServerProcess, StartServer, clean_env, peat_sync_command
 
 # The deadline of one unary call.
 CALL_TIMEOUT = 10.0
@@ -272,7 +271,7 @@ class GrpcioClient:
 
     name = "grpcio"
 
-    def __init__(self, target: str, api: tuple[ModuleType, ModuleType]) -> None:
+    def __init__(self, target: str, api: GrpcioApi) -> None:
         self.pb2, pb2_grpc = api
         self.channel = grpc.insecure_channel(target)
         self.stub = pb2_grpc.PeatSidecarStub(self.channel)
@@ -361,7 +360,7 @@ class GrpclibClient:
 CLIENT_KINDS = ("grpclib", "grpcio")
 
 
-def connect(kind: str, server: ServerProcess, api: tuple[ModuleType, ModuleType]) -> Client:
+def connect(kind: str, server: ServerProcess, api: GrpcioApi) -> Client:
     if kind == "grpcio":
         return GrpcioClient(server.address, api)
     return GrpclibClient("127.0.0.1", server.port)
@@ -375,7 +374,7 @@ def client_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def connect_client(
-    client_kind: str, grpcio_api: tuple[ModuleType, ModuleType]
+    client_kind: str, grpcio_api: GrpcioApi
 ) -> Iterator[Callable[[ServerProcess], Client]]:
     """Connect the parametrized client (grpclib, then grpcio) to a server; closed at the end."""
     clients: list[Client] = []
@@ -397,9 +396,7 @@ def client(server: ServerProcess, connect_client: Callable[[ServerProcess], Clie
 
 
 @pytest.fixture
-def grpcio_client(
-    server: ServerProcess, grpcio_api: tuple[ModuleType, ModuleType]
-) -> Iterator[GrpcioClient]:
+def grpcio_client(server: ServerProcess, grpcio_api: GrpcioApi) -> Iterator[GrpcioClient]:
     client = GrpcioClient(server.address, grpcio_api)
     yield client
     client.close()

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterator
-from types import ModuleType
 
 import grpc
 import pytest
 
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.conftest import ServerProcess, StartServer
+from tests.conftest import GrpcioApi, ServerProcess, StartServer
 from tests.e2e.conftest import (
     CALL_TIMEOUT,
     RESYNC,
@@ -212,7 +211,7 @@ def raw_connection(server: ServerProcess) -> Iterator[socket.socket]:
 def test_garbage_on_the_port_does_not_hurt_the_server(
     server: ServerProcess,
     raw_connection: socket.socket,
-    grpcio_api: tuple[ModuleType, ModuleType],
+    grpcio_api: GrpcioApi,
     payload: bytes,
 ) -> None:
     raw_connection.sendall(payload)

@@ -23,13 +23,12 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from types import ModuleType
 from typing import Any
 
 import grpc
 import pytest
 
-from tests.conftest import ServerProcess, StartServer, clean_env, peat_sync_command
+from tests.conftest import GrpcioApi, ServerProcess, StartServer, clean_env, peat_sync_command
 from tests.e2e.conftest import (
     CALL_TIMEOUT,
     CLI_TIMEOUT,
@@ -44,7 +43,6 @@ from tests.e2e.conftest import (
     wait_until,
 )
 
-Api = tuple[ModuleType, ModuleType]
 # One line of `watch` output, parsed.
 Line = dict[str, Any]
 
@@ -601,7 +599,7 @@ class Writer:
     change one document twice after the watch's position, and a catch-up rightly prints only
     the latest state, so the output would skip a sequence."""
 
-    def __init__(self, address: str, api: Api, doomed: int) -> None:
+    def __init__(self, address: str, api: GrpcioApi, doomed: int) -> None:
         self.pb2, pb2_grpc = api
         # Reconnect fast after the restart; calls wait for the server instead of failing.
         self.channel = grpc.insecure_channel(
@@ -678,7 +676,7 @@ class Writer:
 
 
 def test_watch_survives_kill_9_without_a_gap_or_a_duplicate(
-    start_server: StartServer, start_watch: StartWatch, grpcio_api: Api
+    start_server: StartServer, start_watch: StartWatch, grpcio_api: GrpcioApi
 ) -> None:
     """The server is killed with kill -9 while a writer and the watch are mid-stream, and
     restarted on the same port and data dir. The watch reconnects, resumes where its output

@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import ModuleType
 
 import grpc
 import grpclib.client
@@ -21,7 +20,7 @@ import pytest
 
 from peat_sync.config import SERVE_OPTIONS
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.conftest import ServerProcess, StartServer
+from tests.conftest import GrpcioApi, ServerProcess, StartServer
 from tests.e2e.conftest import (
     CALL_TIMEOUT,
     CallFailed,
@@ -159,9 +158,7 @@ def test_subscriber_is_told_where_to_resume_on_shutdown(
 # Durability
 
 
-def test_acknowledged_writes_survive_kill_9(
-    server: ServerProcess, grpcio_api: tuple[ModuleType, ModuleType]
-) -> None:
+def test_acknowledged_writes_survive_kill_9(server: ServerProcess, grpcio_api: GrpcioApi) -> None:
     client = GrpcioClient(server.address, grpcio_api)
     try:
         epoch = status(client)["epoch"]
@@ -214,9 +211,7 @@ def test_acknowledged_writes_survive_kill_9(
 # Unix socket
 
 
-def test_unix_socket_serves_grpcio(
-    unix_server: ServerProcess, grpcio_api: tuple[ModuleType, ModuleType]
-) -> None:
+def test_unix_socket_serves_grpcio(unix_server: ServerProcess, grpcio_api: GrpcioApi) -> None:
     path = unix_server.socket_path
     mode = path.stat().st_mode
     assert stat.S_ISSOCK(mode)
@@ -241,7 +236,7 @@ def test_unix_socket_serves_grpcio(
 
 
 def test_stale_unix_socket_is_replaced(
-    start_unix_server: StartServer, grpcio_api: tuple[ModuleType, ModuleType]
+    start_unix_server: StartServer, grpcio_api: GrpcioApi
 ) -> None:
     first = start_unix_server()
     first.kill()
@@ -259,7 +254,7 @@ def test_stale_unix_socket_is_replaced(
 def test_unix_socket_of_a_running_server_is_not_taken_over(
     start_unix_server: StartServer,
     tmp_path: Path,
-    grpcio_api: tuple[ModuleType, ModuleType],
+    grpcio_api: GrpcioApi,
 ) -> None:
     first = start_unix_server()
     second = start_unix_server(data_dir=tmp_path / "second", must_start=False)
@@ -320,7 +315,7 @@ def test_bad_value_exits_2_with_one_line(
 
 
 def test_flag_wins_over_its_variable_and_the_variable_over_the_default(
-    start_unix_server: StartServer, grpcio_api: tuple[ModuleType, ModuleType]
+    start_unix_server: StartServer, grpcio_api: GrpcioApi
 ) -> None:
     server = start_unix_server(
         "--node-id",
@@ -364,7 +359,7 @@ def test_unusable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_a_second_server_on_the_same_data_dir_is_refused(
-    start_server: StartServer, grpcio_api: tuple[ModuleType, ModuleType]
+    start_server: StartServer, grpcio_api: GrpcioApi
 ) -> None:
     """Two servers on one store would hand out the same sequences: the second exits 1 and
     names the first, which keeps serving."""

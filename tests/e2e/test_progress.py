@@ -17,7 +17,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Protocol
 
 import grpc
@@ -25,7 +24,7 @@ import pytest
 
 from peat_sync.generated.peat.sidecar import v1 as pb
 from peat_sync.server.service import SEND_BATCH
-from tests.conftest import ServerProcess, StartServer
+from tests.conftest import GrpcioApi, ServerProcess, StartServer
 from tests.e2e.conftest import (
     CALL_TIMEOUT,
     CATCH_UP_BEGIN,
@@ -50,7 +49,6 @@ from tests.e2e.conftest import (
     wait_until,
 )
 
-Api = tuple[ModuleType, ModuleType]
 # A client's copy of the store: (collection, doc_id) -> (json_data, sequence).
 View = dict[tuple[str, str], tuple[str, int]]
 # Every committed change by sequence: (collection, doc_id, json_data or None for a delete).
@@ -80,7 +78,7 @@ class GrpcioStream:
 
     _ENDED = object()
 
-    def __init__(self, address: str, api: Api, request: dict[str, Any]) -> None:
+    def __init__(self, address: str, api: GrpcioApi, request: dict[str, Any]) -> None:
         self._client = GrpcioClient(address, api)
         self._call = self._client.stub.Subscribe(
             self._client.pb2.SubscribeRequest(**request), timeout=STREAM_TIMEOUT
@@ -122,7 +120,7 @@ class Subscribe(Protocol):
 
 
 @pytest.fixture
-def subscribe(client_kind: str, grpcio_api: Api) -> Subscribe:
+def subscribe(client_kind: str, grpcio_api: GrpcioApi) -> Subscribe:
     """Open Subscribe streams with the parametrized client (the same kind as `connect_client`
     gives)."""
 
@@ -563,7 +561,7 @@ def store_view(client: GrpcioClient) -> View:
 
 
 def test_snapshot_during_concurrent_writes_equals_the_store_at_its_end(
-    start_server: StartServer, grpcio_api: Api, subscribe: Subscribe
+    start_server: StartServer, grpcio_api: GrpcioApi, subscribe: Subscribe
 ) -> None:
     """While writers overwrite and delete the documents, the copy built from
     SNAPSHOT_BEGIN..CATCH_UP_END equals the store at the CATCH_UP_END sequence (a DELETE for a

@@ -16,14 +16,13 @@ import signal
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 import grpc
 import hypothesis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ServerProcess, StartServer
+from tests.conftest import GrpcioApi, ServerProcess, StartServer
 from tests.e2e.conftest import (
     CATCH_UP_BEGIN,
     CATCH_UP_END,
@@ -233,7 +232,7 @@ def restart(server: ServerProcess, how: str) -> None:
 )
 def test_followers_converge_across_disconnects_and_restarts(
     start_server: StartServer,
-    grpcio_api: tuple[ModuleType, ModuleType],
+    grpcio_api: GrpcioApi,
     ops: list[tuple[str, str | int, int]],
     retention: str,
 ) -> None:
@@ -247,7 +246,7 @@ def test_followers_converge_across_disconnects_and_restarts(
 
 def run(
     server: ServerProcess,
-    grpcio_api: tuple[ModuleType, ModuleType],
+    grpcio_api: GrpcioApi,
     ops: list[tuple[str, str | int, int]],
     *,
     purges: bool,

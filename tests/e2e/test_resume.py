@@ -17,11 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from functools import partial
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Protocol
 
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.conftest import ServerProcess, StartServer
+from tests.conftest import GrpcioApi, ServerProcess, StartServer
 from tests.e2e.conftest import (
     CALL_TIMEOUT,
     CATCH_UP_BEGIN,
@@ -45,7 +44,6 @@ from tests.e2e.conftest import (
     wait_until,
 )
 
-Api = tuple[ModuleType, ModuleType]
 Key = tuple[str, str]
 # A client's copy of the store: (collection, doc_id) -> (json_data, sequence).
 View = dict[Key, tuple[str, int]]
@@ -69,7 +67,7 @@ class Stream(Protocol):
 
 
 @contextmanager
-def subscribe(kind: str, server: ServerProcess, api: Api, **request: Any) -> Iterator[Stream]:
+def subscribe(kind: str, server: ServerProcess, api: GrpcioApi, **request: Any) -> Iterator[Stream]:
     """A Subscribe stream to `server` of the `kind` client (grpclib or grpcio)."""
     if kind == "grpclib":
         stream = GrpclibStream(server.port, pb.SubscribeRequest(**request))
@@ -114,12 +112,12 @@ class Recorder:
     """Commits changes through a grpcio client and keeps each one as the event a subscriber
     receives for it. When it is a server's only writer, its changes are all the changes."""
 
-    def __init__(self, server: ServerProcess, api: Api) -> None:
+    def __init__(self, server: ServerProcess, api: GrpcioApi) -> None:
         self.client = GrpcioClient(server.address, api)
         self.changes: list[Event] = []
         self._present: set[Key] = set()
 
-    def reconnect(self, server: ServerProcess, api: Api) -> None:
+    def reconnect(self, server: ServerProcess, api: GrpcioApi) -> None:
         """Connect again, to a restarted server (which listens on a new port)."""
         self.client.close()
         self.client = GrpcioClient(server.address, api)
@@ -241,7 +239,7 @@ def assert_reports(
 
 
 def test_resume_within_the_replay_log_while_writes_go_on(
-    server: ServerProcess, grpcio_api: Api
+    server: ServerProcess, grpcio_api: GrpcioApi
 ) -> None:
     """Subscribers of both clients, some filtered, resume from various points while a writer
     commits without pause: each gets every change after its since_sequence exactly once, in
@@ -301,7 +299,7 @@ def test_resume_within_the_replay_log_while_writes_go_on(
 
 
 def test_catch_up_from_the_store_after_a_restart(
-    start_server: StartServer, grpcio_api: Api, client_kind: str
+    start_server: StartServer, grpcio_api: GrpcioApi, client_kind: str
 ) -> None:
     """After a restart the replay log is empty, so a subscriber resuming from an older
     position S gets a catch-up: the latest state of each document changed after S, deletes
@@ -385,7 +383,7 @@ def test_catch_up_from_the_store_after_a_restart(
 
 
 def test_catch_up_converges_while_writes_overtake_it(
-    start_server: StartServer, grpcio_api: Api
+    start_server: StartServer, grpcio_api: GrpcioApi
 ) -> None:
     """A catch-up that writes overtake: the subscriber (grpclib, with a small flow-control
     window) holds the server in the middle of the catch-up's first page while a writer
@@ -440,7 +438,7 @@ def test_catch_up_converges_while_writes_overtake_it(
 
 
 def test_replay_floor_rises_as_the_replay_log_evicts_and_older_positions_catch_up(
-    start_server: StartServer, grpcio_api: Api
+    start_server: StartServer, grpcio_api: GrpcioApi
 ) -> None:
     """GetStatus replay_floor is one below the oldest event the replay log holds (5 here). A
     since_sequence below the floor gets a catch-up from the store, with no restart; one from
@@ -494,7 +492,7 @@ def test_replay_floor_rises_as_the_replay_log_evicts_and_older_positions_catch_u
 
 
 def assert_resync_then_live(
-    writer: Recorder, server: ServerProcess, api: Api, reason: int, **request: Any
+    writer: Recorder, server: ServerProcess, api: GrpcioApi, reason: int, **request: Any
 ) -> None:
     """A stream of `request` opens with a RESYNC for `reason` at the head, reporting where the
     store stands, and carries the changes after it."""
@@ -510,7 +508,7 @@ def assert_resync_then_live(
 
 
 def test_resync_for_an_unknown_epoch_or_a_sequence_ahead(
-    start_server: StartServer, grpcio_api: Api, tmp_path: Path
+    start_server: StartServer, grpcio_api: GrpcioApi, tmp_path: Path
 ) -> None:
     """A since_sequence of another epoch (made up, or another data dir's) gets RESYNC
     UNKNOWN_EPOCH, one ahead of the head gets SEQUENCE_AHEAD, even without an epoch. An empty
@@ -556,7 +554,7 @@ def test_resync_for_an_unknown_epoch_or_a_sequence_ahead(
 
 
 def test_resync_when_the_deletes_after_since_were_purged(
-    start_server: StartServer, grpcio_api: Api
+    start_server: StartServer, grpcio_api: GrpcioApi
 ) -> None:
     """With no tombstone retention a delete is forgotten at once and the catch-up floor rises
     to it: a since_sequence below the floor (and below the replay log, which would otherwise
@@ -594,7 +592,7 @@ def test_resync_when_the_deletes_after_since_were_purged(
 
 
 def test_every_stream_opens_with_the_store_epoch_which_survives_a_restart(
-    start_server: StartServer, grpcio_api: Api, tmp_path: Path
+    start_server: StartServer, grpcio_api: GrpcioApi, tmp_path: Path
 ) -> None:
     """Whatever a stream opens with (HEARTBEAT, SNAPSHOT_BEGIN, RESYNC, CATCH_UP_BEGIN), its
     first event is a control event carrying GetStatus's epoch: the same after a restart,

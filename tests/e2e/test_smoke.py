@@ -1,15 +1,11 @@
 from __future__ import annotations
 
-from types import ModuleType
-
 import grpc
 
-from tests.conftest import ServerProcess
+from tests.conftest import GrpcioApi, ServerProcess
 
 
-def test_put_then_get_with_grpcio(
-    server: ServerProcess, grpcio_api: tuple[ModuleType, ModuleType]
-) -> None:
+def test_put_then_get_with_grpcio(server: ServerProcess, grpcio_api: GrpcioApi) -> None:
     pb2, pb2_grpc = grpcio_api
     with grpc.insecure_channel(server.address) as channel:
         stub = pb2_grpc.PeatSidecarStub(channel)

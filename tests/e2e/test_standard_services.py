@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import grpc
@@ -24,7 +23,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from peat_sync.generated.peat.sidecar import v1 as pb
 from peat_sync.store.sqlite import DATABASE_FILE
-from tests.conftest import START_TIMEOUT, ServerProcess
+from tests.conftest import START_TIMEOUT, GrpcioApi, ServerProcess
 from tests.e2e.conftest import (
     CALL_TIMEOUT,
     GrpcioClient,
@@ -102,9 +101,7 @@ def lock_store(data_dir: Path) -> sqlite3.Connection:
     return connection
 
 
-def test_not_serving_while_the_store_opens(
-    tmp_path: Path, grpcio_api: tuple[ModuleType, ModuleType]
-) -> None:
+def test_not_serving_while_the_store_opens(tmp_path: Path, grpcio_api: GrpcioApi) -> None:
     """The server listens before it opens the store. Until the store is open, health is
     NOT_SERVING, GetStatus reports INITIALIZING, and every other call fails with UNAVAILABLE
     (a call that needs no store too); once it opens, a Watch stream sees SERVING and the

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-from types import ModuleType
 from typing import Any
 
 import grpclib.client
 
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.conftest import ServerProcess, StartServer
+from tests.conftest import GrpcioApi, ServerProcess, StartServer
 from tests.e2e.conftest import (
     CALL_TIMEOUT,
     CATCH_UP_BEGIN,
@@ -207,7 +206,7 @@ def test_every_event_has_a_strictly_increasing_sequence(grpcio_client: GrpcioCli
 
 
 def test_sequences_continue_across_restart_with_the_same_epoch(
-    server: ServerProcess, grpcio_api: tuple[ModuleType, ModuleType]
+    server: ServerProcess, grpcio_api: GrpcioApi
 ) -> None:
     before = GrpcioClient(server.address, grpcio_api)
     try:
@@ -383,7 +382,7 @@ def test_stalled_grpclib_subscriber_beyond_the_kept_history_gets_resync(
 
 
 def test_stalled_grpcio_subscriber_catches_up_from_the_store(
-    start_server: StartServer, grpcio_api: tuple[ModuleType, ModuleType]
+    start_server: StartServer, grpcio_api: GrpcioApi
 ) -> None:
     server = start_server(*SLOW_SERVER_ARGS)
     writer = GrpcioClient(server.address, grpcio_api)

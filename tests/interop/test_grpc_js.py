@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from tests.conftest import ServerProcess
+from tests.conftest import GrpcioApi, ServerProcess
 from tests.e2e.conftest import Event, _grpcio_dict
 from tests.interop.conftest import grpc_js_output, run_grpc_js, start_grpc_js
 from tests.interop.contract import Connect, Contract
@@ -88,7 +88,7 @@ class GrpcJsFeed:
 
 
 @pytest.fixture
-def connect(grpc_js: Path, grpcio_api: tuple[ModuleType, ModuleType]) -> Iterator[Connect]:
+def connect(grpc_js: Path, grpcio_api: GrpcioApi) -> Iterator[Connect]:
     clients: list[GrpcJsClient] = []
 
     def factory(server: ServerProcess) -> GrpcJsClient:

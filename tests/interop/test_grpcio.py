@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import GrpcioApi, ServerProcess
 from tests.e2e.conftest import CALL_TIMEOUT, Event, GrpcioClient, GrpcioSubscription
 from tests.interop.contract import Connect, Contract
 
@@ -34,7 +34,7 @@ class GrpcioDriver(GrpcioClient):
 
 
 @pytest.fixture
-def connect(grpcio_api: tuple[ModuleType, ModuleType]) -> Iterator[Connect]:
+def connect(grpcio_api: GrpcioApi) -> Iterator[Connect]:
     clients: list[GrpcioDriver] = []
 
     def factory(server: ServerProcess) -> GrpcioDriver:
@@ -50,7 +50,7 @@ class TestGrpcio(Contract):
     pb2: ModuleType
 
     @pytest.fixture(autouse=True)
-    def _pb2(self, grpcio_api: tuple[ModuleType, ModuleType]) -> None:
+    def _pb2(self, grpcio_api: GrpcioApi) -> None:
         self.pb2 = grpcio_api[0]
 
     def assert_native_resync(self, native: Any, reason: str, sequence: int) -> None:
