@@ -25,13 +25,15 @@ EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_REJECTED = 4
+EXIT_INTERRUPTED = 130  # as shells report a command that Ctrl-C stopped
 
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}  done
   {EXIT_NOT_FOUND}  no such document (get)
   {EXIT_USAGE}  bad command line
   {EXIT_UNAVAILABLE}  the server cannot be reached or cannot serve now; retrying may work
-  {EXIT_REJECTED}  the server rejected the request (the message says why)"""
+  {EXIT_REJECTED}  the server rejected the request (the message says why)
+  {EXIT_INTERRUPTED}  interrupted by Ctrl-C (watch: 0, its normal end)"""
 
 HELP_WIDTH = 79
 
@@ -102,6 +104,10 @@ async def status(client: Client, args: argparse.Namespace) -> int:
 
 
 async def watch(client: Client, args: argparse.Namespace) -> int:
+    # SIGTERM stops a watch as cleanly as Ctrl-C does: it is the way to end it.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     async with client.subscribe(
         args.collections, since=args.since, epoch=args.epoch, snapshot=args.snapshot
     ) as subscription:
@@ -240,10 +246,6 @@ def add_client_commands(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 async def _run(command: Command, args: argparse.Namespace) -> int:
-    # SIGTERM stops a watch as cleanly as Ctrl-C does.
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     async with Client(args.addr, timeout=args.timeout) as client:
         return await command(client, args)
 
@@ -259,7 +261,8 @@ def run_client_command(args: argparse.Namespace) -> int:
     except Rejected as exc:
         return _fail(f"rejected: {exc}", EXIT_REJECTED)
     except (KeyboardInterrupt, asyncio.CancelledError):
-        return EXIT_OK
+        # The normal end of a watch; any other command stopped before it was done.
+        return EXIT_OK if args.client_command is watch else EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader of stdout went away, as `head` does
         # Python flushes stdout once more at exit, and would fail then (exit status 120):
         # point it at /dev/null instead.

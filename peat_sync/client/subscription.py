@@ -168,9 +168,8 @@ class ResilientSubscription:
             case ChangeType.RESYNC:
                 self.position = None
                 if not self._stream_has_snapshots:
-                    # This stream goes on from the head without a re-list; a new one with a
-                    # snapshot brings the copy back first.
-                    self._snapshot = True
+                    # This stream goes on from the head without a re-list; a new one, which
+                    # asks for a snapshot, brings the copy back first.
                     await self.aclose()
             case _:
                 if not self._holding_position:
@@ -218,7 +217,6 @@ class ResilientSubscription:
             resume = f"from sequence {self.position}"
         else:
             resume = "with a snapshot" if self._snapshot else "from the head"
-
         log.warning("subscription: %s; reconnecting in %.1f s, %s", reason, delay, resume)
         await asyncio.sleep(delay)
 
