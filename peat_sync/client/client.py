@@ -154,6 +154,24 @@ class Client:
         request = pb.ListDocumentsRequest(collection=collection)
         return list((await self._call(self.stub.list_documents, request)).doc_ids)
 
+    async def write(
+        self, writes: Iterable[tuple[str, str, Mapping[str, Any] | str | None]]
+    ) -> list[int]:
+        """Commit many `(collection, doc_id, document)` writes atomically, in order, in one
+        call: all of them or none. A document of None deletes. Returns the sequence of each,
+        0 for the delete of a document that did not exist. At most 10,000 per call."""
+        request = pb.WriteDocumentsRequest(
+            writes=[
+                pb.DocumentWrite(
+                    collection=collection,
+                    doc_id=doc_id,
+                    json_data=None if document is None else encode_document(document),
+                )
+                for collection, doc_id, document in writes
+            ]
+        )
+        return list((await self._call(self.stub.write_documents, request)).sequences)
+
     # Typed collections -------------------------------------------------------------------
 
     async def put_platform(self, platform: pb.Platform) -> int:
@@ -220,6 +238,7 @@ class Client:
         backoff: Backoff | None = None,
         silence_timeout: float | None = None,
         atomic_catch_ups: bool = False,
+        batched: bool = True,
     ) -> ResilientSubscription:
         """A subscription that reconnects and resumes by itself; see `ResilientSubscription`."""
         return ResilientSubscription(
@@ -231,6 +250,7 @@ class Client:
             backoff=backoff,
             silence_timeout=silence_timeout,
             atomic_catch_ups=atomic_catch_ups,
+            batched=batched,
         )
 
     def mirror(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
@@ -29,11 +30,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("peat_sync.client")
 
 SUBSCRIBE = "/peat.sidecar.v1.PeatSidecar/Subscribe"
+SUBSCRIBE_BATCHED = "/peat.sidecar.v1.PeatSidecar/SubscribeBatched"
 # Three heartbeat intervals of a server on its default (10 s): a stream silent for longer
 # has lost its server, even when no TCP reset ever arrives.
 DEFAULT_SILENCE_TIMEOUT = 30.0
 
-SubscribeStream = grpclib.client.Stream[pb.SubscribeRequest, pb.DocumentChange]
+SubscribeStream = grpclib.client.Stream[
+    pb.SubscribeRequest, pb.DocumentChange | pb.DocumentChangeBatch
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,10 @@ class ResilientSubscription:
     `silence_timeout` seconds (heartbeats included) counts as lost; keep it at three server
     heartbeat intervals or more. A request the server rejects (a bad collection name, say)
     raises `Rejected` from the iteration; connection failures never end it.
+
+    With `batched` (the default), it reads the SubscribeBatched RPC, whose messages carry
+    many events each, and yields them one by one: the same events, at a fraction of the cost
+    per event. `batched=False` reads Subscribe, for servers without SubscribeBatched.
     """
 
     def __init__(
@@ -86,8 +94,12 @@ class ResilientSubscription:
         backoff: Backoff | None = None,
         silence_timeout: float | None = None,
         atomic_catch_ups: bool = False,
+        batched: bool = True,
     ) -> None:
         self._client = client
+        self._batched = batched
+        # Events of the current stream's last batch that are not yet yielded.
+        self._pending: deque[pb.DocumentChange] = deque()
         self.collections = list(collections)
         self.position = since
         self.epoch = epoch
@@ -118,6 +130,8 @@ class ResilientSubscription:
 
     async def __anext__(self) -> Event:
         while True:
+            if self._pending:
+                return await self._deliver(self._pending.popleft())
             if self._stream is None:
                 await self._open()
             assert self._stream is not None
@@ -138,13 +152,20 @@ class ResilientSubscription:
                 await self._lost("the server ended the stream")
                 continue
             self._failures = 0
-            event = Event.from_message(message)
-            await self._follow(event)
-            return event
+            if isinstance(message, pb.DocumentChangeBatch):
+                self._pending.extend(message.changes)
+                continue
+            return await self._deliver(message)
+
+    async def _deliver(self, message: pb.DocumentChange) -> Event:
+        event = Event.from_message(message)
+        await self._follow(event)
+        return event
 
     async def aclose(self) -> None:
         """Close the current stream; iterating again opens a new one."""
         stream, self._stream = self._stream, None
+        self._pending.clear()  # the rest of a closed stream's batch is not for the new one
         if stream is not None:
             await _abandon(stream)
 
@@ -187,8 +208,17 @@ class ResilientSubscription:
         """Open a stream, retrying with backoff until the server takes the request."""
         while True:
             request = self._request()
-            stream = self._client.channel.request(
-                SUBSCRIBE, Cardinality.UNARY_STREAM, pb.SubscribeRequest, pb.DocumentChange
+            stream: SubscribeStream = (
+                self._client.channel.request(
+                    SUBSCRIBE_BATCHED,
+                    Cardinality.UNARY_STREAM,
+                    pb.SubscribeRequest,
+                    pb.DocumentChangeBatch,
+                )
+                if self._batched
+                else self._client.channel.request(
+                    SUBSCRIBE, Cardinality.UNARY_STREAM, pb.SubscribeRequest, pb.DocumentChange
+                )
             )
             try:
                 await stream.__aenter__()

@@ -1,4 +1,9 @@
-"""Change events, encoded once when committed and shared by every subscriber."""
+"""Change events, encoded once when committed and shared by every subscriber.
+
+A data event's `DocumentChange` is encoded here by hand: it has five fields, and the
+generated encoder, built for any message, costs several times as much per event. A test
+checks that both give the same bytes.
+"""
 
 from __future__ import annotations
 
@@ -21,15 +26,21 @@ class ChangeEvent:
 
     @classmethod
     def from_change(cls, change: Change) -> ChangeEvent:
-        change_type = ChangeType.DELETE if change.json_data is None else ChangeType.UPSERT
-        message = DocumentChange(
-            collection=change.collection,
-            doc_id=change.doc_id,
-            change_type=change_type,
-            json_data=change.json_data,
-            sequence=change.sequence,
+        if change.json_data is None:
+            change_type, json_data = ChangeType.DELETE, b""
+        else:
+            change_type, json_data = ChangeType.UPSERT, _string(4, change.json_data)
+        encoded = b"".join(
+            (
+                _string(1, change.collection),
+                _string(2, change.doc_id),
+                _CHANGE_TYPE_FIELD[change_type],
+                json_data,
+                _SEQUENCE_TAG,
+                _varint(change.sequence),
+            )
         )
-        return cls(change.sequence, change.collection, change.doc_id, change_type, bytes(message))
+        return cls(change.sequence, change.collection, change.doc_id, change_type, encoded)
 
     @classmethod
     def control(
@@ -57,6 +68,11 @@ class ChangeEvent:
     def is_control(self) -> bool:
         return self.change_type not in (ChangeType.UPSERT, ChangeType.DELETE)
 
+    @property
+    def batch_entry_prefix(self) -> bytes:
+        """What precedes `encoded` as one `changes` entry of a `DocumentChangeBatch`."""
+        return _BATCH_ENTRY_TAG + _varint(len(self.encoded))
+
 
 @dataclass(frozen=True, slots=True)
 class Progress:
@@ -65,3 +81,28 @@ class Progress:
     epoch: str
     replay_floor: int
     catch_up_floor: int
+
+
+# Wire format: a field's tag is (number << 3) | type, with type 0 for a varint and 2 for bytes.
+_SEQUENCE_TAG = bytes([5 << 3])
+_BATCH_ENTRY_TAG = bytes([1 << 3 | 2])
+_CHANGE_TYPE_FIELD = {
+    change_type: bytes([3 << 3, change_type.value])
+    for change_type in (ChangeType.UPSERT, ChangeType.DELETE)
+}
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _string(number: int, text: str) -> bytes:
+    data = text.encode()
+    return bytes([number << 3 | 2]) + _varint(len(data)) + data

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
+from peat_sync.node.errors import LimitExceeded, RequestError
 from peat_sync.node.events import ChangeEvent
 from peat_sync.node.feed import ChangeFeed
 from peat_sync.node.history import History, read_store
@@ -28,6 +29,8 @@ log = logging.getLogger("peat_sync.node")
 PUBLISH_CAPACITY = 16
 # Reads run on worker threads; bound how many so a burst of List calls cannot pile up threads.
 READ_THREADS = 8
+# Writes in one atomic request: bounds the transaction, and the memory of one request.
+MAX_WRITES = 10_000
 
 
 def _random_node_id() -> str:
@@ -109,6 +112,27 @@ class Node:
         check_name("doc_id", doc_id)
         (change,) = await self._producer.write([Mutation(collection, doc_id, None)])
         return 0 if change is None else change.sequence
+
+    async def write(self, mutations: Sequence[Mutation]) -> list[int]:
+        """Commit puts and deletes atomically, in order: all of them or none. Returns the
+        sequence of each, 0 for the delete of a document that did not exist."""
+        if len(mutations) > MAX_WRITES:
+            raise LimitExceeded(
+                f"{len(mutations)} writes in one request; the limit is {MAX_WRITES}:"
+                " split them into several requests"
+            )
+        for index, mutation in enumerate(mutations):
+            try:
+                check_name("collection", mutation.collection)
+                check_name("doc_id", mutation.doc_id)
+                if mutation.json_data is not None:
+                    check_document(mutation.json_data, self.config.max_document_bytes)
+            except RequestError as exc:  # name the write at fault; nothing is committed
+                raise type(exc)(f"writes[{index}]: {exc}") from None
+        if not mutations:
+            return []
+        changes = await self._producer.write(mutations)
+        return [0 if change is None else change.sequence for change in changes]
 
     async def get(self, collection: str, doc_id: str) -> StoredDocument | None:
         check_name("collection", collection)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import grpclib.const
@@ -15,6 +15,7 @@ from grpclib.const import Status
 
 from peat_sync.generated.peat.sidecar import v1 as pb
 from peat_sync.node import (
+    ChangeEvent,
     InvalidRequest,
     LimitExceeded,
     Node,
@@ -25,13 +26,18 @@ from peat_sync.node import (
 from peat_sync.server import typed
 from peat_sync.server.adapter import BatchPump, call_trio
 from peat_sync.server.codec import Encoded
+from peat_sync.store import Mutation
 
 log = logging.getLogger("peat_sync.service")
 
 GET_STATUS = "/peat.sidecar.v1.PeatSidecar/GetStatus"
 SUBSCRIBE = "/peat.sidecar.v1.PeatSidecar/Subscribe"
+SUBSCRIBE_BATCHED = "/peat.sidecar.v1.PeatSidecar/SubscribeBatched"
 # Events taken from a subscription per crossing into trio.
 SEND_BATCH = 512
+# The size a SubscribeBatched message grows to before the next one starts: well under the
+# 4 MiB that gRPC clients accept by default (one event can be larger, up to its document).
+BATCH_MESSAGE_BYTES = 1024 * 1024
 
 _STATUS_OF: dict[type[RequestError], Status] = {
     InvalidRequest: Status.INVALID_ARGUMENT,
@@ -100,8 +106,13 @@ class SidecarService(pb.PeatSidecarBase):
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         mapping = super().__mapping__()
-        # Subscribe is served from the stream itself, to send pre-encoded events in batches.
-        mapping[SUBSCRIBE] = mapping[SUBSCRIBE]._replace(func=self._subscribe)
+        # The change feed is served from the stream itself, to send pre-encoded events.
+        mapping[SUBSCRIBE] = mapping[SUBSCRIBE]._replace(
+            func=functools.partial(self._subscribe, frame=_one_per_message)
+        )
+        mapping[SUBSCRIBE_BATCHED] = mapping[SUBSCRIBE_BATCHED]._replace(
+            func=functools.partial(self._subscribe, frame=_batched)
+        )
         return {
             name: handler._replace(
                 func=_translating_errors(
@@ -189,6 +200,12 @@ class SidecarService(pb.PeatSidecarBase):
         doc_ids = await call_trio(self.node.list_ids, message.collection)
         return pb.ListDocumentsResponse(doc_ids=doc_ids)
 
+    async def write_documents(self, message: pb.WriteDocumentsRequest) -> pb.WriteDocumentsResponse:
+        mutations = [
+            Mutation(write.collection, write.doc_id, write.json_data) for write in message.writes
+        ]
+        return pb.WriteDocumentsResponse(sequences=await call_trio(self.node.write, mutations))
+
     # Typed collections -------------------------------------------------------------------
 
     async def _put_typed(self, message: typed.M | None, name: str) -> int:
@@ -232,7 +249,10 @@ class SidecarService(pb.PeatSidecarBase):
     # Change feed -------------------------------------------------------------------------
 
     async def _subscribe(
-        self, stream: grpclib.server.Stream[pb.SubscribeRequest, pb.DocumentChange | Encoded]
+        self,
+        stream: grpclib.server.Stream[pb.SubscribeRequest, Any],
+        *,
+        frame: Callable[[list[ChangeEvent]], Iterable[Encoded]],
     ) -> None:
         # Read the request before streaming: an unread request holds flow-control window.
         request = await stream.recv_message()
@@ -255,8 +275,8 @@ class SidecarService(pb.PeatSidecarBase):
             try:
                 async with pump.running():
                     while True:
-                        for event in await pump.next():
-                            await stream.send_message(Encoded(event.encoded))
+                        for message in frame(await pump.next()):
+                            await stream.send_message(message)
             except NodeClosed:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
@@ -282,3 +302,23 @@ class SidecarService(pb.PeatSidecarBase):
                     subscription.name,
                     subscription.position,
                 )
+
+
+def _one_per_message(events: list[ChangeEvent]) -> Iterator[Encoded]:
+    """Subscribe: each event is one `DocumentChange` message."""
+    return (Encoded(event.encoded) for event in events)
+
+
+def _batched(events: list[ChangeEvent]) -> Iterator[Encoded]:
+    """SubscribeBatched: `DocumentChangeBatch` messages of up to `BATCH_MESSAGE_BYTES`, each
+    the concatenation of its events' bytes, as the wire format of a repeated field allows."""
+    parts: list[bytes] = []
+    size = 0
+    for event in events:
+        if parts and size + len(event.encoded) > BATCH_MESSAGE_BYTES:
+            yield Encoded(b"".join(parts))
+            parts, size = [], 0
+        parts += (event.batch_entry_prefix, event.encoded)
+        size += len(event.encoded)
+    if parts:
+        yield Encoded(b"".join(parts))

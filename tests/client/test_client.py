@@ -45,7 +45,9 @@ METHOD_OF_RPC = {
     "GetTracks": "get_tracks",
     "PutCommand": "put_command",
     "GetCommands": "get_commands",
-    "Subscribe": "subscribe",
+    "Subscribe": "subscribe",  # with batched=False
+    "SubscribeBatched": "subscribe",
+    "WriteDocuments": "write",
     "StartSync": "start_sync",
     "StopSync": "stop_sync",
     "GetSyncStats": "sync_stats",
@@ -63,10 +65,11 @@ def test_every_rpc_of_the_proto_has_a_method() -> None:
         assert callable(getattr(Client, method)), method
 
 
-def test_document_calls_and_subscribe(server: ServerProcess) -> None:
+@pytest.mark.parametrize("batched", [True, False], ids=["SubscribeBatched", "Subscribe"])
+def test_document_calls_and_subscribe(server: ServerProcess, batched: bool) -> None:
     """GetStatus, PutDocument (a mapping, or JSON text sent as it is), GetDocument (a
     `Document`, or None), ListDocuments (sorted), DeleteDocument (0 when there was nothing
-    to delete) and Subscribe, with the sequences the server committed."""
+    to delete) and Subscribe or SubscribeBatched, with the sequences the server committed."""
 
     async def scenario() -> None:
         async with Client(server.address) as client:
@@ -88,7 +91,7 @@ def test_document_calls_and_subscribe(server: ServerProcess) -> None:
             status = await client.status()
             assert (status.head_sequence, status.subscribers) == (3, 0)
 
-            async with client.subscribe(["fleet"], since=0) as subscription:
+            async with client.subscribe(["fleet"], since=0, batched=batched) as subscription:
                 events = [await anext(subscription) for _ in range(4)]
                 assert (await client.status()).subscribers == 1
             assert [(e.type, e.sequence, e.doc_id, e.document) for e in events] == [
@@ -98,6 +101,25 @@ def test_document_calls_and_subscribe(server: ServerProcess) -> None:
                 (ChangeType.DELETE, 3, "p1", None),
             ]
             assert events[0].epoch == status.epoch
+
+    run_scenario(scenario, timeout=20)
+
+
+def test_write_commits_many_changes_atomically(server: ServerProcess) -> None:
+    """WriteDocuments through `Client.write`: puts and deletes in order, one sequence each
+    (0 for a delete of nothing); one bad write refuses the whole call, naming its index."""
+
+    async def scenario() -> None:
+        async with Client(server.address) as client:
+            sequences = await client.write(
+                [("a", "1", {"v": 1}), ("a", "2", '{"v": 2}'), ("a", "1", None), ("a", "x", None)]
+            )
+            assert sequences == [1, 2, 3, 0]
+            assert await client.list_ids("a") == ["2"]
+            with pytest.raises(Rejected, match=r"writes\[1\]: json_data must be a JSON object"):
+                await client.write([("a", "3", {"v": 3}), ("a", "4", "[4]")])
+            assert (await client.status()).head_sequence == 3
+            assert await client.write([]) == []
 
     run_scenario(scenario, timeout=20)
 

@@ -226,8 +226,8 @@ def test_after_a_resync_changes_are_only_the_differences(
 
 
 class Tripwire:
-    """Ends a Subscribe stream, as a lost connection would, at the first message `trips`
-    accepts; only once."""
+    """Ends a Subscribe or SubscribeBatched stream, as a lost connection would, at the first
+    event `trips` accepts; only once. The events before it in its batch still arrive."""
 
     def __init__(self, trips: Callable[[pb.DocumentChange], bool]) -> None:
         self.trips = trips
@@ -243,6 +243,7 @@ class _TrippingStream:
     def __init__(self, stream: Any, tripwire: Tripwire) -> None:
         self._stream = stream
         self._tripwire = tripwire
+        self._cut = False  # the tripwire fired inside a batch: the next receive fails
 
     async def __aenter__(self) -> _TrippingStream:
         await self._stream.__aenter__()
@@ -255,8 +256,17 @@ class _TrippingStream:
         await self._stream.send_message(message, end=end)
 
     async def recv_message(self) -> Any:
+        if self._cut:
+            raise StreamTerminatedError("connection lost (injected by the test)")
         message = await self._stream.recv_message()
-        if message is not None:
+        if isinstance(message, pb.DocumentChangeBatch):
+            for index, change in enumerate(message.changes):
+                try:
+                    self._tripwire.check(change)
+                except StreamTerminatedError:
+                    self._cut = True
+                    return pb.DocumentChangeBatch(changes=message.changes[:index])
+        elif message is not None:
             self._tripwire.check(message)
         return message
 
@@ -268,7 +278,8 @@ class _TrippingChannel:
 
     def request(self, name: str, *args: Any, **kwargs: Any) -> Any:
         stream = self._channel.request(name, *args, **kwargs)
-        return _TrippingStream(stream, self._tripwire) if name.endswith("/Subscribe") else stream
+        following = name.endswith(("/Subscribe", "/SubscribeBatched"))
+        return _TrippingStream(stream, self._tripwire) if following else stream
 
     def close(self) -> None:
         self._channel.close()

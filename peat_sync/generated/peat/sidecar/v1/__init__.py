@@ -16,6 +16,8 @@ __all__ = (
     "DisconnectPeerRequest",
     "DisconnectPeerResponse",
     "DocumentChange",
+    "DocumentChangeBatch",
+    "DocumentWrite",
     "GetCellsRequest",
     "GetCellsResponse",
     "GetCommandsRequest",
@@ -58,6 +60,8 @@ __all__ = (
     "SubscribeRequest",
     "Track",
     "TrackCategory",
+    "WriteDocumentsRequest",
+    "WriteDocumentsResponse",
 )
 
 from collections.abc import AsyncIterator
@@ -628,6 +632,53 @@ class DocumentChange(betterproto2.Message):
 default_message_pool.register_message(
     "peat.sidecar.v1", "DocumentChange", DocumentChange
 )
+
+
+@dataclass(eq=False, repr=False)
+class DocumentChangeBatch(betterproto2.Message):
+    """
+    ---------------------------------------------------------------------------------------------
+    Batched
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name["DocumentChangeBatch"]
+
+    changes: "list[DocumentChange]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Consecutive events of the stream, exactly as Subscribe would send them one by one.
+    """
+
+
+default_message_pool.register_message(
+    "peat.sidecar.v1", "DocumentChangeBatch", DocumentChangeBatch
+)
+
+
+@dataclass(eq=False, repr=False)
+class DocumentWrite(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name["DocumentWrite"]
+
+    collection: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    doc_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    json_data: "str | None" = betterproto2.field(
+        3, betterproto2.TYPE_STRING, optional=True
+    )
+    """
+    The document, a JSON object; unset deletes the document.
+    """
+
+
+default_message_pool.register_message("peat.sidecar.v1", "DocumentWrite", DocumentWrite)
 
 
 @dataclass(eq=False, repr=False)
@@ -1366,6 +1417,47 @@ class Track(betterproto2.Message):
 default_message_pool.register_message("peat.sidecar.v1", "Track", Track)
 
 
+@dataclass(eq=False, repr=False)
+class WriteDocumentsRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name["WriteDocumentsRequest"]
+
+    writes: "list[DocumentWrite]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Applied in order, so a later write to the same document wins. At most 10,000.
+    """
+
+
+default_message_pool.register_message(
+    "peat.sidecar.v1", "WriteDocumentsRequest", WriteDocumentsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class WriteDocumentsResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name["WriteDocumentsResponse"]
+
+    sequences: "list[int]" = betterproto2.field(
+        1, betterproto2.TYPE_UINT64, repeated=True
+    )
+    """
+    One per write, in order: the sequence it was committed at, or 0 for the delete of a
+    document that did not exist.
+    """
+
+
+default_message_pool.register_message(
+    "peat.sidecar.v1", "WriteDocumentsResponse", WriteDocumentsResponse
+)
+
+
 class PeatSidecarStub(betterproto2_grpclib.ServiceStub):
     async def get_status(
         self,
@@ -1773,9 +1865,54 @@ class PeatSidecarStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def subscribe_batched(
+        self,
+        message: "SubscribeRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[DocumentChangeBatch]":
+        """
+        Batched, for throughput: a gRPC message costs about the same whatever it carries.
+        The change feed of Subscribe, with the same request and the same promises, but each
+        message carries every event the server had ready (up to about 1 MiB), in order.
+        """
+
+        async for response in self._unary_stream(
+            "/peat.sidecar.v1.PeatSidecar/SubscribeBatched",
+            message,
+            DocumentChangeBatch,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def write_documents(
+        self,
+        message: "WriteDocumentsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "WriteDocumentsResponse":
+        """
+        Many puts and deletes, committed atomically in one transaction: all of them or none.
+        """
+
+        return await self._unary_unary(
+            "/peat.sidecar.v1.PeatSidecar/WriteDocuments",
+            message,
+            WriteDocumentsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 SIDECAR_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.AddSerializedFile(
-    b'\n\rsidecar.proto\x12\x0fpeat.sidecar.v1"\x12\n\x10GetStatusRequest"\x92\x03\n\x11GetStatusResponse\x12\x17\n\x07node_id\x18\x01 \x01(\tR\x06nodeId\x12#\n\rendpoint_addr\x18\x02 \x01(\tR\x0cendpointAddr\x12\x1f\n\x0bsync_active\x18\x03 \x01(\x08R\nsyncActive\x12\'\n\x0fconnected_peers\x18\x04 \x01(\rR\x0econnectedPeers\x120\n\x05phase\x18\x05 \x01(\x0e2\x1a.peat.sidecar.v1.NodePhaseR\x05phase\x12#\n\rhead_sequence\x18\x06 \x01(\x04R\x0cheadSequence\x12\x14\n\x05epoch\x18\x07 \x01(\tR\x05epoch\x12 \n\x0bsubscribers\x18\x08 \x01(\rR\x0bsubscribers\x12\x1d\n\nlag_events\x18\t \x01(\x04R\tlagEvents\x12!\n\x0creplay_floor\x18\n \x01(\x04R\x0breplayFloor\x12$\n\x0ecatch_up_floor\x18\x0b \x01(\x04R\x0ccatchUpFloor"p\n\x12ConnectPeerRequest\x12\x1f\n\x0bendpoint_id\x18\x01 \x01(\tR\nendpointId\x12\x1c\n\taddresses\x18\x02 \x03(\tR\taddresses\x12\x1b\n\trelay_url\x18\x03 \x01(\tR\x08relayUrl"\x15\n\x13ConnectPeerResponse"8\n\x15DisconnectPeerRequest\x12\x1f\n\x0bendpoint_id\x18\x01 \x01(\tR\nendpointId"\x18\n\x16DisconnectPeerResponse"\x12\n\x10ListPeersRequest"D\n\x11ListPeersResponse\x12/\n\x05peers\x18\x01 \x03(\x0b2\x19.peat.sidecar.v1.PeerInfoR\x05peers"g\n\x08PeerInfo\x12\x1f\n\x0bendpoint_id\x18\x01 \x01(\tR\nendpointId\x12\x1c\n\taddresses\x18\x02 \x03(\tR\taddresses\x12\x1c\n\tconnected\x18\x03 \x01(\x08R\tconnected"h\n\x12PutDocumentRequest\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId\x12\x1b\n\tjson_data\x18\x03 \x01(\tR\x08jsonData"1\n\x13PutDocumentResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"K\n\x12GetDocumentRequest\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId"a\n\x13GetDocumentResponse\x12 \n\tjson_data\x18\x01 \x01(\tH\x00R\x08jsonData\x88\x01\x01\x12\x1a\n\x08sequence\x18\x02 \x01(\x04R\x08sequenceB\x0c\n\n_json_data"N\n\x15DeleteDocumentRequest\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId"4\n\x16DeleteDocumentResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"6\n\x14ListDocumentsRequest\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection"0\n\x15ListDocumentsResponse\x12\x17\n\x07doc_ids\x18\x01 \x03(\tR\x06docIds"\xff\x02\n\x08Platform\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12#\n\rplatform_type\x18\x02 \x01(\tR\x0cplatformType\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x127\n\x06status\x18\x04 \x01(\x0e2\x1f.peat.sidecar.v1.PlatformStatusR\x06status\x12\x1a\n\x08latitude\x18\x05 \x01(\x01R\x08latitude\x12\x1c\n\tlongitude\x18\x06 \x01(\x01R\tlongitude\x12\x1d\n\naltitude_m\x18\x07 \x01(\x01R\taltitudeM\x12\x1c\n\treadiness\x18\x08 \x01(\x01R\treadiness\x12"\n\x0ccapabilities\x18\t \x03(\tR\x0ccapabilities\x12\x1c\n\x07unit_id\x18\n \x01(\tH\x00R\x06unitId\x88\x01\x01\x12\x1f\n\x08callsign\x18\x0b \x01(\tH\x01R\x08callsign\x88\x01\x01B\n\n\x08_unit_idB\x0b\n\t_callsign"K\n\x12PutPlatformRequest\x125\n\x08platform\x18\x01 \x01(\x0b2\x19.peat.sidecar.v1.PlatformR\x08platform"1\n\x13PutPlatformResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"\x15\n\x13GetPlatformsRequest"O\n\x14GetPlatformsResponse\x127\n\tplatforms\x18\x01 \x03(\x0b2\x19.peat.sidecar.v1.PlatformR\tplatforms"\xe7\x02\n\x04Cell\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x123\n\x06status\x18\x03 \x01(\x0e2\x1b.peat.sidecar.v1.CellStatusR\x06status\x12%\n\x0eplatform_count\x18\x04 \x01(\rR\rplatformCount\x12\'\n\x0fcenter_latitude\x18\x05 \x01(\x01R\x0ecenterLatitude\x12)\n\x10center_longitude\x18\x06 \x01(\x01R\x0fcenterLongitude\x12"\n\x0ccapabilities\x18\x07 \x03(\tR\x0ccapabilities\x12&\n\x0cformation_id\x18\x08 \x01(\tH\x00R\x0bformationId\x88\x01\x01\x12 \n\tleader_id\x18\t \x01(\tH\x01R\x08leaderId\x88\x01\x01B\x0f\n\r_formation_idB\x0c\n\n_leader_id";\n\x0ePutCellRequest\x12)\n\x04cell\x18\x01 \x01(\x0b2\x15.peat.sidecar.v1.CellR\x04cell"-\n\x0fPutCellResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"\x11\n\x0fGetCellsRequest"?\n\x10GetCellsResponse\x12+\n\x05cells\x18\x01 \x03(\x0b2\x15.peat.sidecar.v1.CellR\x05cells"\x9e\x04\n\x05Track\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\'\n\x0fsource_platform\x18\x02 \x01(\tR\x0esourcePlatform\x12\x1c\n\x07cell_id\x18\x03 \x01(\tH\x00R\x06cellId\x88\x01\x01\x12&\n\x0cformation_id\x18\x04 \x01(\tH\x01R\x0bformationId\x88\x01\x01\x12\x1a\n\x08latitude\x18\x05 \x01(\x01R\x08latitude\x12\x1c\n\tlongitude\x18\x06 \x01(\x01R\tlongitude\x12"\n\naltitude_m\x18\x07 \x01(\x01H\x02R\taltitudeM\x88\x01\x01\x12\x18\n\x05cep_m\x18\x08 \x01(\x01H\x03R\x04cepM\x88\x01\x01\x12$\n\x0bheading_deg\x18\t \x01(\x01H\x04R\nheadingDeg\x88\x01\x01\x12 \n\tspeed_mps\x18\n \x01(\x01H\x05R\x08speedMps\x88\x01\x01\x12&\n\x0eclassification\x18\x0b \x01(\tR\x0eclassification\x12\x1e\n\nconfidence\x18\x0c \x01(\x01R\nconfidence\x12:\n\x08category\x18\r \x01(\x0e2\x1e.peat.sidecar.v1.TrackCategoryR\x08categoryB\n\n\x08_cell_idB\x0f\n\r_formation_idB\r\n\x0b_altitude_mB\x08\n\x06_cep_mB\x0e\n\x0c_heading_degB\x0c\n\n_speed_mps"?\n\x0fPutTrackRequest\x12,\n\x05track\x18\x01 \x01(\x0b2\x16.peat.sidecar.v1.TrackR\x05track".\n\x10PutTrackResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"\x12\n\x10GetTracksRequest"C\n\x11GetTracksResponse\x12.\n\x06tracks\x18\x01 \x03(\x0b2\x16.peat.sidecar.v1.TrackR\x06tracks"\xf2\x01\n\x07Command\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n\ttarget_id\x18\x02 \x01(\tR\x08targetId\x12!\n\x0ccommand_type\x18\x03 \x01(\tR\x0bcommandType\x126\n\x06status\x18\x04 \x01(\x0e2\x1e.peat.sidecar.v1.CommandStatusR\x06status\x12\x1d\n\ncreated_at\x18\x05 \x01(\x03R\tcreatedAt\x12\x1d\n\nexpires_at\x18\x06 \x01(\x03R\texpiresAt\x12!\n\x0cpayload_json\x18\x07 \x01(\tR\x0bpayloadJson"G\n\x11PutCommandRequest\x122\n\x07command\x18\x01 \x01(\x0b2\x18.peat.sidecar.v1.CommandR\x07command"0\n\x12PutCommandResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"\x14\n\x12GetCommandsRequest"K\n\x13GetCommandsResponse\x124\n\x08commands\x18\x01 \x03(\x0b2\x18.peat.sidecar.v1.CommandR\x08commands"\xb4\x01\n\x10SubscribeRequest\x12 \n\x0bcollections\x18\x01 \x03(\tR\x0bcollections\x12*\n\x0esince_sequence\x18\x02 \x01(\x04H\x00R\rsinceSequence\x88\x01\x01\x12\x19\n\x05epoch\x18\x03 \x01(\tH\x01R\x05epoch\x88\x01\x01\x12\x1a\n\x08snapshot\x18\x04 \x01(\x08R\x08snapshotB\x11\n\x0f_since_sequenceB\x08\n\x06_epoch"\x8e\x03\n\x0eDocumentChange\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId\x12<\n\x0bchange_type\x18\x03 \x01(\x0e2\x1b.peat.sidecar.v1.ChangeTypeR\nchangeType\x12 \n\tjson_data\x18\x04 \x01(\tH\x00R\x08jsonData\x88\x01\x01\x12\x1a\n\x08sequence\x18\x05 \x01(\x04R\x08sequence\x12B\n\rresync_reason\x18\x06 \x01(\x0e2\x1d.peat.sidecar.v1.ResyncReasonR\x0cresyncReason\x12\x18\n\x07message\x18\x07 \x01(\tR\x07message\x12\x14\n\x05epoch\x18\x08 \x01(\tR\x05epoch\x12!\n\x0creplay_floor\x18\t \x01(\x04R\x0breplayFloor\x12$\n\x0ecatch_up_floor\x18\n \x01(\x04R\x0ccatchUpFloorB\x0c\n\n_json_data"\x12\n\x10StartSyncRequest"\x13\n\x11StartSyncResponse"\x11\n\x0fStopSyncRequest"\x12\n\x10StopSyncResponse"\x15\n\x13GetSyncStatsRequest"\xa6\x01\n\x14GetSyncStatsResponse\x12\x1f\n\x0bsync_active\x18\x01 \x01(\x08R\nsyncActive\x12\'\n\x0fconnected_peers\x18\x02 \x01(\rR\x0econnectedPeers\x12\x1d\n\nbytes_sent\x18\x03 \x01(\x04R\tbytesSent\x12%\n\x0ebytes_received\x18\x04 \x01(\x04R\rbytesReceived*\x8e\x01\n\tNodePhase\x12\x18\n\x16NODE_PHASE_UNSPECIFIED\x12\x1b\n\x17NODE_PHASE_INITIALIZING\x10\x01\x12\x14\n\x10NODE_PHASE_READY\x10\x02\x12\x16\n\x12NODE_PHASE_SYNCING\x10\x03\x12\x1c\n\x18NODE_PHASE_SHUTTING_DOWN\x10\x04*\x9f\x01\n\x0ePlatformStatus\x12\x1d\n\x1bPLATFORM_STATUS_UNSPECIFIED\x12\x19\n\x15PLATFORM_STATUS_READY\x10\x01\x12\x18\n\x14PLATFORM_STATUS_BUSY\x10\x02\x12\x1c\n\x18PLATFORM_STATUS_DEGRADED\x10\x03\x12\x1b\n\x17PLATFORM_STATUS_OFFLINE\x10\x04*r\n\nCellStatus\x12\x19\n\x17CELL_STATUS_UNSPECIFIED\x12\x16\n\x12CELL_STATUS_ACTIVE\x10\x01\x12\x18\n\x14CELL_STATUS_INACTIVE\x10\x02\x12\x17\n\x13CELL_STATUS_OFFLINE\x10\x03*\xb3\x01\n\rTrackCategory\x12\x1c\n\x1aTRACK_CATEGORY_UNSPECIFIED\x12\x19\n\x15TRACK_CATEGORY_PERSON\x10\x01\x12\x1a\n\x16TRACK_CATEGORY_VEHICLE\x10\x02\x12\x19\n\x15TRACK_CATEGORY_GROUND\x10\x03\x12\x16\n\x12TRACK_CATEGORY_AIR\x10\x04\x12\x1a\n\x16TRACK_CATEGORY_UNKNOWN\x10\x05*\xbe\x01\n\rCommandStatus\x12\x1c\n\x1aCOMMAND_STATUS_UNSPECIFIED\x12\x1a\n\x16COMMAND_STATUS_PENDING\x10\x01\x12\x1c\n\x18COMMAND_STATUS_EXECUTING\x10\x02\x12\x1c\n\x18COMMAND_STATUS_COMPLETED\x10\x03\x12\x19\n\x15COMMAND_STATUS_FAILED\x10\x04\x12\x1c\n\x18COMMAND_STATUS_CANCELLED\x10\x05*\xe8\x01\n\nChangeType\x12\x19\n\x17CHANGE_TYPE_UNSPECIFIED\x12\x16\n\x12CHANGE_TYPE_UPSERT\x10\x01\x12\x16\n\x12CHANGE_TYPE_DELETE\x10\x02\x12\x16\n\x12CHANGE_TYPE_RESYNC\x10\x03\x12\x19\n\x15CHANGE_TYPE_HEARTBEAT\x10\x04\x12\x1e\n\x1aCHANGE_TYPE_SNAPSHOT_BEGIN\x10\x05\x12\x1e\n\x1aCHANGE_TYPE_CATCH_UP_BEGIN\x10\x06\x12\x1c\n\x18CHANGE_TYPE_CATCH_UP_END\x10\x07*\xb4\x01\n\x0cResyncReason\x12\x1b\n\x19RESYNC_REASON_UNSPECIFIED\x12\x1f\n\x1bRESYNC_REASON_SLOW_CONSUMER\x10\x01\x12#\n\x1fRESYNC_REASON_HISTORY_COMPACTED\x10\x02\x12\x1f\n\x1bRESYNC_REASON_UNKNOWN_EPOCH\x10\x03\x12 \n\x1cRESYNC_REASON_SEQUENCE_AHEAD\x10\x042\xea\r\n\x0bPeatSidecar\x12R\n\tGetStatus\x12!.peat.sidecar.v1.GetStatusRequest\x1a".peat.sidecar.v1.GetStatusResponse\x12X\n\x0bConnectPeer\x12#.peat.sidecar.v1.ConnectPeerRequest\x1a$.peat.sidecar.v1.ConnectPeerResponse\x12a\n\x0eDisconnectPeer\x12&.peat.sidecar.v1.DisconnectPeerRequest\x1a\'.peat.sidecar.v1.DisconnectPeerResponse\x12R\n\tListPeers\x12!.peat.sidecar.v1.ListPeersRequest\x1a".peat.sidecar.v1.ListPeersResponse\x12X\n\x0bPutDocument\x12#.peat.sidecar.v1.PutDocumentRequest\x1a$.peat.sidecar.v1.PutDocumentResponse\x12X\n\x0bGetDocument\x12#.peat.sidecar.v1.GetDocumentRequest\x1a$.peat.sidecar.v1.GetDocumentResponse\x12a\n\x0eDeleteDocument\x12&.peat.sidecar.v1.DeleteDocumentRequest\x1a\'.peat.sidecar.v1.DeleteDocumentResponse\x12^\n\rListDocuments\x12%.peat.sidecar.v1.ListDocumentsRequest\x1a&.peat.sidecar.v1.ListDocumentsResponse\x12X\n\x0bPutPlatform\x12#.peat.sidecar.v1.PutPlatformRequest\x1a$.peat.sidecar.v1.PutPlatformResponse\x12[\n\x0cGetPlatforms\x12$.peat.sidecar.v1.GetPlatformsRequest\x1a%.peat.sidecar.v1.GetPlatformsResponse\x12L\n\x07PutCell\x12\x1f.peat.sidecar.v1.PutCellRequest\x1a .peat.sidecar.v1.PutCellResponse\x12O\n\x08GetCells\x12 .peat.sidecar.v1.GetCellsRequest\x1a!.peat.sidecar.v1.GetCellsResponse\x12O\n\x08PutTrack\x12 .peat.sidecar.v1.PutTrackRequest\x1a!.peat.sidecar.v1.PutTrackResponse\x12R\n\tGetTracks\x12!.peat.sidecar.v1.GetTracksRequest\x1a".peat.sidecar.v1.GetTracksResponse\x12U\n\nPutCommand\x12".peat.sidecar.v1.PutCommandRequest\x1a#.peat.sidecar.v1.PutCommandResponse\x12X\n\x0bGetCommands\x12#.peat.sidecar.v1.GetCommandsRequest\x1a$.peat.sidecar.v1.GetCommandsResponse\x12Q\n\tSubscribe\x12!.peat.sidecar.v1.SubscribeRequest\x1a\x1f.peat.sidecar.v1.DocumentChange0\x01\x12R\n\tStartSync\x12!.peat.sidecar.v1.StartSyncRequest\x1a".peat.sidecar.v1.StartSyncResponse\x12O\n\x08StopSync\x12 .peat.sidecar.v1.StopSyncRequest\x1a!.peat.sidecar.v1.StopSyncResponse\x12[\n\x0cGetSyncStats\x12$.peat.sidecar.v1.GetSyncStatsRequest\x1a%.peat.sidecar.v1.GetSyncStatsResponseb\x06proto3'
+    b'\n\rsidecar.proto\x12\x0fpeat.sidecar.v1"\x12\n\x10GetStatusRequest"\x92\x03\n\x11GetStatusResponse\x12\x17\n\x07node_id\x18\x01 \x01(\tR\x06nodeId\x12#\n\rendpoint_addr\x18\x02 \x01(\tR\x0cendpointAddr\x12\x1f\n\x0bsync_active\x18\x03 \x01(\x08R\nsyncActive\x12\'\n\x0fconnected_peers\x18\x04 \x01(\rR\x0econnectedPeers\x120\n\x05phase\x18\x05 \x01(\x0e2\x1a.peat.sidecar.v1.NodePhaseR\x05phase\x12#\n\rhead_sequence\x18\x06 \x01(\x04R\x0cheadSequence\x12\x14\n\x05epoch\x18\x07 \x01(\tR\x05epoch\x12 \n\x0bsubscribers\x18\x08 \x01(\rR\x0bsubscribers\x12\x1d\n\nlag_events\x18\t \x01(\x04R\tlagEvents\x12!\n\x0creplay_floor\x18\n \x01(\x04R\x0breplayFloor\x12$\n\x0ecatch_up_floor\x18\x0b \x01(\x04R\x0ccatchUpFloor"p\n\x12ConnectPeerRequest\x12\x1f\n\x0bendpoint_id\x18\x01 \x01(\tR\nendpointId\x12\x1c\n\taddresses\x18\x02 \x03(\tR\taddresses\x12\x1b\n\trelay_url\x18\x03 \x01(\tR\x08relayUrl"\x15\n\x13ConnectPeerResponse"8\n\x15DisconnectPeerRequest\x12\x1f\n\x0bendpoint_id\x18\x01 \x01(\tR\nendpointId"\x18\n\x16DisconnectPeerResponse"\x12\n\x10ListPeersRequest"D\n\x11ListPeersResponse\x12/\n\x05peers\x18\x01 \x03(\x0b2\x19.peat.sidecar.v1.PeerInfoR\x05peers"g\n\x08PeerInfo\x12\x1f\n\x0bendpoint_id\x18\x01 \x01(\tR\nendpointId\x12\x1c\n\taddresses\x18\x02 \x03(\tR\taddresses\x12\x1c\n\tconnected\x18\x03 \x01(\x08R\tconnected"h\n\x12PutDocumentRequest\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId\x12\x1b\n\tjson_data\x18\x03 \x01(\tR\x08jsonData"1\n\x13PutDocumentResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"K\n\x12GetDocumentRequest\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId"a\n\x13GetDocumentResponse\x12 \n\tjson_data\x18\x01 \x01(\tH\x00R\x08jsonData\x88\x01\x01\x12\x1a\n\x08sequence\x18\x02 \x01(\x04R\x08sequenceB\x0c\n\n_json_data"N\n\x15DeleteDocumentRequest\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId"4\n\x16DeleteDocumentResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"6\n\x14ListDocumentsRequest\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection"0\n\x15ListDocumentsResponse\x12\x17\n\x07doc_ids\x18\x01 \x03(\tR\x06docIds"\xff\x02\n\x08Platform\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12#\n\rplatform_type\x18\x02 \x01(\tR\x0cplatformType\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x127\n\x06status\x18\x04 \x01(\x0e2\x1f.peat.sidecar.v1.PlatformStatusR\x06status\x12\x1a\n\x08latitude\x18\x05 \x01(\x01R\x08latitude\x12\x1c\n\tlongitude\x18\x06 \x01(\x01R\tlongitude\x12\x1d\n\naltitude_m\x18\x07 \x01(\x01R\taltitudeM\x12\x1c\n\treadiness\x18\x08 \x01(\x01R\treadiness\x12"\n\x0ccapabilities\x18\t \x03(\tR\x0ccapabilities\x12\x1c\n\x07unit_id\x18\n \x01(\tH\x00R\x06unitId\x88\x01\x01\x12\x1f\n\x08callsign\x18\x0b \x01(\tH\x01R\x08callsign\x88\x01\x01B\n\n\x08_unit_idB\x0b\n\t_callsign"K\n\x12PutPlatformRequest\x125\n\x08platform\x18\x01 \x01(\x0b2\x19.peat.sidecar.v1.PlatformR\x08platform"1\n\x13PutPlatformResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"\x15\n\x13GetPlatformsRequest"O\n\x14GetPlatformsResponse\x127\n\tplatforms\x18\x01 \x03(\x0b2\x19.peat.sidecar.v1.PlatformR\tplatforms"\xe7\x02\n\x04Cell\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x123\n\x06status\x18\x03 \x01(\x0e2\x1b.peat.sidecar.v1.CellStatusR\x06status\x12%\n\x0eplatform_count\x18\x04 \x01(\rR\rplatformCount\x12\'\n\x0fcenter_latitude\x18\x05 \x01(\x01R\x0ecenterLatitude\x12)\n\x10center_longitude\x18\x06 \x01(\x01R\x0fcenterLongitude\x12"\n\x0ccapabilities\x18\x07 \x03(\tR\x0ccapabilities\x12&\n\x0cformation_id\x18\x08 \x01(\tH\x00R\x0bformationId\x88\x01\x01\x12 \n\tleader_id\x18\t \x01(\tH\x01R\x08leaderId\x88\x01\x01B\x0f\n\r_formation_idB\x0c\n\n_leader_id";\n\x0ePutCellRequest\x12)\n\x04cell\x18\x01 \x01(\x0b2\x15.peat.sidecar.v1.CellR\x04cell"-\n\x0fPutCellResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"\x11\n\x0fGetCellsRequest"?\n\x10GetCellsResponse\x12+\n\x05cells\x18\x01 \x03(\x0b2\x15.peat.sidecar.v1.CellR\x05cells"\x9e\x04\n\x05Track\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\'\n\x0fsource_platform\x18\x02 \x01(\tR\x0esourcePlatform\x12\x1c\n\x07cell_id\x18\x03 \x01(\tH\x00R\x06cellId\x88\x01\x01\x12&\n\x0cformation_id\x18\x04 \x01(\tH\x01R\x0bformationId\x88\x01\x01\x12\x1a\n\x08latitude\x18\x05 \x01(\x01R\x08latitude\x12\x1c\n\tlongitude\x18\x06 \x01(\x01R\tlongitude\x12"\n\naltitude_m\x18\x07 \x01(\x01H\x02R\taltitudeM\x88\x01\x01\x12\x18\n\x05cep_m\x18\x08 \x01(\x01H\x03R\x04cepM\x88\x01\x01\x12$\n\x0bheading_deg\x18\t \x01(\x01H\x04R\nheadingDeg\x88\x01\x01\x12 \n\tspeed_mps\x18\n \x01(\x01H\x05R\x08speedMps\x88\x01\x01\x12&\n\x0eclassification\x18\x0b \x01(\tR\x0eclassification\x12\x1e\n\nconfidence\x18\x0c \x01(\x01R\nconfidence\x12:\n\x08category\x18\r \x01(\x0e2\x1e.peat.sidecar.v1.TrackCategoryR\x08categoryB\n\n\x08_cell_idB\x0f\n\r_formation_idB\r\n\x0b_altitude_mB\x08\n\x06_cep_mB\x0e\n\x0c_heading_degB\x0c\n\n_speed_mps"?\n\x0fPutTrackRequest\x12,\n\x05track\x18\x01 \x01(\x0b2\x16.peat.sidecar.v1.TrackR\x05track".\n\x10PutTrackResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"\x12\n\x10GetTracksRequest"C\n\x11GetTracksResponse\x12.\n\x06tracks\x18\x01 \x03(\x0b2\x16.peat.sidecar.v1.TrackR\x06tracks"\xf2\x01\n\x07Command\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n\ttarget_id\x18\x02 \x01(\tR\x08targetId\x12!\n\x0ccommand_type\x18\x03 \x01(\tR\x0bcommandType\x126\n\x06status\x18\x04 \x01(\x0e2\x1e.peat.sidecar.v1.CommandStatusR\x06status\x12\x1d\n\ncreated_at\x18\x05 \x01(\x03R\tcreatedAt\x12\x1d\n\nexpires_at\x18\x06 \x01(\x03R\texpiresAt\x12!\n\x0cpayload_json\x18\x07 \x01(\tR\x0bpayloadJson"G\n\x11PutCommandRequest\x122\n\x07command\x18\x01 \x01(\x0b2\x18.peat.sidecar.v1.CommandR\x07command"0\n\x12PutCommandResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"\x14\n\x12GetCommandsRequest"K\n\x13GetCommandsResponse\x124\n\x08commands\x18\x01 \x03(\x0b2\x18.peat.sidecar.v1.CommandR\x08commands"\xb4\x01\n\x10SubscribeRequest\x12 \n\x0bcollections\x18\x01 \x03(\tR\x0bcollections\x12*\n\x0esince_sequence\x18\x02 \x01(\x04H\x00R\rsinceSequence\x88\x01\x01\x12\x19\n\x05epoch\x18\x03 \x01(\tH\x01R\x05epoch\x88\x01\x01\x12\x1a\n\x08snapshot\x18\x04 \x01(\x08R\x08snapshotB\x11\n\x0f_since_sequenceB\x08\n\x06_epoch"\x8e\x03\n\x0eDocumentChange\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId\x12<\n\x0bchange_type\x18\x03 \x01(\x0e2\x1b.peat.sidecar.v1.ChangeTypeR\nchangeType\x12 \n\tjson_data\x18\x04 \x01(\tH\x00R\x08jsonData\x88\x01\x01\x12\x1a\n\x08sequence\x18\x05 \x01(\x04R\x08sequence\x12B\n\rresync_reason\x18\x06 \x01(\x0e2\x1d.peat.sidecar.v1.ResyncReasonR\x0cresyncReason\x12\x18\n\x07message\x18\x07 \x01(\tR\x07message\x12\x14\n\x05epoch\x18\x08 \x01(\tR\x05epoch\x12!\n\x0creplay_floor\x18\t \x01(\x04R\x0breplayFloor\x12$\n\x0ecatch_up_floor\x18\n \x01(\x04R\x0ccatchUpFloorB\x0c\n\n_json_data"\x12\n\x10StartSyncRequest"\x13\n\x11StartSyncResponse"\x11\n\x0fStopSyncRequest"\x12\n\x10StopSyncResponse"\x15\n\x13GetSyncStatsRequest"\xa6\x01\n\x14GetSyncStatsResponse\x12\x1f\n\x0bsync_active\x18\x01 \x01(\x08R\nsyncActive\x12\'\n\x0fconnected_peers\x18\x02 \x01(\rR\x0econnectedPeers\x12\x1d\n\nbytes_sent\x18\x03 \x01(\x04R\tbytesSent\x12%\n\x0ebytes_received\x18\x04 \x01(\x04R\rbytesReceived"P\n\x13DocumentChangeBatch\x129\n\x07changes\x18\x01 \x03(\x0b2\x1f.peat.sidecar.v1.DocumentChangeR\x07changes"v\n\rDocumentWrite\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId\x12 \n\tjson_data\x18\x03 \x01(\tH\x00R\x08jsonData\x88\x01\x01B\x0c\n\n_json_data"O\n\x15WriteDocumentsRequest\x126\n\x06writes\x18\x01 \x03(\x0b2\x1e.peat.sidecar.v1.DocumentWriteR\x06writes"6\n\x16WriteDocumentsResponse\x12\x1c\n\tsequences\x18\x01 \x03(\x04R\tsequences*\x8e\x01\n\tNodePhase\x12\x18\n\x16NODE_PHASE_UNSPECIFIED\x12\x1b\n\x17NODE_PHASE_INITIALIZING\x10\x01\x12\x14\n\x10NODE_PHASE_READY\x10\x02\x12\x16\n\x12NODE_PHASE_SYNCING\x10\x03\x12\x1c\n\x18NODE_PHASE_SHUTTING_DOWN\x10\x04*\x9f\x01\n\x0ePlatformStatus\x12\x1d\n\x1bPLATFORM_STATUS_UNSPECIFIED\x12\x19\n\x15PLATFORM_STATUS_READY\x10\x01\x12\x18\n\x14PLATFORM_STATUS_BUSY\x10\x02\x12\x1c\n\x18PLATFORM_STATUS_DEGRADED\x10\x03\x12\x1b\n\x17PLATFORM_STATUS_OFFLINE\x10\x04*r\n\nCellStatus\x12\x19\n\x17CELL_STATUS_UNSPECIFIED\x12\x16\n\x12CELL_STATUS_ACTIVE\x10\x01\x12\x18\n\x14CELL_STATUS_INACTIVE\x10\x02\x12\x17\n\x13CELL_STATUS_OFFLINE\x10\x03*\xb3\x01\n\rTrackCategory\x12\x1c\n\x1aTRACK_CATEGORY_UNSPECIFIED\x12\x19\n\x15TRACK_CATEGORY_PERSON\x10\x01\x12\x1a\n\x16TRACK_CATEGORY_VEHICLE\x10\x02\x12\x19\n\x15TRACK_CATEGORY_GROUND\x10\x03\x12\x16\n\x12TRACK_CATEGORY_AIR\x10\x04\x12\x1a\n\x16TRACK_CATEGORY_UNKNOWN\x10\x05*\xbe\x01\n\rCommandStatus\x12\x1c\n\x1aCOMMAND_STATUS_UNSPECIFIED\x12\x1a\n\x16COMMAND_STATUS_PENDING\x10\x01\x12\x1c\n\x18COMMAND_STATUS_EXECUTING\x10\x02\x12\x1c\n\x18COMMAND_STATUS_COMPLETED\x10\x03\x12\x19\n\x15COMMAND_STATUS_FAILED\x10\x04\x12\x1c\n\x18COMMAND_STATUS_CANCELLED\x10\x05*\xe8\x01\n\nChangeType\x12\x19\n\x17CHANGE_TYPE_UNSPECIFIED\x12\x16\n\x12CHANGE_TYPE_UPSERT\x10\x01\x12\x16\n\x12CHANGE_TYPE_DELETE\x10\x02\x12\x16\n\x12CHANGE_TYPE_RESYNC\x10\x03\x12\x19\n\x15CHANGE_TYPE_HEARTBEAT\x10\x04\x12\x1e\n\x1aCHANGE_TYPE_SNAPSHOT_BEGIN\x10\x05\x12\x1e\n\x1aCHANGE_TYPE_CATCH_UP_BEGIN\x10\x06\x12\x1c\n\x18CHANGE_TYPE_CATCH_UP_END\x10\x07*\xb4\x01\n\x0cResyncReason\x12\x1b\n\x19RESYNC_REASON_UNSPECIFIED\x12\x1f\n\x1bRESYNC_REASON_SLOW_CONSUMER\x10\x01\x12#\n\x1fRESYNC_REASON_HISTORY_COMPACTED\x10\x02\x12\x1f\n\x1bRESYNC_REASON_UNKNOWN_EPOCH\x10\x03\x12 \n\x1cRESYNC_REASON_SEQUENCE_AHEAD\x10\x042\xac\x0f\n\x0bPeatSidecar\x12R\n\tGetStatus\x12!.peat.sidecar.v1.GetStatusRequest\x1a".peat.sidecar.v1.GetStatusResponse\x12X\n\x0bConnectPeer\x12#.peat.sidecar.v1.ConnectPeerRequest\x1a$.peat.sidecar.v1.ConnectPeerResponse\x12a\n\x0eDisconnectPeer\x12&.peat.sidecar.v1.DisconnectPeerRequest\x1a\'.peat.sidecar.v1.DisconnectPeerResponse\x12R\n\tListPeers\x12!.peat.sidecar.v1.ListPeersRequest\x1a".peat.sidecar.v1.ListPeersResponse\x12X\n\x0bPutDocument\x12#.peat.sidecar.v1.PutDocumentRequest\x1a$.peat.sidecar.v1.PutDocumentResponse\x12X\n\x0bGetDocument\x12#.peat.sidecar.v1.GetDocumentRequest\x1a$.peat.sidecar.v1.GetDocumentResponse\x12a\n\x0eDeleteDocument\x12&.peat.sidecar.v1.DeleteDocumentRequest\x1a\'.peat.sidecar.v1.DeleteDocumentResponse\x12^\n\rListDocuments\x12%.peat.sidecar.v1.ListDocumentsRequest\x1a&.peat.sidecar.v1.ListDocumentsResponse\x12X\n\x0bPutPlatform\x12#.peat.sidecar.v1.PutPlatformRequest\x1a$.peat.sidecar.v1.PutPlatformResponse\x12[\n\x0cGetPlatforms\x12$.peat.sidecar.v1.GetPlatformsRequest\x1a%.peat.sidecar.v1.GetPlatformsResponse\x12L\n\x07PutCell\x12\x1f.peat.sidecar.v1.PutCellRequest\x1a .peat.sidecar.v1.PutCellResponse\x12O\n\x08GetCells\x12 .peat.sidecar.v1.GetCellsRequest\x1a!.peat.sidecar.v1.GetCellsResponse\x12O\n\x08PutTrack\x12 .peat.sidecar.v1.PutTrackRequest\x1a!.peat.sidecar.v1.PutTrackResponse\x12R\n\tGetTracks\x12!.peat.sidecar.v1.GetTracksRequest\x1a".peat.sidecar.v1.GetTracksResponse\x12U\n\nPutCommand\x12".peat.sidecar.v1.PutCommandRequest\x1a#.peat.sidecar.v1.PutCommandResponse\x12X\n\x0bGetCommands\x12#.peat.sidecar.v1.GetCommandsRequest\x1a$.peat.sidecar.v1.GetCommandsResponse\x12Q\n\tSubscribe\x12!.peat.sidecar.v1.SubscribeRequest\x1a\x1f.peat.sidecar.v1.DocumentChange0\x01\x12R\n\tStartSync\x12!.peat.sidecar.v1.StartSyncRequest\x1a".peat.sidecar.v1.StartSyncResponse\x12O\n\x08StopSync\x12 .peat.sidecar.v1.StopSyncRequest\x1a!.peat.sidecar.v1.StopSyncResponse\x12[\n\x0cGetSyncStats\x12$.peat.sidecar.v1.GetSyncStatsRequest\x1a%.peat.sidecar.v1.GetSyncStatsResponse\x12]\n\x10SubscribeBatched\x12!.peat.sidecar.v1.SubscribeRequest\x1a$.peat.sidecar.v1.DocumentChangeBatch0\x01\x12a\n\x0eWriteDocuments\x12&.peat.sidecar.v1.WriteDocumentsRequest\x1a\'.peat.sidecar.v1.WriteDocumentsResponseb\x06proto3'
 )
 
 
@@ -1898,6 +2035,27 @@ class PeatSidecarBase(betterproto2_grpclib.ServiceBase):
     async def get_sync_stats(
         self, message: "GetSyncStatsRequest"
     ) -> "GetSyncStatsResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def subscribe_batched(
+        self, message: "SubscribeRequest"
+    ) -> "AsyncIterator[DocumentChangeBatch]":
+        """
+        Batched, for throughput: a gRPC message costs about the same whatever it carries.
+        The change feed of Subscribe, with the same request and the same promises, but each
+        message carries every event the server had ready (up to about 1 MiB), in order.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield DocumentChangeBatch()
+
+    async def write_documents(
+        self, message: "WriteDocumentsRequest"
+    ) -> "WriteDocumentsResponse":
+        """
+        Many puts and deletes, committed atomically in one transaction: all of them or none.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -2067,6 +2225,26 @@ class PeatSidecarBase(betterproto2_grpclib.ServiceBase):
         response = await self.get_sync_stats(request)
         await stream.send_message(response)
 
+    async def __rpc_subscribe_batched(
+        self, stream: "grpclib.server.Stream[SubscribeRequest, DocumentChangeBatch]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        await self._call_rpc_handler_server_stream(
+            self.subscribe_batched,
+            stream,
+            request,
+        )
+
+    async def __rpc_write_documents(
+        self,
+        stream: "grpclib.server.Stream[WriteDocumentsRequest, WriteDocumentsResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.write_documents(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/peat.sidecar.v1.PeatSidecar/GetStatus": grpclib.const.Handler(
@@ -2188,5 +2366,17 @@ class PeatSidecarBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 GetSyncStatsRequest,
                 GetSyncStatsResponse,
+            ),
+            "/peat.sidecar.v1.PeatSidecar/SubscribeBatched": grpclib.const.Handler(
+                self.__rpc_subscribe_batched,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                SubscribeRequest,
+                DocumentChangeBatch,
+            ),
+            "/peat.sidecar.v1.PeatSidecar/WriteDocuments": grpclib.const.Handler(
+                self.__rpc_write_documents,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                WriteDocumentsRequest,
+                WriteDocumentsResponse,
             ),
         }
