@@ -122,6 +122,37 @@ async def test_put_get_list_delete(tmp_path: Path) -> None:
             assert await node.put("tasks", "t3", "{}") == 6
 
 
+async def test_write_commits_many_changes_at_once_or_none(tmp_path: Path) -> None:
+    """Node.write: puts and deletes in order, one commit, one sequence each (0 for a delete
+    of nothing); a bad write or too many writes refuse the whole request, naming the cause."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            with node.subscribe() as subscription:
+                await subscription.next_batch(10)  # the opening heartbeat
+                writes = [
+                    Mutation("c", "a", "{}"),
+                    Mutation("c", "b", '{"v": 1}'),
+                    Mutation("c", "a", None),
+                    Mutation("c", "never", None),
+                    Mutation("c", "b", '{"v": 2}'),
+                ]
+                assert await node.write(writes) == [1, 2, 3, 0, 4]
+                events = await subscription.next_batch(10)
+                assert [(e.sequence, e.doc_id, e.change_type) for e in events] == [
+                    (1, "a", ChangeType.UPSERT),
+                    (2, "b", ChangeType.UPSERT),
+                    (3, "a", ChangeType.DELETE),
+                    (4, "b", ChangeType.UPSERT),
+                ]
+            with pytest.raises(InvalidRequest, match=r"^writes\[1\]: doc_id must not be empty"):
+                await node.write([Mutation("c", "ok", "{}"), Mutation("c", "", "{}")])
+            with pytest.raises(LimitExceeded, match="10001 writes in one request"):
+                await node.write([Mutation("c", "x", "{}")] * 10_001)
+            assert await node.write([]) == []
+            assert node.head_sequence == 4
+            assert await node.list_ids("c") == ["b"]
+
+
 async def test_sequences_and_epoch_survive_a_restart(tmp_path: Path) -> None:
     """A reopened node keeps its epoch and continues the sequence, and a client resuming
     from the old head gets exactly the new changes."""
