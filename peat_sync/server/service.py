@@ -25,7 +25,7 @@ from peat_sync.node import (
 )
 from peat_sync.server import typed
 from peat_sync.server.adapter import BatchPump, call_trio
-from peat_sync.server.codec import Encoded
+from peat_sync.server.codec import Encoded, native_message_class
 from peat_sync.store import Mutation
 
 log = logging.getLogger("peat_sync.service")
@@ -33,6 +33,9 @@ log = logging.getLogger("peat_sync.service")
 GET_STATUS = "/peat.sidecar.v1.PeatSidecar/GetStatus"
 SUBSCRIBE = "/peat.sidecar.v1.PeatSidecar/Subscribe"
 SUBSCRIBE_BATCHED = "/peat.sidecar.v1.PeatSidecar/SubscribeBatched"
+WRITE_DOCUMENTS = "/peat.sidecar.v1.PeatSidecar/WriteDocuments"
+WriteDocumentsRequest = native_message_class("WriteDocumentsRequest")
+WriteDocumentsResponse = native_message_class("WriteDocumentsResponse")
 # Events taken from a subscription per crossing into trio.
 SEND_BATCH = 512
 # The size a SubscribeBatched message grows to before the next one starts: well under the
@@ -112,6 +115,11 @@ class SidecarService(pb.PeatSidecarBase):
         )
         mapping[SUBSCRIBE_BATCHED] = mapping[SUBSCRIBE_BATCHED]._replace(
             func=functools.partial(self._subscribe, frame=_batched)
+        )
+        mapping[WRITE_DOCUMENTS] = mapping[WRITE_DOCUMENTS]._replace(
+            func=self._write_documents,
+            request_type=WriteDocumentsRequest,
+            reply_type=WriteDocumentsResponse,
         )
         return {
             name: handler._replace(
@@ -200,11 +208,20 @@ class SidecarService(pb.PeatSidecarBase):
         doc_ids = await call_trio(self.node.list_ids, message.collection)
         return pb.ListDocumentsResponse(doc_ids=doc_ids)
 
-    async def write_documents(self, message: pb.WriteDocumentsRequest) -> pb.WriteDocumentsResponse:
+    async def _write_documents(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        # Decoded and answered with the runtime's C message classes (see codec.py).
+        request = await stream.recv_message()
+        assert request is not None
         mutations = [
-            Mutation(write.collection, write.doc_id, write.json_data) for write in message.writes
+            Mutation(
+                write.collection,
+                write.doc_id,
+                write.json_data if write.HasField("json_data") else None,
+            )
+            for write in request.writes
         ]
-        return pb.WriteDocumentsResponse(sequences=await call_trio(self.node.write, mutations))
+        sequences = await call_trio(self.node.write, mutations)
+        await stream.send_message(WriteDocumentsResponse(sequences=sequences))
 
     # Typed collections -------------------------------------------------------------------
 
