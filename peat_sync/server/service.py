@@ -25,7 +25,7 @@ from peat_sync.node import (
 )
 from peat_sync.server import typed
 from peat_sync.server.adapter import BatchPump, call_trio
-from peat_sync.server.codec import Encoded, native_message_class
+from peat_sync.server.codec import native_message_class, send_encoded
 from peat_sync.store import Mutation
 
 log = logging.getLogger("peat_sync.service")
@@ -269,7 +269,7 @@ class SidecarService(pb.PeatSidecarBase):
         self,
         stream: grpclib.server.Stream[pb.SubscribeRequest, Any],
         *,
-        frame: Callable[[list[ChangeEvent]], Iterable[Encoded]],
+        frame: Callable[[list[ChangeEvent]], Iterable[bytes]],
     ) -> None:
         # Read the request before streaming: an unread request holds flow-control window.
         request = await stream.recv_message()
@@ -292,8 +292,7 @@ class SidecarService(pb.PeatSidecarBase):
             try:
                 async with pump.running():
                     while True:
-                        for message in frame(await pump.next()):
-                            await stream.send_message(message)
+                        await send_encoded(stream, frame(await pump.next()))
             except NodeClosed:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
@@ -321,21 +320,21 @@ class SidecarService(pb.PeatSidecarBase):
                 )
 
 
-def _one_per_message(events: list[ChangeEvent]) -> Iterator[Encoded]:
+def _one_per_message(events: list[ChangeEvent]) -> Iterator[bytes]:
     """Subscribe: each event is one `DocumentChange` message."""
-    return (Encoded(event.encoded) for event in events)
+    return (event.encoded for event in events)
 
 
-def _batched(events: list[ChangeEvent]) -> Iterator[Encoded]:
+def _batched(events: list[ChangeEvent]) -> Iterator[bytes]:
     """SubscribeBatched: `DocumentChangeBatch` messages of up to `BATCH_MESSAGE_BYTES`, each
     the concatenation of its events' bytes, as the wire format of a repeated field allows."""
     parts: list[bytes] = []
     size = 0
     for event in events:
         if parts and size + len(event.encoded) > BATCH_MESSAGE_BYTES:
-            yield Encoded(b"".join(parts))
+            yield b"".join(parts)
             parts, size = [], 0
         parts += (event.batch_entry_prefix, event.encoded)
         size += len(event.encoded)
     if parts:
-        yield Encoded(b"".join(parts))
+        yield b"".join(parts)
