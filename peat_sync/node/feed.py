@@ -1,10 +1,15 @@
 """The change feed: the replay-log task that fans committed events out to subscribers.
 
 The producer hands over each committed batch through a bounded channel. This task appends the
-batch to the replay log and offers every event to each live subscriber with `send_nowait`: a
-full subscriber channel never blocks the feed. The subscriber is detached instead (its channel
-closed, which is its resync sentinel), and the feed only notes the range it misses until it
-reads again and heals itself from the replay log (see `Subscription`).
+batch to the replay log and offers it, filtered to each live subscriber's collections, to
+that subscriber's channel with `send_nowait`: a slow subscriber never blocks the feed. A
+subscriber that already has `buffer_size` events unread when a commit arrives is detached
+instead (its channel closed, which is its resync sentinel), and the feed only notes the range
+it misses until it reads again and heals itself from the replay log (see `Subscription`).
+
+A commit enters a channel whole, as one item: a reader that keeps up never overflows because
+one commit (a WriteDocuments of 10,000 writes, say) holds more events than its buffer. So a
+subscriber holds at most `buffer_size - 1` events plus one commit.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ class ChangeFeed:
         self.buffer_size = buffer_size
         self.heartbeat_interval = heartbeat_interval
         self._open: set[Subscription] = set()
-        self._live: dict[Subscription, trio.MemorySendChannel[ChangeEvent]] = {}
+        self._live: dict[Subscription, trio.MemorySendChannel[list[ChangeEvent]]] = {}
         self._lagging: dict[Subscription, MissedRange] = {}
         self._next_id = 1
         self._all_detached = trio.Event()
@@ -101,13 +106,17 @@ class ChangeFeed:
         self._open.add(subscription)
         return subscription
 
-    def attach(self, subscription: Subscription) -> trio.MemoryReceiveChannel[ChangeEvent]:
-        """Start delivering live events to `subscription`; returns its new channel.
+    def attach(self, subscription: Subscription) -> trio.MemoryReceiveChannel[list[ChangeEvent]]:
+        """Start delivering live events to `subscription`; returns its new channel, whose
+        items are the subscription's events of one commit each.
 
         Called with no checkpoint since the subscription last read the replay log, so the
         handoff from replay to live has neither gap nor duplicate.
         """
-        send, receive = trio.open_memory_channel[ChangeEvent](self.buffer_size)
+        # Each item holds an event, and no commit is sent once `buffer_size` events are
+        # unread: the channel never has more items than this.
+        send, receive = trio.open_memory_channel[list[ChangeEvent]](self.buffer_size)
+        subscription.unread = 0
         if self.closed:
             send.close()  # no more events will come: the subscriber sees the end at once
         else:
@@ -162,30 +171,32 @@ class ChangeFeed:
                 if subscription.wants(event.collection):
                     missed.add(event)
         for subscription, send in list(self._live.items()):
-            for event in events:
-                if not subscription.wants(event.collection):
-                    continue
-                try:
-                    send.send_nowait(event)
-                except trio.WouldBlock:
-                    self._overflow(subscription, send, events, event)
-                    break
+            if subscription.collections is None:
+                theirs = events
+            else:
+                theirs = [event for event in events if subscription.wants(event.collection)]
+            if not theirs:
+                continue
+            if subscription.unread >= self.buffer_size:
+                self._overflow(subscription, send, theirs)
+                continue
+            send.send_nowait(theirs)
+            subscription.unread += len(theirs)
 
     def _overflow(
         self,
         subscription: Subscription,
-        send: trio.MemorySendChannel[ChangeEvent],
-        events: list[ChangeEvent],
-        first_missed: ChangeEvent,
+        send: trio.MemorySendChannel[list[ChangeEvent]],
+        missed_events: list[ChangeEvent],
     ) -> None:
         # Closing the channel is the resync sentinel: the subscriber drains what is buffered,
         # then sees the end of the channel and heals itself from where it stopped.
         send.close()
         del self._live[subscription]
+        first_missed = missed_events[0]
         missed = MissedRange.starting_at(first_missed)
-        for event in events:
-            if event.sequence > first_missed.sequence and subscription.wants(event.collection):
-                missed.add(event)
+        for event in missed_events[1:]:
+            missed.add(event)
         self._lagging[subscription] = missed
         self.lag_events += 1
         log.warning(

@@ -66,7 +66,10 @@ class Subscription:
         self._feed = feed
         self._history = feed.history
         self._snapshot = snapshot
-        self._receive: trio.MemoryReceiveChannel[ChangeEvent] | None = None
+        self._receive: trio.MemoryReceiveChannel[list[ChangeEvent]] | None = None
+        # Events the feed has put in the channel that this subscription has not taken yet:
+        # the feed's measure of how far behind it is.
+        self.unread = 0
         self._store_read: _StoreRead | None = None
         self._pending: list[ChangeEvent] = []
         self._lagged = False
@@ -198,7 +201,7 @@ class Subscription:
     async def _receive_live(self, limit: int) -> list[ChangeEvent]:
         receive = self._receive
         assert receive is not None
-        first: ChangeEvent | None = None
+        first: list[ChangeEvent] | None = None
         try:
             with trio.move_on_after(self._feed.heartbeat_interval):
                 first = await receive.receive()
@@ -219,12 +222,13 @@ class Subscription:
                 self._lagged = True
                 self._log_lag()
             return []
-        batch = [first]
+        batch = list(first)
         while len(batch) < limit:
             try:
-                batch.append(receive.receive_nowait())
+                batch += receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
+        self.unread -= len(batch)
         # Events committed before a subscription started can still be in flight to the feed
         # when it attaches; the position filters them out.
         batch = [event for event in batch if event.sequence > self.position]
