@@ -655,6 +655,25 @@ async def test_a_slow_subscriber_heals_from_the_replay_log(
     assert_lag_logged(caplog, slow, "replaying them from the replay log")
 
 
+async def test_one_commit_larger_than_the_buffer_reaches_a_waiting_reader_whole(
+    tmp_path: Path,
+) -> None:
+    """A commit enters a buffer whole: a reader that waits for events is not counted as
+    lagging because one commit holds more events than its buffer; only a commit that comes
+    while the buffer is full detaches it."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path, broadcast_buffer_size=4, replay_log_size=2) as node:
+            with node.subscribe(["c"]) as reader:
+                await stall_while_live(reader)
+                writes = [Mutation("c", doc_id(n), "{}") for n in range(10)]
+                await node.write(writes)
+                await trio.testing.wait_all_tasks_blocked()
+                assert node.feed.lag_events == 0
+                received = await read_until(reader, 10)
+                assert [event.sequence for event in received] == list(range(1, 11))
+                assert all(event.change_type == ChangeType.UPSERT for event in received)
+
+
 async def test_a_slow_subscriber_beyond_the_replay_log_catches_up_from_the_store(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
