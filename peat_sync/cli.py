@@ -11,6 +11,7 @@ from typing import NoReturn
 
 import trio
 
+from peat_sync.bench.command import add_bench_command, run_bench
 from peat_sync.client.commands import add_client_commands, run_client_command
 from peat_sync.config import SERVE_OPTIONS, ConfigError, ServeConfig, add_options, serve_config
 from peat_sync.logs import configure_logging
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_options(serve_parser, SERVE_OPTIONS)
     add_client_commands(commands)
+    add_bench_command(commands)
     return parser
 
 
@@ -78,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if "client_command" in args:
         return run_client_command(args)
+    if "bench_command" in args:
+        return run_bench(args)
     try:
         config = serve_config(args)
     except ConfigError as exc:

@@ -1,0 +1,430 @@
+"""The bench's figures: latency histograms and percentiles, the tables printed per scenario,
+the targets of the issue with the figure measured for each, the JSON file and the plot.
+
+matplotlib is imported only by `plot`, so the bench runs without it unless --plot is given.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import statistics
+import textwrap
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Histogram buckets are 1% wide: bucket b holds values in [GROWTH**b, GROWTH**(b+1)).
+GROWTH = 1.01
+_LOG_GROWTH = math.log(GROWTH)
+
+
+class Histogram:
+    """Counts of non-negative integer values (latencies in ns) in buckets 1% wide, so that the
+    workers' histograms merge exactly and a percentile is off by at most 1%. The largest
+    value is kept exactly."""
+
+    __slots__ = ("buckets", "count", "max")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, int] = {}
+        self.count = 0
+        self.max = 0
+
+    def add(self, value: int) -> None:
+        bucket = int(math.log(value) / _LOG_GROWTH) if value > 1 else 0
+        self.buckets[bucket] = self.buckets.get(bucket, 0) + 1
+        self.count += 1
+        if value > self.max:
+            self.max = value
+
+    def merge(self, other: Histogram) -> Histogram:
+        for bucket, count in other.buckets.items():
+            self.buckets[bucket] = self.buckets.get(bucket, 0) + count
+        self.count += other.count
+        self.max = max(self.max, other.max)
+        return self
+
+    def percentile(self, q: float) -> float | None:
+        """The q-th percentile (0 < q <= 100, nearest rank): a value that at least q% of the
+        values are at most, to within 1%; None when empty."""
+        if not self.count:
+            return None
+        rank = max(1, math.ceil(q / 100 * self.count))
+        seen = 0
+        for bucket in sorted(self.buckets):
+            seen += self.buckets[bucket]
+            if seen >= rank:
+                # The middle of the bucket, but never above the largest value seen.
+                return min(float(GROWTH ** (bucket + 0.5)), float(self.max))
+        raise AssertionError("unreachable: the counts add up to self.count")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"buckets": {str(b): c for b, c in self.buckets.items()}, "max": self.max}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Histogram:
+        histogram = cls()
+        histogram.buckets = {int(b): int(c) for b, c in data["buckets"].items()}
+        histogram.count = sum(histogram.buckets.values())
+        histogram.max = int(data["max"])
+        return histogram
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile of `values` (0 < q <= 100), nearest rank."""
+    if not values:
+        raise ValueError("no values")
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
+def fmt(value: float | None, spec: str, unit: str = "") -> str:
+    """`value` in format `spec` followed by `unit`, or "n/a" when it is not known."""
+    return "n/a" if value is None else f"{value:{spec}}{unit}"
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    """The median of the values that are known, None when none is."""
+    known = [value for value in values if value is not None]
+    return statistics.median(known) if known else None
+
+
+@dataclass(slots=True)
+class Latency:
+    """Put-to-delivery (or put-to-acknowledgement) latency, in milliseconds."""
+
+    p50: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, histogram: Histogram) -> Latency | None:
+        p50, p99 = histogram.percentile(50), histogram.percentile(99)
+        if p50 is None or p99 is None:
+            return None
+        return cls(p50 / 1e6, p99 / 1e6, histogram.max / 1e6)
+
+    @classmethod
+    def median_of(cls, runs: Sequence[Latency | None]) -> Latency | None:
+        known = [run for run in runs if run is not None]
+        if not known:
+            return None
+        return cls(
+            statistics.median(r.p50 for r in known),
+            statistics.median(r.p99 for r in known),
+            statistics.median(r.max for r in known),
+        )
+
+
+@dataclass(slots=True)
+class Row:
+    """One line of a scenario's table. `rate` is events (or documents, or calls) per second;
+    `ratio` is the rate divided by the baseline's, where the issue asks for one."""
+
+    label: str
+    rate: float | None = None
+    latency: Latency | None = None
+    rss: int | None = None
+    ratio: float | None = None
+    cpu_us: float | None = None  # server CPU microseconds per event
+    note: str = ""
+
+
+@dataclass(slots=True)
+class ScenarioResult:
+    key: str
+    number: int
+    title: str
+    rows: list[Row] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Target:
+    """A target of the issue: `measured` compared with `goal` (at least, or at most)."""
+
+    key: str
+    text: str
+    measured: float | None
+    goal: float
+    at_least: bool
+    unit: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        if self.measured is None:
+            return None
+        return self.measured >= self.goal if self.at_least else self.measured <= self.goal
+
+
+# A retained event costs at least its ~120 encoded bytes plus a Python object around them, so
+# keeping every event would grow the RSS by well over 150 KiB per 1,000 events: a tenth of
+# the smallest real leak counts as not growing.
+STALL_RSS_GOAL_KIB = 15.0
+
+
+def targets(results: dict[str, ScenarioResult]) -> list[Target]:
+    """The targets of issue 5 whose scenarios ran, each with the figure measured."""
+
+    def figure(scenario: str, key: str) -> float | None:
+        value = results[scenario].figures.get(key)
+        return None if value is None else float(value)
+
+    found = []
+    if "subscribe" in results:
+        found.append(
+            Target(
+                "subscribe_vs_baseline",
+                "Subscribe, 1 subscriber: events/s / bare grpclib stream",
+                figure("subscribe", "ratio"),
+                0.9,
+                at_least=True,
+                unit="x",
+            )
+        )
+    if "batched" in results:
+        found += [
+            Target(
+                "batched_replay",
+                "SubscribeBatched replay to 1 grpcio client",
+                figure("batched", "replay_events_per_s"),
+                1_000_000,
+                at_least=True,
+                unit="events/s",
+            ),
+            Target(
+                "batched_write",
+                "WriteDocuments, durable at return",
+                figure("batched", "write_documents_per_s"),
+                50_000,
+                at_least=True,
+                unit="docs/s",
+            ),
+        ]
+    if "put" in results:
+        found.append(
+            Target(
+                "put_vs_baseline",
+                "PutDocument: calls/s / bare grpclib unary echo",
+                figure("put", "ratio"),
+                0.8,
+                at_least=True,
+                unit="x",
+            )
+        )
+    if "fanout" in results:
+        most = results["fanout"].figures["max_subscribers"]
+        found.append(
+            Target(
+                "fanout_cpu_ratio",
+                f"server CPU per delivered event, {most} subscribers / 1 subscriber",
+                figure("fanout", "cpu_ratio"),
+                0.5,
+                at_least=False,
+                unit="x",
+            )
+        )
+    if "latency" in results:
+        rate, count = (results["latency"].figures[k] for k in ("rate", "subscribers"))
+        found.append(
+            Target(
+                "latency_p99",
+                f"put-to-delivery p99 at {rate:,} events/s, {count} subscribers",
+                figure("latency", "p99_ms"),
+                10.0,
+                at_least=False,
+                unit="ms",
+            )
+        )
+    if "stalled" in results:
+        found += [
+            Target(
+                "stalled_p99_vs_latency",
+                "one subscriber stopped: the others' p99 / scenario 4's p99",
+                figure("stalled", "p99_ratio"),
+                1.1,
+                at_least=False,
+                unit="x",
+            ),
+            Target(
+                "stalled_rss_growth",
+                "one subscriber stopped: server RSS growth per 1,000 events, over all reading",
+                figure("stalled", "rss_growth_kib_per_1000_events"),
+                STALL_RSS_GOAL_KIB,
+                at_least=False,
+                unit="KiB",
+            ),
+        ]
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 10 else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def _mib(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / 2**20:.1f} MiB"
+
+
+def _number(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Columns padded to their widest cell: the first left-aligned, the others right."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
+        return "  ".join([first, *rest]).rstrip()
+
+    return [line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]
+
+
+# Titles and notes are wrapped to this width; tables are as wide as they need.
+NOTE_WIDTH = 100
+ROW_HEADER = ("", "per s", "p50 ms", "p99 ms", "max ms", "server RSS", "CPU us/ev", "/ base")
+
+
+def scenario_lines(result: ScenarioResult) -> list[str]:
+    cells = []
+    for row in result.rows:
+        latency = row.latency
+        cells.append(
+            [
+                row.label,
+                _rate(row.rate),
+                _ms(latency.p50 if latency else None),
+                _ms(latency.p99 if latency else None),
+                _ms(latency.max if latency else None),
+                _mib(row.rss),
+                _number(row.cpu_us, 1),
+                _number(row.ratio),
+            ]
+        )
+    lines = textwrap.wrap(f"{result.number}. {result.title}", NOTE_WIDTH, subsequent_indent="   ")
+    lines += ["  " + line for line in format_table(ROW_HEADER, cells)]
+    notes = [f"{row.label}: {row.note}" for row in result.rows if row.note] + result.notes
+    for note in notes:
+        lines += textwrap.wrap(note, NOTE_WIDTH, initial_indent="  ", subsequent_indent="    ")
+    return lines
+
+
+def target_lines(found: Sequence[Target]) -> list[str]:
+    cells = []
+    for target in found:
+        sign = ">=" if target.at_least else "<="
+        met = {True: "met", False: "MISSED", None: "n/a"}[target.met]
+        digits = 0 if target.goal >= 1000 else 2
+        cells.append(
+            [
+                target.text,
+                fmt(target.measured, f",.{digits}f", f" {target.unit}".rstrip()),
+                f"{sign} {_number(target.goal, digits)} {target.unit}".strip(),
+                met,
+            ]
+        )
+    return ["Targets", *("  " + line for line in format_table(("", "measured", "goal", ""), cells))]
+
+
+def render(results: Sequence[ScenarioResult], found: Sequence[Target], header: str) -> str:
+    blocks = [header]
+    blocks += ["\n".join(scenario_lines(result)) for result in results]
+    if found:
+        blocks.append("\n".join(target_lines(found)))
+    return "\n\n".join(blocks) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON and the plot
+
+
+def to_json(
+    results: Sequence[ScenarioResult], found: Sequence[Target], meta: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "meta": meta,
+        "scenarios": {result.key: asdict(result) for result in results},
+        "targets": {target.key: {**asdict(target), "met": target.met} for target in found},
+    }
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+class PlotUnavailable(Exception):
+    """matplotlib is not installed."""
+
+
+PLOT_HINT = "--plot needs matplotlib: pip install 'peat-sync[plot]'"
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot, drawing to files only; PlotUnavailable when not installed.
+    Imported by name: matplotlib is an optional dependency, absent from most installs."""
+    try:
+        matplotlib = importlib.import_module("matplotlib")
+    except ImportError:
+        raise PlotUnavailable(PLOT_HINT) from None
+    matplotlib.use("Agg")
+    return importlib.import_module("matplotlib.pyplot")
+
+
+def check_plotting() -> None:
+    """Raise PlotUnavailable unless matplotlib can be imported (checked before the run)."""
+    _pyplot()
+
+
+def plot(fanout: ScenarioResult, path: Path) -> None:
+    """One PNG: latency p50/p99 (left axis, log) and aggregate delivered events/s (right
+    axis) against the number of subscribers, from the fan-out scenario."""
+    plt = _pyplot()
+    points = fanout.figures["points"]
+    subscribers = [point["subscribers"] for point in points]
+    figure, latency_axis = plt.subplots(figsize=(7, 4.5), dpi=120)
+    latency_axis.plot(subscribers, [p["p50_ms"] for p in points], "o-", label="latency p50")
+    latency_axis.plot(subscribers, [p["p99_ms"] for p in points], "s-", label="latency p99")
+    latency_axis.set_xscale("log")
+    latency_axis.set_yscale("log")
+    latency_axis.set_xlabel("subscribers")
+    latency_axis.set_ylabel("put-to-delivery latency (ms)")
+    latency_axis.set_xticks(subscribers, [str(s) for s in subscribers])
+    latency_axis.xaxis.set_minor_locator(plt.NullLocator())
+    plain = plt.FuncFormatter(lambda value, _: f"{value:,.4g}")
+    latency_axis.yaxis.set_major_formatter(plain)
+    latency_axis.yaxis.set_minor_locator(plt.LogLocator(subs=(2, 5)))
+    latency_axis.yaxis.set_minor_formatter(plain)
+    rate_axis = latency_axis.twinx()
+    rate_axis.plot(
+        subscribers,
+        [p["events_per_s"] for p in points],
+        "^--",
+        color="tab:green",
+        label="delivered events/s (all subscribers)",
+    )
+    rate_axis.set_ylabel("delivered events/s")
+    rate_axis.set_ylim(bottom=0)
+    rate_axis.yaxis.set_major_formatter(plt.FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    handles = latency_axis.get_legend_handles_labels()
+    rate_handles = rate_axis.get_legend_handles_labels()
+    latency_axis.legend(handles[0] + rate_handles[0], handles[1] + rate_handles[1], loc="best")
+    latency_axis.set_title("peat-sync bench, fan-out: latency and throughput by subscribers")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

@@ -1,0 +1,74 @@
+"""What `peat-sync bench` runs, and how much: the scenarios' names and one-line summaries,
+and the sizes of a full run and of a --quick one.
+
+Only data, and no import of grpcio: the `peat-sync` command line imports this for its help,
+and `peat-sync serve` must not load the client library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The scenarios in the order they run, numbered from 1, as issue 5 lists them.
+SCENARIO_SUMMARIES = {
+    "put": "unary PutDocument calls/s from concurrent clients, / bare grpclib",
+    "subscribe": "events/s one Subscribe stream reads, / bare grpclib",
+    "fanout": "events/s delivered live to 1, 10, 100 subscribers, CPU per event",
+    "latency": "put-to-delivery p50/p99/max at 1,000 events/s, 10 subscribers",
+    "stalled": "1 of 10 subscribers SIGSTOPped: the others' p99, RSS, its catch-up",
+    "replay": "reconnect 100,000 events behind: Subscribe and SubscribeBatched",
+    "idle": "server RSS with 1,000 idle subscribers",
+    "batched": "WriteDocuments docs/s and SubscribeBatched replay events/s",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """How much each scenario does. The defaults keep a full run to a few minutes."""
+
+    runs: int = 3
+    put_count: int = 6_000  # PutDocument calls per run
+    put_clients: int = 16
+    stream_events: int = 50_000  # events the one subscriber of scenario 2 reads per run
+    fanout: tuple[int, ...] = (1, 10, 100)
+    fanout_events: int = 20_000  # events written per fan-out run ...
+    fanout_deliveries: int = 300_000  # ... but no more than this many deliveries in all
+    streams_per_process: int = 10  # subscriber streams per worker process
+    rate: int = 1000  # events/s of scenarios 4 and 5
+    latency_subscribers: int = 10
+    latency_seconds: float = 8.0
+    stall_warmup: float = 4.0
+    stall_seconds: float = 8.0
+    stall_after: float = 2.0
+    stall_replay_log: int = 2000
+    replay_events: int = 100_000
+    idle_subscribers: int = 1000
+    idle_processes: int = 4
+    write_count: int = 100_000  # documents per WriteDocuments run
+    write_batch: int = 1000
+    write_clients: int = 4
+
+
+QUICK = Sizes(
+    runs=1,
+    put_count=300,
+    put_clients=4,
+    stream_events=2000,
+    fanout=(1, 4),
+    fanout_events=500,
+    fanout_deliveries=2000,
+    streams_per_process=4,
+    rate=500,
+    latency_subscribers=3,
+    latency_seconds=1.0,
+    stall_warmup=1.5,
+    stall_seconds=2.0,
+    stall_after=0.5,
+    stall_replay_log=200,
+    replay_events=3000,
+    idle_subscribers=20,
+    idle_processes=2,
+    write_count=3000,
+    write_batch=500,
+    write_clients=2,
+)
