@@ -10,7 +10,7 @@ In one run, on this machine:
 3. live: a grpcio subscriber follows while the writers commit EVENTS more (events/s; this is
    bounded by the write rate, which is reported beside it);
 4. baseline: the same subscriber reads EVENTS messages of the same shape from a bare grpclib
-   server on plain asyncio (benchmarks/baseline_server.py), median of RUNS;
+   server on plain asyncio (peat_sync/bench/baseline.py), median of RUNS;
 and prints each figure with its ratio to the baseline. Figures from a shared machine are
 noisy: compare the ratios, which are measured side by side.
 """
@@ -169,7 +169,7 @@ def main() -> None:
 
         base_port = free_port()
         baseline_server = start(
-            [sys.executable, str(HERE / "baseline_server.py"), str(base_port)], "serving on"
+            [sys.executable, "-m", "peat_sync.bench.baseline", str(base_port)], "serving on"
         )
         try:
             baseline = []
