@@ -221,8 +221,10 @@ class ResilientSubscription:
                 )
             )
             try:
-                await stream.__aenter__()
-                await stream.send_message(request, end=True)
+                # A peer that accepts the connection but never answers must not hang here.
+                async with asyncio.timeout(self._silence_timeout):
+                    await stream.__aenter__()
+                    await stream.send_message(request, end=True)
             except CALL_FAILURES as exc:
                 await _abandon(stream)
                 error = client_error(exc, self._client.address)

@@ -428,7 +428,9 @@ def test_mirrors_equal_the_store_after_a_random_run(
             mirrors: dict[str, tuple[Mirror, Collection[str], list[AppliedChange]]] = {}
             for name, chosen in MIRRORS.items():
                 mirror = await stack.enter_async_context(
-                    mirror_client.mirror(chosen, backoff=FAST_BACKOFF)
+                    # Heartbeats come every 200 ms: a connection made through the cut link,
+                    # which never answers, is given up after 2 s rather than 30.
+                    mirror_client.mirror(chosen, backoff=FAST_BACKOFF, silence_timeout=2.0)
                 )
                 # Registered before the mirror's task first runs: it sees every change.
                 changes = await stack.enter_async_context(mirror.changes())
