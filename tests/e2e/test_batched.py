@@ -41,14 +41,12 @@ from tests.e2e.conftest import (
     wait_for_subscribers,
 )
 from tests.e2e.test_subscribe import (
-    MAX_STALL_WRITES,
     SLOW_SERVER_ARGS,
-    WRITES_WHILE_STALLED,
     assert_contiguous,
     assert_lag_logged,
     doc_id_of,
     padded,
-    stalled,
+    write_until_stalled,
 )
 
 # The deadline of every stream here: far more than any of these tests takes.
@@ -437,13 +435,7 @@ def test_stalled_batched_reader_catches_up_from_the_store(
     try:
         with batched_subscription(reader, collections=["lag"]) as subscription:
             wait_for_subscribers(writer, 1)
-            # grpcio reads ahead a few MB for a stream nobody reads: write past that, until
-            # the server's send blocks and the subscriber overflows for good.
-            head = streak = 0
-            while streak < WRITES_WHILE_STALLED:
-                assert head < MAX_STALL_WRITES, f"no lasting stall:\n{server.log}"
-                head = put(writer, "lag", doc_id_of(head + 1), document)
-                streak = streak + 1 if stalled(server.log) else 0
+            head = write_until_stalled(server, writer, document)
             assert status(writer)["lag_events"] >= 1
             events = subscription.until(
                 lambda event: event.sequence == head and event.change_type == CATCH_UP_END

@@ -381,6 +381,19 @@ def test_stalled_grpclib_subscriber_beyond_the_kept_history_gets_resync(
     assert reconcile(events, relists) == store
 
 
+def write_until_stalled(server: ServerProcess, writer: GrpcioClient, document: str) -> int:
+    """Put documents to "lag" until a subscriber nobody reads stays stalled; returns the head.
+
+    grpcio reads ahead a few MB for a stream nobody reads: write past that, until the
+    server's send blocks and the subscriber overflows for good."""
+    head = streak = 0
+    while streak < WRITES_WHILE_STALLED:
+        assert head < MAX_STALL_WRITES, f"no lasting stall:\n{server.log}"
+        head = put(writer, "lag", doc_id_of(head + 1), document)
+        streak = streak + 1 if stalled(server.log) else 0
+    return head
+
+
 def test_stalled_grpcio_subscriber_catches_up_from_the_store(
     start_server: StartServer, grpcio_api: GrpcioApi
 ) -> None:
@@ -391,13 +404,7 @@ def test_stalled_grpcio_subscriber_catches_up_from_the_store(
     try:
         with grpcio_subscription(reader, collections=["lag"]) as subscription:
             wait_for_subscribers(writer, 1)
-            # grpcio reads ahead about 4 MB for a stream nobody reads; write past that without
-            # reading, until the server's send blocks and the subscriber overflows.
-            head = streak = 0
-            while streak < WRITES_WHILE_STALLED:
-                assert head < MAX_STALL_WRITES, f"no lasting stall:\n{server.log}"
-                head = put(writer, "lag", doc_id_of(head + 1), document)
-                streak = streak + 1 if stalled(server.log) else 0
+            head = write_until_stalled(server, writer, document)
             described = status(writer)
             assert described["head_sequence"] == head
             assert described["lag_events"] >= 1, "the overflow is counted"
