@@ -220,7 +220,7 @@ def test_after_a_resync_changes_are_only_the_differences(
                 ("gone", None, head),
                 ("new", {"v": 1}, head),
             ]
-            assert RESYNC_COMPACTED in server.log
+            await eventually(lambda: RESYNC_COMPACTED in server.log, what="the RESYNC's log line")
 
     run_scenario(scenario, timeout=20)
 
@@ -343,7 +343,8 @@ def test_an_interrupted_catch_up_starts_again(
             (f"d{number}", history.head) for number in range(1, 9)
         ]
         # The catch-up was asked for twice from the same position.
-        assert server.log.count(f"since: {position}, snapshot: yes") == 2
+        asked = f"since: {position}, snapshot: yes"
+        await eventually(lambda: server.log.count(asked) == 2, what=f"two requests {asked!r}")
 
     run_scenario(scenario, timeout=20)
 
@@ -417,7 +418,12 @@ def test_mirrors_equal_the_store_after_a_random_run(
                 await mirror.wait_for(history.head)
             if kind in expected:
                 line, count = expected[kind]
-                assert server.log.count(line) >= count, f"{kind}: fewer than {count} {line!r}"
+                # The server logged the line before it sent the stream; the thread reading its
+                # log may not have read it yet.
+                await eventually(
+                    lambda: server.log.count(line) >= count,
+                    what=f"{kind}: {count} lines {line!r} in the server's log",
+                )
 
         async with (
             Link(socket_dir / "link.sock", server) as link,
