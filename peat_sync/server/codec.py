@@ -3,6 +3,7 @@ message classes for the messages where the generated pure-Python code costs most
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,31 +46,55 @@ def native_message_class(name: str) -> type[Message]:
     return message_factory.GetMessageClass(descriptor)
 
 
-# Bytes of gRPC messages handed to HTTP/2 at once; a few frames' worth.
+# Bytes of gRPC messages handed to HTTP/2 at once, when messages share frames; a few frames'
+# worth.
 SEND_CHUNK_BYTES = 64 * 1024
+# A paced stream yields to the event loop after this many messages, each its own write.
+PACE_EVERY = 4
 
 
-async def send_encoded(stream: grpclib.server.Stream[Any, Any], payloads: Iterable[bytes]) -> None:
+async def send_encoded(
+    stream: grpclib.server.Stream[Any, Any], payloads: Iterable[bytes], *, paced: bool = False
+) -> None:
     """Asyncio-flavoured: send each of `payloads`, an encoded message, as one gRPC message.
 
-    `Stream.send_message` costs an HTTP/2 DATA frame and a socket write per message, which was
-    a third of the server's CPU per event streamed to a fast Subscribe reader. Here messages
-    share frames and writes: the first goes through `send_message` (headers and grpclib's
-    bookkeeping), the rest, each behind its 5-byte gRPC prefix (not compressed, length), go
-    to the HTTP/2 stream in chunks of about `SEND_CHUNK_BYTES`, under the same flow control.
+    `Stream.send_message` costs an HTTP/2 DATA frame and a socket write per message, which
+    was a third of the server's CPU per event streamed to a fast Subscribe reader. Here the
+    first message goes through `send_message` (headers and grpclib's bookkeeping), and the
+    rest, each behind its 5-byte gRPC prefix (not compressed, length), go straight to the
+    HTTP/2 stream, under the same flow control:
+
+    - by default they share frames and writes, in chunks of about `SEND_CHUNK_BYTES`: a
+      tenth of the server's CPU per message;
+    - `paced`, each is a write of its own, with a yield to the event loop after every
+      `PACE_EVERY`. grpcio readers (sync and asyncio alike) read a stream of small messages
+      about 1.6 times faster when they arrive spread out like this, as bare grpclib sends
+      them, than in bursts of shared frames (measured: 20k against 12k events/s).
     """
     remaining = iter(payloads)
     first = next(remaining, None)
     if first is None:
         return
     await stream.send_message(Encoded(first))
+    send_data = stream._stream.send_data  # grpclib has no public way
+    if paced:
+        for count, payload in enumerate(remaining, 1):
+            await send_data(_prefix(payload) + payload)
+            if count % PACE_EVERY == 0:
+                await asyncio.sleep(0)
+        return
     chunk: list[bytes] = []
     size = 0
     for payload in remaining:
-        chunk += (b"\x00" + len(payload).to_bytes(4, "big"), payload)
+        chunk += (_prefix(payload), payload)
         size += len(payload)
         if size >= SEND_CHUNK_BYTES:
-            await stream._stream.send_data(b"".join(chunk))  # grpclib has no public way
+            await send_data(b"".join(chunk))
             chunk, size = [], 0
     if chunk:
-        await stream._stream.send_data(b"".join(chunk))
+        await send_data(b"".join(chunk))
+
+
+def _prefix(payload: bytes) -> bytes:
+    """The gRPC message prefix: not compressed, then the length."""
+    return b"\x00" + len(payload).to_bytes(4, "big")

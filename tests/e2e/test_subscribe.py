@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import json
 import re
 from typing import Any
 
 import grpclib.client
+import pytest
 
 from peat_sync.generated.peat.sidecar import v1 as pb
+from peat_sync.server.service import PACED_STREAMS
 from tests.conftest import GrpcioApi, ServerProcess, StartServer
 from tests.e2e.conftest import (
     CALL_TIMEOUT,
@@ -491,3 +495,30 @@ def test_disconnected_subscribers_are_cleaned_up(
     assert get(client, "a", "after") == ('{"ok": true}', sequence)
     with grpcio_subscription(client, since_sequence=sequence - 1) as subscription:
         assert subscription.next().sequence == sequence
+
+
+@pytest.mark.parametrize("subscribers", [1, PACED_STREAMS + 1])
+def test_paced_and_frame_sharing_streams_deliver_the_same(
+    grpcio_client: GrpcioClient, subscribers: int
+) -> None:
+    """Up to PACED_STREAMS subscribers, each message is a write of its own; beyond, messages
+    share HTTP/2 frames (and cross frame boundaries). Each subscriber replays 600 documents
+    of 200+ bytes, several chunks' worth, exactly either way."""
+    client = grpcio_client
+    count = 600
+    padding = "x" * 200
+    for number in range(count):
+        put(client, "a", doc_id_of(number), json.dumps({"n": number, "padding": padding}))
+    subscriptions = [
+        grpcio_subscription(client, collections=["a"], since_sequence=0) for _ in range(subscribers)
+    ]
+    with contextlib.ExitStack() as stack:
+        opened = [stack.enter_context(subscription) for subscription in subscriptions]
+        wait_for_subscribers(client, subscribers)
+        for subscription in opened:
+            events = subscription.take(count)
+            assert [event.sequence for event in events] == list(range(1, count + 1))
+            assert [event.doc_id for event in events] == [doc_id_of(n) for n in range(count)]
+            assert [json.loads(event.json_data or "") for event in events] == [
+                {"n": n, "padding": padding} for n in range(count)
+            ]
