@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -15,14 +16,16 @@ from peat_sync.node.errors import LimitExceeded, RequestError
 from peat_sync.node.events import ChangeEvent
 from peat_sync.node.feed import ChangeFeed
 from peat_sync.node.history import History, read_store
-from peat_sync.node.producer import Producer
+from peat_sync.node.producer import Producer, WriteCallback
 from peat_sync.node.replay_log import ReplayLog
 from peat_sync.node.retention import purge_expired_tombstones, run_tombstone_retention
 from peat_sync.node.subscription import Subscription
 from peat_sync.node.validation import check_document, check_name
-from peat_sync.store import Mutation, SQLiteStore, Store, StoredDocument
+from peat_sync.store import Change, Mutation, SQLiteStore, Store, StoredDocument
 
 log = logging.getLogger("peat_sync.node")
+
+T = TypeVar("T")
 
 # The published-batch channel between producer and feed: a few batches in flight let the
 # producer commit the next batch while the feed fans out the previous one.
@@ -99,40 +102,53 @@ class Node:
 
     async def put(self, collection: str, doc_id: str, json_data: str) -> int:
         """Store a JSON object; returns the sequence it was committed at."""
-        check_name("collection", collection)
-        check_name("doc_id", doc_id)
-        check_document(json_data, self.config.max_document_bytes)
-        (change,) = await self._producer.write([Mutation(collection, doc_id, json_data)])
+        (change,) = await self._producer.write([_put(collection, doc_id, json_data, self.config)])
         assert change is not None
         return change.sequence
 
     async def delete(self, collection: str, doc_id: str) -> int:
         """Delete a document; returns the sequence of the delete, or 0 if it did not exist."""
-        check_name("collection", collection)
-        check_name("doc_id", doc_id)
-        (change,) = await self._producer.write([Mutation(collection, doc_id, None)])
+        (change,) = await self._producer.write([_delete(collection, doc_id)])
         return 0 if change is None else change.sequence
 
     async def write(self, mutations: Sequence[Mutation]) -> list[int]:
         """Commit puts and deletes atomically, in order: all of them or none. Returns the
         sequence of each, 0 for the delete of a document that did not exist."""
-        if len(mutations) > MAX_WRITES:
-            raise LimitExceeded(
-                f"{len(mutations)} writes in one request; the limit is {MAX_WRITES}:"
-                " split them into several requests"
-            )
-        for index, mutation in enumerate(mutations):
-            try:
-                check_name("collection", mutation.collection)
-                check_name("doc_id", mutation.doc_id)
-                if mutation.json_data is not None:
-                    check_document(mutation.json_data, self.config.max_document_bytes)
-            except RequestError as exc:  # name the write at fault; nothing is committed
-                raise type(exc)(f"writes[{index}]: {exc}") from None
+        _check_writes(mutations, self.config)
         if not mutations:
             return []
-        changes = await self._producer.write(mutations)
-        return [0 if change is None else change.sequence for change in changes]
+        return _sequences(await self._producer.write(mutations))
+
+    # The same writes without waiting, for callers outside trio: the asyncio gRPC handlers,
+    # which would otherwise start a trio task per call. Each checks its request (raising
+    # `RequestError`) and queues it; `done` gets what the waiting twin returns or raises,
+    # once committed. They raise `trio.WouldBlock` when the queue is full: then wait, with
+    # the twin.
+
+    def put_nowait(
+        self,
+        collection: str,
+        doc_id: str,
+        json_data: str,
+        done: Callable[[int | BaseException], None],
+    ) -> None:
+        mutation = _put(collection, doc_id, json_data, self.config)
+        self._producer.write_nowait([mutation], _then(done, lambda changes: _sequences(changes)[0]))
+
+    def delete_nowait(
+        self, collection: str, doc_id: str, done: Callable[[int | BaseException], None]
+    ) -> None:
+        mutation = _delete(collection, doc_id)
+        self._producer.write_nowait([mutation], _then(done, lambda changes: _sequences(changes)[0]))
+
+    def write_nowait(
+        self, mutations: Sequence[Mutation], done: Callable[[list[int] | BaseException], None]
+    ) -> None:
+        _check_writes(mutations, self.config)
+        if not mutations:
+            done([])
+            return
+        self._producer.write_nowait(mutations, _then(done, _sequences))
 
     async def get(self, collection: str, doc_id: str) -> StoredDocument | None:
         check_name("collection", collection)
@@ -188,6 +204,51 @@ class Node:
     def _stop(self) -> None:
         self._producer.close()
         self._retention_scope.cancel()
+
+
+def _put(collection: str, doc_id: str, json_data: str, config: NodeConfig) -> Mutation:
+    check_name("collection", collection)
+    check_name("doc_id", doc_id)
+    check_document(json_data, config.max_document_bytes)
+    return Mutation(collection, doc_id, json_data)
+
+
+def _delete(collection: str, doc_id: str) -> Mutation:
+    check_name("collection", collection)
+    check_name("doc_id", doc_id)
+    return Mutation(collection, doc_id, None)
+
+
+def _check_writes(mutations: Sequence[Mutation], config: NodeConfig) -> None:
+    if len(mutations) > MAX_WRITES:
+        raise LimitExceeded(
+            f"{len(mutations)} writes in one request; the limit is {MAX_WRITES}:"
+            " split them into several requests"
+        )
+    for index, mutation in enumerate(mutations):
+        try:
+            if mutation.json_data is None:
+                _delete(mutation.collection, mutation.doc_id)
+            else:
+                _put(mutation.collection, mutation.doc_id, mutation.json_data, config)
+        except RequestError as exc:  # name the write at fault; nothing is committed
+            raise type(exc)(f"writes[{index}]: {exc}") from None
+
+
+def _sequences(changes: Sequence[Change | None]) -> list[int]:
+    """The sequence of each change, 0 for a write that changed nothing."""
+    return [0 if change is None else change.sequence for change in changes]
+
+
+def _then(
+    done: Callable[[T | BaseException], None], convert: Callable[[list[Change | None]], T]
+) -> WriteCallback:
+    """A producer callback that hands `done` the converted changes, or the error."""
+
+    def converted(outcome: list[Change | None] | BaseException) -> None:
+        done(outcome if isinstance(outcome, BaseException) else convert(outcome))
+
+    return converted
 
 
 @asynccontextmanager

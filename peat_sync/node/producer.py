@@ -9,8 +9,8 @@ sequences. One fsync serves the whole batch, and an acknowledged write is always
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import trio
 
@@ -25,12 +25,14 @@ log = logging.getLogger("peat_sync.producer")
 QUEUE_CAPACITY = 4096
 
 
+# Told the outcome of a queued write: its changes, or the error that failed it.
+WriteCallback = Callable[["list[Change | None] | BaseException"], None]
+
+
 @dataclass(slots=True)
 class _QueuedWrite:
     mutations: Sequence[Mutation]
-    done: trio.Event = field(default_factory=trio.Event)
-    changes: list[Change | None] | None = None
-    error: BaseException | None = None
+    done: WriteCallback
 
 
 class Producer:
@@ -45,16 +47,32 @@ class Producer:
         Returns one entry per mutation: its committed change, or None when it changed
         nothing (the delete of an absent document).
         """
-        queued = _QueuedWrite(mutations)
+        committed = trio.Event()
+        outcome: list[Change | None] | BaseException = []
+
+        def done(result: list[Change | None] | BaseException) -> None:
+            nonlocal outcome
+            outcome = result
+            committed.set()
+
         try:
-            await self._send.send(queued)
+            await self._send.send(_QueuedWrite(mutations, done))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise NodeClosed("the node is shutting down; retry against a running node") from None
-        await queued.done.wait()
-        if queued.error is not None:
-            raise queued.error
-        assert queued.changes is not None
-        return queued.changes
+            raise _closed() from None
+        await committed.wait()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def write_nowait(self, mutations: Sequence[Mutation], done: WriteCallback) -> None:
+        """Queue `mutations` without waiting, from any task of the node's trio run (asyncio
+        callbacks under trio-asyncio included); `done` gets the outcome, as `write` returns
+        or raises it. Raises `trio.WouldBlock` when the queue is full. It spares a caller
+        outside trio the trio task a `write` would need."""
+        try:
+            self._send.send_nowait(_QueuedWrite(mutations, done))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise _closed() from None
 
     def close(self) -> None:
         """Take no new writes; the producer commits what is queued, then stops."""
@@ -100,14 +118,16 @@ class Producer:
                     await self._commit([queued], publish)
                 return
             log.error("commit of %d changes failed, none stored: %s", len(mutations), exc)
-            batch[0].error = StoreUnavailable(f"the store could not commit the write: {exc}")
-            batch[0].done.set()
+            batch[0].done(StoreUnavailable(f"the store could not commit the write: {exc}"))
             return
         events = [ChangeEvent.from_change(change) for change in changes if change is not None]
         if events:
             await publish.send(events)
         offset = 0
         for queued in batch:
-            queued.changes = changes[offset : offset + len(queued.mutations)]
+            queued.done(changes[offset : offset + len(queued.mutations)])
             offset += len(queued.mutations)
-            queued.done.set()
+
+
+def _closed() -> NodeClosed:
+    return NodeClosed("the node is shutting down; retry against a running node")

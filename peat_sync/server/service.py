@@ -6,10 +6,11 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import grpclib.const
 import grpclib.server
+import trio
 from grpclib import GRPCError
 from grpclib.const import Status
 
@@ -24,16 +25,21 @@ from peat_sync.node import (
     StoreUnavailable,
 )
 from peat_sync.server import typed
-from peat_sync.server.adapter import BatchPump, call_trio
+from peat_sync.server.adapter import BatchPump, call_nowait, call_trio
 from peat_sync.server.codec import native_message_class, send_encoded
 from peat_sync.store import Mutation
 
 log = logging.getLogger("peat_sync.service")
 
+T = TypeVar("T")
+
 GET_STATUS = "/peat.sidecar.v1.PeatSidecar/GetStatus"
 SUBSCRIBE = "/peat.sidecar.v1.PeatSidecar/Subscribe"
 SUBSCRIBE_BATCHED = "/peat.sidecar.v1.PeatSidecar/SubscribeBatched"
+PUT_DOCUMENT = "/peat.sidecar.v1.PeatSidecar/PutDocument"
 WRITE_DOCUMENTS = "/peat.sidecar.v1.PeatSidecar/WriteDocuments"
+PutDocumentRequest = native_message_class("PutDocumentRequest")
+PutDocumentResponse = native_message_class("PutDocumentResponse")
 WriteDocumentsRequest = native_message_class("WriteDocumentsRequest")
 WriteDocumentsResponse = native_message_class("WriteDocumentsResponse")
 # Events taken from a subscription per crossing into trio.
@@ -119,11 +125,13 @@ class SidecarService(pb.PeatSidecarBase):
         mapping[SUBSCRIBE_BATCHED] = mapping[SUBSCRIBE_BATCHED]._replace(
             func=functools.partial(self._subscribe, frame=_batched)
         )
-        mapping[WRITE_DOCUMENTS] = mapping[WRITE_DOCUMENTS]._replace(
-            func=self._write_documents,
-            request_type=WriteDocumentsRequest,
-            reply_type=WriteDocumentsResponse,
-        )
+        for name, func, request_type, reply_type in (
+            (PUT_DOCUMENT, self._put_document, PutDocumentRequest, PutDocumentResponse),
+            (WRITE_DOCUMENTS, self._write_documents, WriteDocumentsRequest, WriteDocumentsResponse),
+        ):
+            mapping[name] = mapping[name]._replace(
+                func=func, request_type=request_type, reply_type=reply_type
+            )
         return {
             name: handler._replace(
                 func=_translating_errors(
@@ -191,12 +199,6 @@ class SidecarService(pb.PeatSidecarBase):
 
     # Documents ---------------------------------------------------------------------------
 
-    async def put_document(self, message: pb.PutDocumentRequest) -> pb.PutDocumentResponse:
-        sequence = await call_trio(
-            self.node.put, message.collection, message.doc_id, message.json_data
-        )
-        return pb.PutDocumentResponse(sequence=sequence)
-
     async def get_document(self, message: pb.GetDocumentRequest) -> pb.GetDocumentResponse:
         document = await call_trio(self.node.get, message.collection, message.doc_id)
         if document is None:
@@ -204,15 +206,29 @@ class SidecarService(pb.PeatSidecarBase):
         return pb.GetDocumentResponse(json_data=document.json_data, sequence=document.sequence)
 
     async def delete_document(self, message: pb.DeleteDocumentRequest) -> pb.DeleteDocumentResponse:
-        sequence = await call_trio(self.node.delete, message.collection, message.doc_id)
+        node = self.node
+        sequence = await _committed(
+            node.delete_nowait, node.delete, message.collection, message.doc_id
+        )
         return pb.DeleteDocumentResponse(sequence=sequence)
 
     async def list_documents(self, message: pb.ListDocumentsRequest) -> pb.ListDocumentsResponse:
         doc_ids = await call_trio(self.node.list_ids, message.collection)
         return pb.ListDocumentsResponse(doc_ids=doc_ids)
 
+    # Decoded and answered with the runtime's C message classes (see codec.py): the writes'
+    # share of the server's CPU.
+
+    async def _put_document(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        node = self.node
+        sequence = await _committed(
+            node.put_nowait, node.put, request.collection, request.doc_id, request.json_data
+        )
+        await stream.send_message(PutDocumentResponse(sequence=sequence))
+
     async def _write_documents(self, stream: grpclib.server.Stream[Any, Any]) -> None:
-        # Decoded and answered with the runtime's C message classes (see codec.py).
         request = await stream.recv_message()
         assert request is not None
         mutations = [
@@ -223,7 +239,8 @@ class SidecarService(pb.PeatSidecarBase):
             )
             for write in request.writes
         ]
-        sequences = await call_trio(self.node.write, mutations)
+        node = self.node
+        sequences = await _committed(node.write_nowait, node.write, mutations)
         await stream.send_message(WriteDocumentsResponse(sequences=sequences))
 
     # Typed collections -------------------------------------------------------------------
@@ -234,7 +251,10 @@ class SidecarService(pb.PeatSidecarBase):
         doc_id = getattr(message, "id", "")
         if not doc_id:
             raise InvalidRequest(f"{name}.id must not be empty")
-        return await call_trio(self.node.put, collection, doc_id, typed.to_json(message, name))
+        node = self.node
+        return await _committed(
+            node.put_nowait, node.put, collection, doc_id, typed.to_json(message, name)
+        )
 
     async def _get_typed(self, message_type: type[typed.M]) -> list[typed.M]:
         documents = await call_trio(self.node.list_documents, typed.COLLECTIONS[message_type])
@@ -326,6 +346,17 @@ class SidecarService(pb.PeatSidecarBase):
                     subscription.name,
                     subscription.position,
                 )
+
+
+async def _committed(
+    nowait: Callable[..., None], wait: Callable[..., Awaitable[T]], *args: Any
+) -> T:
+    """Asyncio-flavoured: a write of the node, queued without a trio task (`nowait`), or,
+    when the write queue is full, through its waiting twin (`wait`)."""
+    try:
+        return await call_nowait(functools.partial(nowait, *args))
+    except trio.WouldBlock:
+        return cast(T, await call_trio(wait, *args))
 
 
 def _one_per_message(events: list[ChangeEvent]) -> Iterator[bytes]:

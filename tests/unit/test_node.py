@@ -800,6 +800,43 @@ async def test_writes_after_the_node_closed_are_refused(tmp_path: Path) -> None:
             await node.put("c", "d", "{}")
 
 
+async def test_writes_without_waiting_report_their_outcome_to_the_callback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`put_nowait`, `delete_nowait` and `write_nowait` check the request at once, queue it,
+    and hand `done` what the waiting twin would return or raise; a full queue raises
+    WouldBlock (the caller then waits), and a closed node NodeClosed."""
+    monkeypatch.setattr("peat_sync.node.producer.QUEUE_CAPACITY", 2)
+    outcomes: list[object] = []
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            await trio.testing.wait_all_tasks_blocked()
+            # Without a checkpoint in between: the producer, waiting, is handed the first
+            # write, the next two fill the queue.
+            node.put_nowait("c", "a", "{}", outcomes.append)
+            node.write_nowait([Mutation("c", "b", "{}"), Mutation("c", "a", None)], outcomes.append)
+            node.delete_nowait("c", "never-existed", outcomes.append)
+            with pytest.raises(trio.WouldBlock):
+                node.put_nowait("c", "d", "{}", outcomes.append)
+            with pytest.raises(InvalidRequest, match="doc_id"):
+                node.put_nowait("c", "", "{}", outcomes.append)
+            with pytest.raises(InvalidRequest, match=r"writes\[1\]: .*JSON"):
+                node.write_nowait(
+                    [Mutation("c", "x", "{}"), Mutation("c", "y", "nope")], outcomes.append
+                )
+            node.write_nowait([], outcomes.append)  # nothing to commit: done at once
+            assert outcomes == [[]]
+        # Leaving the block committed what was queued.
+        with pytest.raises(NodeClosed):
+            node.put_nowait("c", "late", "{}", outcomes.append)
+    assert outcomes == [[], 1, [2, 3], 0]
+    store = stored(tmp_path)
+    try:
+        assert store.list_ids("c") == ["b"]
+    finally:
+        store.close()
+
+
 async def test_a_live_subscriber_is_told_when_the_node_closes(tmp_path: Path) -> None:
     """A subscriber waiting for live events gets NodeClosed when the node shuts down."""
     outcome: list[BaseException] = []
