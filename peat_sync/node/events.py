@@ -13,7 +13,7 @@ from peat_sync.generated.peat.sidecar.v1 import ChangeType, DocumentChange, Resy
 from peat_sync.store import Change
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, for speed (see Mutation); immutable all the same
 class ChangeEvent:
     """One event of the feed. `encoded` is the serialized `DocumentChange`: the server sends
     these bytes as they are, so an event costs one encoding however many subscribers get it."""
@@ -29,11 +29,11 @@ class ChangeEvent:
         if change.json_data is None:
             change_type, json_data = ChangeType.DELETE, b""
         else:
-            change_type, json_data = ChangeType.UPSERT, _string(4, change.json_data)
+            change_type, json_data = ChangeType.UPSERT, _string(_JSON_DATA_TAG, change.json_data)
         encoded = b"".join(
             (
-                _string(1, change.collection),
-                _string(2, change.doc_id),
+                _string(_COLLECTION_TAG, change.collection),
+                _string(_DOC_ID_TAG, change.doc_id),
                 _CHANGE_TYPE_FIELD[change_type],
                 json_data,
                 _SEQUENCE_TAG,
@@ -84,6 +84,9 @@ class Progress:
 
 
 # Wire format: a field's tag is (number << 3) | type, with type 0 for a varint and 2 for bytes.
+_COLLECTION_TAG = bytes([1 << 3 | 2])
+_DOC_ID_TAG = bytes([2 << 3 | 2])
+_JSON_DATA_TAG = bytes([4 << 3 | 2])
 _SEQUENCE_TAG = bytes([5 << 3])
 _BATCH_ENTRY_TAG = bytes([1 << 3 | 2])
 _CHANGE_TYPE_FIELD = {
@@ -103,6 +106,6 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _string(number: int, text: str) -> bytes:
+def _string(tag: bytes, text: str) -> bytes:
     data = text.encode()
-    return bytes([number << 3 | 2]) + _varint(len(data)) + data
+    return tag + _varint(len(data)) + data

@@ -102,19 +102,19 @@ class Node:
 
     async def put(self, collection: str, doc_id: str, json_data: str) -> int:
         """Store a JSON object; returns the sequence it was committed at."""
-        (change,) = await self._producer.write([_put(collection, doc_id, json_data, self.config)])
+        (change,) = await self._producer.write([self._checked(collection, doc_id, json_data)])
         assert change is not None
         return change.sequence
 
     async def delete(self, collection: str, doc_id: str) -> int:
         """Delete a document; returns the sequence of the delete, or 0 if it did not exist."""
-        (change,) = await self._producer.write([_delete(collection, doc_id)])
+        (change,) = await self._producer.write([self._checked(collection, doc_id, None)])
         return 0 if change is None else change.sequence
 
     async def write(self, mutations: Sequence[Mutation]) -> list[int]:
         """Commit puts and deletes atomically, in order: all of them or none. Returns the
         sequence of each, 0 for the delete of a document that did not exist."""
-        _check_writes(mutations, self.config)
+        self._check_writes(mutations)
         if not mutations:
             return []
         return _sequences(await self._producer.write(mutations))
@@ -132,23 +132,43 @@ class Node:
         json_data: str,
         done: Callable[[int | BaseException], None],
     ) -> None:
-        mutation = _put(collection, doc_id, json_data, self.config)
+        mutation = self._checked(collection, doc_id, json_data)
         self._producer.write_nowait([mutation], _then(done, lambda changes: _sequences(changes)[0]))
 
     def delete_nowait(
         self, collection: str, doc_id: str, done: Callable[[int | BaseException], None]
     ) -> None:
-        mutation = _delete(collection, doc_id)
+        mutation = self._checked(collection, doc_id, None)
         self._producer.write_nowait([mutation], _then(done, lambda changes: _sequences(changes)[0]))
 
     def write_nowait(
         self, mutations: Sequence[Mutation], done: Callable[[list[int] | BaseException], None]
     ) -> None:
-        _check_writes(mutations, self.config)
+        self._check_writes(mutations)
         if not mutations:
             done([])
             return
         self._producer.write_nowait(mutations, _then(done, _sequences))
+
+    def _checked(self, collection: str, doc_id: str, json_data: str | None) -> Mutation:
+        """The write, once it passed the checks; a delete when `json_data` is None."""
+        check_name("collection", collection)
+        check_name("doc_id", doc_id)
+        if json_data is not None:
+            check_document(json_data, self.config.max_document_bytes)
+        return Mutation(collection, doc_id, json_data)
+
+    def _check_writes(self, mutations: Sequence[Mutation]) -> None:
+        if len(mutations) > MAX_WRITES:
+            raise LimitExceeded(
+                f"{len(mutations)} writes in one request; the limit is {MAX_WRITES}:"
+                " split them into several requests"
+            )
+        for index, mutation in enumerate(mutations):
+            try:
+                self._checked(mutation.collection, mutation.doc_id, mutation.json_data)
+            except RequestError as exc:  # name the write at fault; nothing is committed
+                raise type(exc)(f"writes[{index}]: {exc}") from None
 
     async def get(self, collection: str, doc_id: str) -> StoredDocument | None:
         check_name("collection", collection)
@@ -204,35 +224,6 @@ class Node:
     def _stop(self) -> None:
         self._producer.close()
         self._retention_scope.cancel()
-
-
-def _put(collection: str, doc_id: str, json_data: str, config: NodeConfig) -> Mutation:
-    check_name("collection", collection)
-    check_name("doc_id", doc_id)
-    check_document(json_data, config.max_document_bytes)
-    return Mutation(collection, doc_id, json_data)
-
-
-def _delete(collection: str, doc_id: str) -> Mutation:
-    check_name("collection", collection)
-    check_name("doc_id", doc_id)
-    return Mutation(collection, doc_id, None)
-
-
-def _check_writes(mutations: Sequence[Mutation], config: NodeConfig) -> None:
-    if len(mutations) > MAX_WRITES:
-        raise LimitExceeded(
-            f"{len(mutations)} writes in one request; the limit is {MAX_WRITES}:"
-            " split them into several requests"
-        )
-    for index, mutation in enumerate(mutations):
-        try:
-            if mutation.json_data is None:
-                _delete(mutation.collection, mutation.doc_id)
-            else:
-                _put(mutation.collection, mutation.doc_id, mutation.json_data, config)
-        except RequestError as exc:  # name the write at fault; nothing is committed
-            raise type(exc)(f"writes[{index}]: {exc}") from None
 
 
 def _sequences(changes: Sequence[Change | None]) -> list[int]:

@@ -38,6 +38,10 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder for every document: `json.loads` with an option builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def check_document(json_data: str, max_bytes: int) -> None:
     """Refuse a document that is not a JSON object, or that is larger than `max_bytes`."""
     size = _utf8_size("json_data", json_data)
@@ -47,7 +51,7 @@ def check_document(json_data: str, max_bytes: int) -> None:
             " (set by --max-document-bytes)"
         )
     try:
-        document = json.loads(json_data, parse_constant=_refuse_constant)
+        document = _DECODER.decode(json_data)
     except RecursionError:
         raise InvalidRequest("json_data is nested too deeply to parse") from None
     except ValueError as exc:

@@ -19,7 +19,6 @@ from peat_sync.config import ListenAddress, ServeConfig
 from peat_sync.generated.peat.sidecar.v1 import NodePhase
 from peat_sync.node import open_node
 from peat_sync.server.adapter import call_asyncio
-from peat_sync.server.codec import PreEncodingCodec
 from peat_sync.server.service import SidecarService
 from peat_sync.store.sqlite import StoreError
 
@@ -113,7 +112,7 @@ async def _grpc_server(
     the block. Yields `close`, which closes the server once: running calls are cancelled and
     get `SHUTDOWN_GRACE_SECONDS` to finish; the block's end calls it too."""
     # grpclib binds to the running asyncio loop, so it is built inside open_loop().
-    server = grpclib.server.Server(services, codec=PreEncodingCodec())
+    server = grpclib.server.Server(services)
     await call_asyncio(server.start, sock=sock)
     closed = False
 

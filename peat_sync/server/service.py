@@ -311,6 +311,7 @@ class SidecarService(pb.PeatSidecarBase):
                 request.since_sequence,
                 "yes" if request.snapshot else "no",
             )
+            await stream.send_initial_metadata()  # then each message is only its bytes
             pump = BatchPump(functools.partial(subscription.next_batch, SEND_BATCH))
             # Few streams: the server has CPU to spare, and readers take paced messages
             # faster; many: messages share frames, at a tenth of the server's CPU each.

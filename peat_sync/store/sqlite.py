@@ -50,6 +50,14 @@ class StoreError(Exception):
     """The data dir cannot be used; the message says why and what to do."""
 
 
+# A put: insert the document, or replace it (and revive it, if it was deleted).
+_UPSERT = (
+    "INSERT INTO documents (collection, doc_id, json_data, sequence) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (collection, doc_id) DO UPDATE SET json_data = excluded.json_data,"
+    " sequence = excluded.sequence, deleted_at = NULL"
+)
+
+
 class SQLiteStore:
     """The `Store` protocol on a SQLite file. Every method blocks: call it from a thread."""
 
@@ -169,8 +177,11 @@ class SQLiteStore:
             head = self._head
             now = time.time()
             changes: list[Change | None] = []
+            puts: list[tuple[str, str, str, int]] = []  # written in one executemany
             for mutation in mutations:
                 if mutation.json_data is None:
+                    db.executemany(_UPSERT, puts)
+                    puts.clear()
                     existing = db.execute(
                         "SELECT 1 FROM documents WHERE collection = ? AND doc_id = ?"
                         " AND json_data IS NOT NULL",
@@ -187,16 +198,11 @@ class SQLiteStore:
                     )
                 else:
                     head += 1
-                    db.execute(
-                        "INSERT INTO documents (collection, doc_id, json_data, sequence)"
-                        " VALUES (?, ?, ?, ?) ON CONFLICT (collection, doc_id) DO UPDATE SET"
-                        " json_data = excluded.json_data, sequence = excluded.sequence,"
-                        " deleted_at = NULL",
-                        (mutation.collection, mutation.doc_id, mutation.json_data, head),
-                    )
+                    puts.append((mutation.collection, mutation.doc_id, mutation.json_data, head))
                 changes.append(
                     Change(head, mutation.collection, mutation.doc_id, mutation.json_data)
                 )
+            db.executemany(_UPSERT, puts)
             if head != self._head:
                 db.execute("UPDATE meta SET value = ? WHERE key = 'head_sequence'", (str(head),))
         self._head = head
