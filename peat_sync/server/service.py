@@ -68,19 +68,6 @@ NO_MESH = (
 StreamHandler = Callable[[grpclib.server.Stream[Any, Any]], Awaitable[None]]
 
 
-def _translating_errors(handler: StreamHandler) -> StreamHandler:
-    """Turn the node's request errors into gRPC statuses with the node's message."""
-
-    @functools.wraps(handler)
-    async def translated(stream: grpclib.server.Stream[Any, Any]) -> None:
-        try:
-            await handler(stream)
-        except RequestError as exc:
-            raise GRPCError(_STATUS_OF[type(exc)], str(exc)) from None
-
-    return translated
-
-
 def _peer_name(stream: grpclib.server.Stream[Any, Any]) -> str:
     address = stream.peer.addr()
     if not address:
@@ -133,23 +120,25 @@ class SidecarService(pb.PeatSidecarBase):
                 func=func, request_type=request_type, reply_type=reply_type
             )
         return {
-            name: handler._replace(
-                func=_translating_errors(
-                    handler.func if name == GET_STATUS else self._once_attached(handler.func)
-                )
-            )
+            name: handler._replace(func=self._served(handler.func, needs_node=name != GET_STATUS))
             for name, handler in mapping.items()
         }
 
-    def _once_attached(self, handler: StreamHandler) -> StreamHandler:
-        """Fail with UNAVAILABLE until the node is attached, whether or not the RPC needs it."""
+    def _served(self, handler: StreamHandler, *, needs_node: bool) -> StreamHandler:
+        """`handler`, failing with UNAVAILABLE until the node is attached (whether or not the
+        RPC uses it) if it `needs_node`, and with the node's request errors turned into gRPC
+        statuses with the node's message."""
 
         @functools.wraps(handler)
-        async def gated(stream: grpclib.server.Stream[Any, Any]) -> None:
-            _ = self.node  # UNAVAILABLE until the node is attached
-            await handler(stream)
+        async def served(stream: grpclib.server.Stream[Any, Any]) -> None:
+            if needs_node and self._node is None:
+                raise GRPCError(Status.UNAVAILABLE, NODE_STARTING)
+            try:
+                await handler(stream)
+            except RequestError as exc:
+                raise GRPCError(_STATUS_OF[type(exc)], str(exc)) from None
 
-        return gated
+        return served
 
     # Lifecycle ---------------------------------------------------------------------------
 
