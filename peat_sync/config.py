@@ -161,6 +161,13 @@ SERVE_OPTIONS = (
         "events buffered per subscriber before it counts as lagging",
     ),
     Option(
+        "--max-subscribers",
+        positive_int,
+        "10000",
+        "open Subscribe streams at most; one more is refused with RESOURCE_EXHAUSTED (each"
+        " idle stream holds about 55 KiB)",
+    ),
+    Option(
         "--replay-log-size",
         positive_int,
         "100000",
@@ -234,6 +241,7 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str] = os.envir
     node_values = {
         "data_dir": values["data_dir"],
         "broadcast_buffer_size": values["broadcast_buffer_size"],
+        "max_subscribers": values["max_subscribers"],
         "replay_log_size": values["replay_log_size"],
         "replay_log_bytes": values["replay_log_bytes"],
         "max_document_bytes": values["max_document_bytes"],

@@ -9,7 +9,8 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 # Statuses after which the same call may succeed later: the server is starting, stopping or
 # unreachable. Anything else is the request's own fault and is not retried; that includes
-# RESOURCE_EXHAUSTED, which the server answers only to a document over its size limit.
+# RESOURCE_EXHAUSTED, which the server answers to a document over its size limit (and to a
+# subscription beyond its limit, which `ResilientSubscription` retries).
 RETRYABLE = frozenset(
     {
         Status.UNAVAILABLE,

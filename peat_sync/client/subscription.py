@@ -18,9 +18,15 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 import grpclib.client
-from grpclib.const import Cardinality
+from grpclib.const import Cardinality, Status
 
-from peat_sync.client.errors import CALL_FAILURES, Unavailable, client_error
+from peat_sync.client.errors import (
+    CALL_FAILURES,
+    ClientError,
+    Rejected,
+    Unavailable,
+    client_error,
+)
 from peat_sync.client.events import ChangeType, Event
 from peat_sync.generated.peat.sidecar import v1 as pb
 
@@ -76,7 +82,8 @@ class ResilientSubscription:
     the new stream opens with a HEARTBEAT or a new CATCH_UP_BEGIN. A stream silent for
     `silence_timeout` seconds (heartbeats included) counts as lost; keep it at three server
     heartbeat intervals or more. A request the server rejects (a bad collection name, say)
-    raises `Rejected` from the iteration; connection failures never end it.
+    raises `Rejected` from the iteration; connection failures, and a server at its
+    subscriber limit, never end it.
 
     With `batched` (the default), it reads the SubscribeBatched RPC, whose messages carry
     many events each, and yields them one by one: the same events, at a fraction of the cost
@@ -143,7 +150,7 @@ class ResilientSubscription:
                 continue
             except CALL_FAILURES as exc:
                 error = client_error(exc, self._client.address)
-                if not isinstance(error, Unavailable):
+                if not _retryable(error):
                     await self.aclose()
                     raise error from exc
                 await self._lost(str(error))
@@ -228,7 +235,7 @@ class ResilientSubscription:
             except CALL_FAILURES as exc:
                 await _abandon(stream)
                 error = client_error(exc, self._client.address)
-                if not isinstance(error, Unavailable):
+                if not _retryable(error):
                     raise error from exc
                 await self._wait_before_retry(str(error))
                 continue
@@ -251,6 +258,14 @@ class ResilientSubscription:
             resume = "with a snapshot" if self._snapshot else "from the head"
         log.warning("subscription: %s; reconnecting in %.1f s, %s", reason, delay, resume)
         await asyncio.sleep(delay)
+
+
+def _retryable(error: ClientError) -> bool:
+    """Whether a subscription may try again after `error`. A Subscribe request carries no
+    document, so RESOURCE_EXHAUSTED means the server is at its subscriber limit for now."""
+    return isinstance(error, Unavailable) or (
+        isinstance(error, Rejected) and error.status is Status.RESOURCE_EXHAUSTED
+    )
 
 
 class _Abandoned(Exception):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import trio
 
+from peat_sync.node.errors import LimitExceeded
 from peat_sync.node.events import ChangeEvent
 from peat_sync.node.history import History
 from peat_sync.node.replay_log import ReplayLog
@@ -64,10 +65,13 @@ class ChangeFeed:
         *,
         buffer_size: int,
         heartbeat_interval: float,
+        max_subscribers: int = 10_000,
     ) -> None:
         self.replay_log = replay_log
         self.history = history
         self.buffer_size = buffer_size
+        self.max_subscribers = max_subscribers
+        self._refusing = False  # at the limit, and said so
         self.heartbeat_interval = heartbeat_interval
         self._open: set[Subscription] = set()
         self._live: dict[Subscription, trio.MemorySendChannel[list[ChangeEvent]]] = {}
@@ -92,8 +96,21 @@ class ChangeFeed:
     ) -> Subscription:
         """Open a subscription to `collections` (None: all); see `Node.subscribe`.
 
-        Close it with `close()` or by using it as a context manager.
+        Close it with `close()` or by using it as a context manager. Raises `LimitExceeded`
+        when `max_subscribers` are open.
         """
+        if len(self._open) >= self.max_subscribers:
+            if not self._refusing:  # once per spell at the limit, not once per retry
+                self._refusing = True
+                log.warning(
+                    "%d subscribers open, the limit (--max-subscribers): refusing new"
+                    " subscriptions until one closes",
+                    len(self._open),
+                )
+            raise LimitExceeded(
+                f"the server has {len(self._open)} subscribers open, its limit"
+                " (--max-subscribers); retry later, or raise the limit"
+            )
         subscription = Subscription(
             self,
             f"#{self._next_id} ({peer})",
@@ -133,6 +150,7 @@ class ChangeFeed:
             send.close()
         self._lagging.pop(subscription, None)
         self._open.discard(subscription)
+        self._refusing = False
         if self.closed and not self._open:
             self._all_detached.set()
 

@@ -45,6 +45,7 @@ class NodeConfig:
     data_dir: Path
     node_id: str = field(default_factory=_random_node_id)
     broadcast_buffer_size: int = 256
+    max_subscribers: int = 10_000
     replay_log_size: int = 100_000
     replay_log_bytes: int = 64 * 1024 * 1024
     max_document_bytes: int = 1024 * 1024
@@ -70,6 +71,7 @@ class Node:
             ),
             History(store, self._read_limiter),
             buffer_size=config.broadcast_buffer_size,
+            max_subscribers=config.max_subscribers,
             heartbeat_interval=config.heartbeat_interval,
         )
 

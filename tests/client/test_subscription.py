@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from grpclib.const import Status
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError
 
 from peat_sync.client import (
     Backoff,
@@ -30,6 +31,7 @@ from peat_sync.client import (
     ResyncReason,
     Unavailable,
 )
+from peat_sync.generated.peat.sidecar import v1 as pb
 from tests.client.conftest import (
     FAST_BACKOFF,
     QUICK_HEARTBEATS,
@@ -449,3 +451,59 @@ def test_a_rejected_request_is_raised_not_retried(server: ServerProcess) -> None
             assert (await client.status()).subscribers == 0
 
     run_scenario(scenario, timeout=20)
+
+
+def test_a_server_at_its_subscriber_limit_refuses_then_takes_a_waiting_subscription(
+    start_server: StartServer,
+) -> None:
+    """With `--max-subscribers 2`, a third Subscribe gets RESOURCE_EXHAUSTED naming the flag,
+    the server warns once, and the two open streams go on. A resilient subscription treats
+    the limit as a busy server: it retries with backoff, and gets in, from its position, once
+    a stream closes."""
+    server = start_server("--max-subscribers", "2")
+
+    async def scenario() -> None:
+        async with Client(server.address) as client:
+            first = await client.put("c", "d1", {"n": 1})
+            async with (
+                client.subscribe(["c"], since=0, backoff=FAST_BACKOFF) as one,
+                client.subscribe(["c"], since=0, backoff=FAST_BACKOFF) as two,
+            ):
+                for subscription in (one, two):  # both open: each has its first event
+                    assert (await next_change(subscription)).sequence == first
+                channel = client.channel
+                async with channel.request(
+                    "/peat.sidecar.v1.PeatSidecar/Subscribe",
+                    Cardinality.UNARY_STREAM,
+                    pb.SubscribeRequest,
+                    pb.DocumentChange,
+                ) as refused:
+                    await refused.send_message(pb.SubscribeRequest(), end=True)
+                    with pytest.raises(GRPCError) as raised:
+                        await refused.recv_message()
+                assert raised.value.status is Status.RESOURCE_EXHAUSTED
+                assert "--max-subscribers" in (raised.value.message or "")
+
+                async with client.subscribe(["c"], since=0, backoff=FAST_BACKOFF) as waiting:
+                    waited = asyncio.create_task(next_change(waiting))
+                    await eventually(lambda: waiting.reconnections >= 2, what="two retries")
+                    assert not waited.done()
+                    second = await client.put("c", "d2", {"n": 2})
+                    assert (await next_change(one)).sequence == second  # the open ones go on
+                    await one.aclose()
+                    assert (await within(waited, 10)).sequence == first
+                    assert (await next_change(waiting)).sequence == second
+            # Said once for the whole spell at the limit, not once per refusal.
+            refusing = "refusing new subscriptions until one closes"
+            await eventually(lambda: refusing in server.log, what="the limit's warning")
+            assert server.log.count(refusing) == 1
+
+    run_scenario(scenario, timeout=30)
+
+
+async def next_change(subscription: ResilientSubscription) -> Event:
+    """Asyncio-flavoured: the subscription's next document change, past heartbeats."""
+    async for event in subscription:
+        if event.type in (ChangeType.UPSERT, ChangeType.DELETE):
+            return event
+    raise AssertionError("the subscription ended")

@@ -37,6 +37,7 @@ def test_defaults() -> None:
     assert config.listen == ListenAddress(host="127.0.0.1", port=50051)
     assert config.node.data_dir == Path("peat-data")
     assert config.node.broadcast_buffer_size == 256
+    assert config.node.max_subscribers == 10_000
     assert config.node.replay_log_size == 100_000
     assert config.node.replay_log_bytes == 64 * MiB
     assert config.node.max_document_bytes == MiB
@@ -76,6 +77,13 @@ OPTIONS: list[tuple[str, str, str, Callable[[ServeConfig], Any], Any]] = [
         "1_024",
         lambda c: c.node.broadcast_buffer_size,
         1024,
+    ),
+    (
+        "--max-subscribers",
+        "PEAT_SIDECAR_MAX_SUBSCRIBERS",
+        "50",
+        lambda c: c.node.max_subscribers,
+        50,
     ),
     (
         "--replay-log-size",
