@@ -15,6 +15,7 @@ from peat_sync.bench.command import add_bench_command, run_bench
 from peat_sync.client.commands import add_client_commands, run_client_command
 from peat_sync.config import SERVE_OPTIONS, ConfigError, ServeConfig, add_options, serve_config
 from peat_sync.logs import configure_logging
+from peat_sync.server.metrics import MetricsListenError
 from peat_sync.server.serve import ListenError, serve
 from peat_sync.store.sqlite import StoreError
 
@@ -86,11 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = serve_config(args)
     except ConfigError as exc:
         parser.exit(EXIT_USAGE, f"peat-sync {args.command}: error: {exc}\n")
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     failed = False
     try:
         trio.run(_serve_until_signalled, config)
-    except* (ListenError, StoreError) as group:
+    except* (ListenError, MetricsListenError, StoreError) as group:
         for message in _leaf_messages(group):
             log.error("%s", message)
         failed = True

@@ -12,8 +12,10 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
+from peat_sync import tls
 from peat_sync.node import NodeConfig
 
 
@@ -62,6 +64,11 @@ class ServeConfig:
     listen: ListenAddress
     node: NodeConfig
     log_level: str
+    log_format: str = "text"
+    metrics_listen: ListenAddress | None = None  # None: no metrics endpoint
+    # Built from --tls-* with the rest of the configuration, so that a key that does not fit
+    # its certificate is a start-up error like any bad value; None serves plaintext.
+    tls: SSLContext | None = None
 
 
 def positive_int(text: str) -> int:
@@ -129,6 +136,22 @@ def log_level(text: str) -> str:
     return text.lower()
 
 
+def metrics_address(text: str) -> ListenAddress:
+    address = ListenAddress.parse(text)
+    if address.path is not None:
+        raise ValueError("metrics are served over TCP only: use tcp://HOST:PORT")
+    return address
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def log_format(text: str) -> str:
+    if text.lower() not in LOG_FORMATS:
+        raise ValueError(f"{text!r} is not one of {', '.join(LOG_FORMATS)}")
+    return text.lower()
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     flag: str
@@ -151,6 +174,27 @@ SERVE_OPTIONS = (
         ListenAddress.parse,
         "tcp://127.0.0.1:50051",
         "where to serve gRPC: tcp://HOST:PORT, tcp://[IPV6]:PORT or unix:///PATH",
+    ),
+    Option(
+        "--tls-cert",
+        tls.certificates_file,
+        None,
+        "serve TLS with this PEM certificate chain (the server's certificate first); needs"
+        " --tls-key. TCP only: TLS is refused on a unix socket, which its file mode (0600)"
+        " already keeps to its owner",
+    ),
+    Option(
+        "--tls-key",
+        tls.private_key_file,
+        None,
+        "the PEM private key of --tls-cert, unencrypted; keep it readable by this user only",
+    ),
+    Option(
+        "--tls-client-ca",
+        tls.certificates_file,
+        None,
+        "mutual TLS: admit only clients whose certificate this PEM CA signed; needs --tls-cert"
+        " and --tls-key",
     ),
     Option("--data-dir", directory, "peat-data", "directory of the store; created if missing"),
     Option("--node-id", non_empty, None, "this node's id (default: a random id)"),
@@ -199,6 +243,18 @@ SERVE_OPTIONS = (
         " gets a RESYNC (15m, 24h, 7d ...)",
     ),
     Option("--log-level", log_level, "info", "one of " + ", ".join(LOG_LEVELS)),
+    Option(
+        "--log-format",
+        log_format,
+        "text",
+        "text (a readable line per event) or json (an object per line, for log collectors)",
+    ),
+    Option(
+        "--metrics-listen",
+        metrics_address,
+        None,
+        "serve Prometheus metrics at http://HOST:PORT/metrics (tcp://HOST:PORT; default: off)",
+    ),
 )
 
 
@@ -236,6 +292,33 @@ def resolve(
     return values
 
 
+def server_tls(values: Mapping[str, Any]) -> SSLContext | None:
+    """The server's TLS context from the --tls-* values (their files already checked)."""
+    cert, key, client_ca = values["tls_cert"], values["tls_key"], values["tls_client_ca"]
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ConfigError(
+                "--tls-client-ca needs --tls-cert and --tls-key: mutual TLS runs over TLS"
+            )
+        return None
+    if cert is None or key is None:
+        given, missing = ("--tls-cert", "--tls-key") if key is None else ("--tls-key", "--tls-cert")
+        raise ConfigError(
+            f"{given} is set without {missing}: give both the certificate chain and its private"
+            " key, or neither to serve plaintext"
+        )
+    if values["listen"].path is not None:
+        raise ConfigError(
+            f"--tls-cert: TLS is not served on a unix socket ({values['listen']}), whose file"
+            " mode (0600) already keeps it to its owner; drop the --tls-* options, or listen"
+            " on tcp://HOST:PORT"
+        )
+    try:
+        return tls.server_context(cert, key, client_ca)
+    except ValueError as exc:
+        raise ConfigError(f"--tls-cert/--tls-key: {exc}") from None
+
+
 def serve_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> ServeConfig:
     values = resolve(SERVE_OPTIONS, args, environ)
     node_values = {
@@ -251,5 +334,10 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str] = os.envir
     if values["node_id"] is not None:
         node_values["node_id"] = values["node_id"]
     return ServeConfig(
-        listen=values["listen"], node=NodeConfig(**node_values), log_level=values["log_level"]
+        listen=values["listen"],
+        node=NodeConfig(**node_values),
+        log_level=values["log_level"],
+        log_format=values["log_format"],
+        metrics_listen=values["metrics_listen"],
+        tls=server_tls(values),
     )

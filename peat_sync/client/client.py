@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -57,10 +58,12 @@ class Client:
     """Asyncio-flavoured: a connection to one peat-sync server, with a typed method for each
     RPC of `peat.sidecar.v1.PeatSidecar`.
 
-    `address` is HOST:PORT, tcp://HOST:PORT or unix:///PATH. The connection opens on the
-    first call and reopens after a failure; use the client in `async with`, or call
-    `close()`. Every failure is a `ClientError`: `Unavailable` when retrying later may
-    work, `Rejected` when the request itself is at fault.
+    `address` is HOST:PORT, tcp://HOST:PORT or unix:///PATH. With `ssl` (see
+    `peat_sync.tls.client_context`), the connection to a TCP address is TLS, and the server's
+    certificate must name its HOST. The connection opens on the first call and reopens after
+    a failure; use the client in `async with`, or call `close()`. Every failure is a
+    `ClientError`: `Unavailable` when retrying later may work, `Rejected` when the request
+    itself is at fault.
     """
 
     def __init__(
@@ -69,14 +72,21 @@ class Client:
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
         config: grpclib.config.Configuration | None = None,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.address = address or default_address()
         try:
             self._target = ListenAddress.parse(self.address)
         except ValueError as exc:
             raise ValueError(f"bad server address {self.address!r}: {exc}") from None
+        if ssl is not None and self._target.path is not None:
+            raise ValueError(
+                f"TLS is for tcp:// addresses, not {self.address}: the server does not serve"
+                " TLS on a unix socket"
+            )
         self.timeout = timeout
         self._config = config
+        self._ssl = ssl
         self._channel: grpclib.client.Channel | None = None
 
     @property
@@ -89,7 +99,7 @@ class Client:
                 )
             else:
                 self._channel = grpclib.client.Channel(
-                    self._target.host, self._target.port, config=self._config
+                    self._target.host, self._target.port, config=self._config, ssl=self._ssl
                 )
         return self._channel
 

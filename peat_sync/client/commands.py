@@ -1,7 +1,8 @@
 """The client commands of `peat-sync`: put, get, delete, list, status and watch.
 
-Each talks to a running server at --addr (or PEAT_SIDECAR_ADDR) and prints JSON to stdout;
-errors go to stderr as one line, and the exit code says what happened (see EXIT_CODES).
+Each talks to a running server at --addr (or PEAT_SIDECAR_ADDR), over TLS when a --tls-*
+option (or its variable) is given, and prints JSON to stdout; errors go to stderr as one line,
+and the exit code says what happened (see EXIT_CODES).
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import signal
 import sys
 import textwrap
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
+from peat_sync import tls
 from peat_sync.client.client import ADDRESS_ENV, DEFAULT_TIMEOUT, Client, default_address
 from peat_sync.client.errors import Rejected, Unavailable
 from peat_sync.client.events import ChangeType
@@ -38,6 +42,13 @@ EXIT_CODES = f"""exit codes:
 HELP_WIDTH = 79
 
 Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
+
+# (flag, its variable, the check of its file) of each TLS option, as `serve` resolves its own.
+TLS_OPTIONS = (
+    ("--tls-ca", "PEAT_SIDECAR_TLS_CA", tls.certificates_file),
+    ("--tls-cert", "PEAT_SIDECAR_TLS_CLIENT_CERT", tls.certificates_file),
+    ("--tls-key", "PEAT_SIDECAR_TLS_CLIENT_KEY", tls.private_key_file),
+)
 
 
 def _print_json(value: Any) -> None:
@@ -154,6 +165,15 @@ def add_client_commands(commands: argparse._SubParsersAction[Any]) -> None:
         metavar="SECONDS",
         help=f"give up on a call after this long [default: {DEFAULT_TIMEOUT:g}]",
     )
+    tls_help = {
+        "--tls-ca": "connect with TLS, trusting the server certificate's CA in this PEM file"
+        " (without it, TLS trusts the system's CAs)",
+        "--tls-cert": "connect with TLS, presenting this PEM client certificate (for servers"
+        " with --tls-client-ca); needs --tls-key",
+        "--tls-key": "the PEM private key of --tls-cert",
+    }
+    for flag, env, _ in TLS_OPTIONS:
+        common.add_argument(flag, metavar="PATH", help=f"{tls_help[flag]} [default: ${env}]")
 
     def add(name: str, command: Command, summary: str, description: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = commands.add_parser(
@@ -245,8 +265,27 @@ def add_client_commands(commands: argparse._SubParsersAction[Any]) -> None:
     )
 
 
+def _tls_context(args: argparse.Namespace) -> SSLContext | None:
+    """The TLS context the --tls-* options (or their variables) ask for; None for none.
+    ValueError names the option at fault."""
+    paths: list[Path | None] = []
+    for flag, env, check in TLS_OPTIONS:
+        flag_value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        raw, source = (flag_value, flag) if flag_value is not None else (os.environ.get(env), env)
+        try:
+            paths.append(None if raw is None else check(raw))
+        except ValueError as exc:
+            raise ValueError(f"{source}={raw!r}: {exc}") from None
+    if paths == [None, None, None]:
+        return None
+    try:
+        return tls.client_context(*paths)
+    except ValueError as exc:
+        raise ValueError(f"--tls-cert/--tls-key: {exc}") from None
+
+
 async def _run(command: Command, args: argparse.Namespace) -> int:
-    async with Client(args.addr, timeout=args.timeout) as client:
+    async with Client(args.addr, timeout=args.timeout, ssl=_tls_context(args)) as client:
         return await command(client, args)
 
 
@@ -254,7 +293,7 @@ def run_client_command(args: argparse.Namespace) -> int:
     """Run the client command that `args` names; returns the exit code."""
     try:
         return asyncio.run(_run(args.client_command, args))
-    except ValueError as exc:  # a bad --addr
+    except ValueError as exc:  # a bad --addr or --tls-* option
         return _fail(str(exc), EXIT_USAGE)
     except Unavailable as exc:
         return _fail(str(exc), EXIT_UNAVAILABLE)

@@ -23,6 +23,7 @@ from peat_sync.node.errors import LimitExceeded
 from peat_sync.node.events import ChangeEvent
 from peat_sync.node.history import History
 from peat_sync.node.replay_log import ReplayLog
+from peat_sync.node.stats import NodeStats
 from peat_sync.node.subscription import Subscription
 
 log = logging.getLogger("peat_sync.feed")
@@ -66,11 +67,13 @@ class ChangeFeed:
         buffer_size: int,
         heartbeat_interval: float,
         max_subscribers: int = 10_000,
+        stats: NodeStats | None = None,
     ) -> None:
         self.replay_log = replay_log
         self.history = history
         self.buffer_size = buffer_size
         self.max_subscribers = max_subscribers
+        self.stats = NodeStats() if stats is None else stats
         self._refusing = False  # at the limit, and said so
         self.heartbeat_interval = heartbeat_interval
         self._open: set[Subscription] = set()
@@ -84,6 +87,11 @@ class ChangeFeed:
     @property
     def subscriber_count(self) -> int:
         return len(self._open)
+
+    @property
+    def live_subscriptions(self) -> list[Subscription]:
+        """The subscriptions that receive live events (past their replay or catch-up)."""
+        return list(self._live)
 
     def subscribe(
         self,

@@ -19,6 +19,7 @@ from peat_sync.node.history import History, read_store
 from peat_sync.node.producer import Producer, WriteCallback
 from peat_sync.node.replay_log import ReplayLog
 from peat_sync.node.retention import purge_expired_tombstones, run_tombstone_retention
+from peat_sync.node.stats import NodeStats
 from peat_sync.node.subscription import Subscription
 from peat_sync.node.validation import check_document, check_name
 from peat_sync.store import Change, Mutation, SQLiteStore, Store, StoredDocument
@@ -60,7 +61,8 @@ class Node:
     def __init__(self, config: NodeConfig, store: Store) -> None:
         self.config = config
         self._store = store
-        self._producer = Producer(store, config.max_batch)
+        self.stats = NodeStats()
+        self._producer = Producer(store, config.max_batch, self.stats.commits)
         self._read_limiter = trio.CapacityLimiter(READ_THREADS)
         self._retention_scope = trio.CancelScope()
         self._feed = ChangeFeed(
@@ -72,6 +74,7 @@ class Node:
             History(store, self._read_limiter),
             buffer_size=config.broadcast_buffer_size,
             max_subscribers=config.max_subscribers,
+            stats=self.stats,
             heartbeat_interval=config.heartbeat_interval,
         )
 

@@ -9,6 +9,7 @@ sequences. One fsync serves the whole batch, and an acknowledged write is always
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import trio
 
 from peat_sync.node.errors import NodeClosed, StoreUnavailable
 from peat_sync.node.events import ChangeEvent
+from peat_sync.node.stats import CommitTimes
 from peat_sync.store import Change, Mutation, Store
 
 log = logging.getLogger("peat_sync.producer")
@@ -36,9 +38,10 @@ class _QueuedWrite:
 
 
 class Producer:
-    def __init__(self, store: Store, max_batch: int) -> None:
+    def __init__(self, store: Store, max_batch: int, commit_times: CommitTimes) -> None:
         self._store = store
         self._max_batch = max_batch
+        self._commit_times = commit_times
         self._send, self._receive = trio.open_memory_channel[_QueuedWrite](QUEUE_CAPACITY)
 
     async def write(self, mutations: Sequence[Mutation]) -> list[Change | None]:
@@ -107,7 +110,9 @@ class Producer:
         try:
             # Not abandoned on cancel: a commit that started always finishes, so shutdown
             # never leaves a half-written batch behind.
+            started = time.perf_counter()
             changes = await trio.to_thread.run_sync(self._store.commit, mutations)
+            self._commit_times.add(time.perf_counter() - started)
         except Exception as exc:
             # The transaction rolled back, so nothing of the batch is stored. Retry each
             # write alone, so one write the store refuses cannot fail the others; then fail

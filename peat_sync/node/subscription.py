@@ -121,6 +121,11 @@ class Subscription:
 
         Raises `NodeClosed` once the node shuts down.
         """
+        batch = await self._next(limit)
+        self._feed.stats.events_delivered += len(batch)
+        return batch
+
+    async def _next(self, limit: int) -> list[ChangeEvent]:
         while True:
             if self._feed.closed:
                 raise NodeClosed("the node is shutting down")
@@ -244,6 +249,7 @@ class Subscription:
         catch_up_floor = self._history.catch_up_floor
         if self.position >= catch_up_floor:
             self._store_read = _StoreRead(self.position, self.position, snapshot=False)
+            self._feed.stats.catch_ups += 1
             log.info(
                 "subscriber %s: catching up from the store after sequence %d (the replay log"
                 " starts after %d)",
@@ -271,6 +277,7 @@ class Subscription:
     def _resync(self, reason: ResyncReason, why: str, catch_up_floor: int = 0) -> None:
         head = self._history.head
         log.info("subscriber %s: RESYNC (%s) at sequence %d: %s", self.name, reason.name, head, why)
+        self._feed.stats.resyncs[reason.name] += 1
         self.position = head
         advice = (
             "a snapshot of the current documents follows"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
+import ssl
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -15,10 +17,12 @@ import trio
 import trio_asyncio
 from grpclib._typing import IServable
 
+from peat_sync import tls
 from peat_sync.config import ListenAddress, ServeConfig
 from peat_sync.generated.peat.sidecar.v1 import NodePhase
 from peat_sync.node import open_node
 from peat_sync.server.adapter import call_asyncio
+from peat_sync.server.metrics import serving_metrics
 from peat_sync.server.service import SidecarService
 from peat_sync.store.sqlite import StoreError
 
@@ -83,7 +87,10 @@ def _bind_unix(path: Path) -> socket.socket:
                 )
             path.unlink()  # a stale socket left by a server that is gone
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Only the owner may connect: documents are not for every local user.
+        # Only the owner may connect: documents are not for every local user. bind creates the
+        # socket file with the umask's mode, so it is 0600 from its first instant; a chmod
+        # after bind would leave a moment in which another user could connect. Nothing else
+        # runs yet that could create files under this process-wide umask.
         old_umask = os.umask(0o177)
         try:
             sock.bind(str(path))
@@ -104,16 +111,30 @@ def _create_data_dir(path: Path) -> None:
         raise StoreError(f"cannot open the store in {path}: {exc}") from None
 
 
+def _listens_everywhere(address: ListenAddress) -> bool:
+    """Whether `address` is every interface of the machine (0.0.0.0, ::, or no host)."""
+    if address.path is not None:
+        return False
+    try:
+        return not address.host or ipaddress.ip_address(address.host).is_unspecified
+    except ValueError:  # a host name: one interface
+        return False
+
+
 @asynccontextmanager
 async def _grpc_server(
-    services: list[IServable], sock: socket.socket, listen: ListenAddress
+    services: list[IServable],
+    sock: socket.socket,
+    listen: ListenAddress,
+    tls_context: ssl.SSLContext | None,
 ) -> AsyncIterator[Callable[[], Awaitable[None]]]:
-    """Trio-flavoured, inside the asyncio loop: serve `services` on `sock` for the duration of
-    the block. Yields `close`, which closes the server once: running calls are cancelled and
-    get `SHUTDOWN_GRACE_SECONDS` to finish; the block's end calls it too."""
+    """Trio-flavoured, inside the asyncio loop: serve `services` on `sock`, over TLS with
+    `tls_context` if given, for the duration of the block. Yields `close`, which closes the
+    server once: running calls are cancelled and get `SHUTDOWN_GRACE_SECONDS` to finish; the
+    block's end calls it too."""
     # grpclib binds to the running asyncio loop, so it is built inside open_loop().
     server = grpclib.server.Server(services)
-    await call_asyncio(server.start, sock=sock)
+    await call_asyncio(server.start, sock=sock, ssl=tls_context)
     closed = False
 
     async def close() -> None:
@@ -155,21 +176,34 @@ async def serve(
     from peat_sync.server.standard import Health, reflection, service_names
 
     sock, bound = _bind(config.listen, config.node.heartbeat_interval)
+    if config.tls is None and _listens_everywhere(config.listen):
+        log.warning(
+            "listening on every interface (%s) without TLS: anyone who can reach this port"
+            " can read and change every document, and see the traffic; serve TLS with"
+            " --tls-cert/--tls-key (and --tls-client-ca to admit only known clients), or"
+            " listen on loopback (tcp://127.0.0.1:PORT)",
+            bound,
+        )
     _create_data_dir(config.node.data_dir)
     data_dir = config.node.data_dir.resolve()
     async with trio_asyncio.open_loop():
         service = SidecarService(config.node.node_id, str(bound))
         health = Health(service_names([service]))
         services: list[IServable] = [service, health, *reflection([service, health])]
-        async with _grpc_server(services, sock, config.listen) as close_server:
+        async with (
+            _grpc_server(services, sock, config.listen, config.tls) as close_server,
+            serving_metrics(config.metrics_listen, lambda: service.attached_node),
+        ):
             log.info("listening on %s; opening the store in %s", bound, data_dir)
             async with open_node(config.node) as node:
                 try:
                     service.attach(node)
                     await call_asyncio(health.set_serving, True)
                     log.info(
-                        "serving peat.sidecar.v1 on %s (node %s, data dir %s, head sequence %d)",
+                        "serving peat.sidecar.v1 on %s (%s, node %s, data dir %s, head"
+                        " sequence %d)",
                         bound,
+                        tls.describe(config.tls),
                         node.node_id,
                         data_dir,
                         node.head_sequence,

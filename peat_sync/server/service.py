@@ -97,6 +97,11 @@ class SidecarService(pb.PeatSidecarBase):
         self.phase = pb.NodePhase.READY
 
     @property
+    def attached_node(self) -> Node | None:
+        """The node, once attached; None while it starts."""
+        return self._node
+
+    @property
     def node(self) -> Node:
         """The open node; UNAVAILABLE while it is starting."""
         if self._node is None:

@@ -263,7 +263,8 @@ def test_each_command_has_help_with_its_arguments_and_exit_codes(command: str) -
     described = re.findall(r"^  (\S+) {2,}\S", section[1], re.M) if section else []
     assert described == list(positionals)
     entries = help_entries(result.stdout)
-    assert set(entries) == {"--help", "--addr", "--timeout", *options}
+    common = {"--help", "--addr", "--timeout", "--tls-ca", "--tls-cert", "--tls-key"}
+    assert set(entries) == {*common, *options}
     for flag, entry in entries.items():
         assert entry.removeprefix(flag).strip(), f"{flag} is not described"
     assert "unix:///PATH" in entries["--addr"]

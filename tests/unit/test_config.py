@@ -44,6 +44,7 @@ def test_defaults() -> None:
     assert config.node.heartbeat_interval == 10.0
     assert config.node.tombstone_retention == 24 * 3600.0
     assert config.log_level == "info"
+    assert config.log_format == "text"
 
 
 def test_default_node_id_is_random() -> None:
@@ -121,6 +122,14 @@ OPTIONS: list[tuple[str, str, str, Callable[[ServeConfig], Any], Any]] = [
         7 * 86400.0,
     ),
     ("--log-level", "PEAT_SIDECAR_LOG_LEVEL", "DEBUG", lambda c: c.log_level, "debug"),
+    ("--log-format", "PEAT_SIDECAR_LOG_FORMAT", "JSON", lambda c: c.log_format, "json"),
+    (
+        "--metrics-listen",
+        "PEAT_SIDECAR_METRICS_LISTEN",
+        "tcp://0.0.0.0:9464",
+        lambda c: c.metrics_listen,
+        ListenAddress("0.0.0.0", 9464),
+    ),
 ]
 OPTION_IDS = [option[0] for option in OPTIONS]
 
@@ -152,6 +161,8 @@ def test_flag_wins_over_environment_variable(
         ("--max-document-bytes", "0", "must be at least 1 byte"),
         ("--node-id", "  ", "must not be empty"),
         ("--log-level", "verbose", "is not one of"),
+        ("--log-format", "xml", "is not one of"),
+        ("--metrics-listen", "unix:///run/m.sock", "over TCP only"),
         ("--listen", "localhost", "expected tcp://HOST:PORT"),
         ("--heartbeat-interval", "0", "must be at least 100ms"),
         ("--heartbeat-interval", "often", "is not a duration"),

@@ -1,0 +1,35 @@
+"""What the node counts about itself, for the metrics endpoint: plain numbers, so the node
+needs no metrics library, and reading them costs the node nothing."""
+
+from __future__ import annotations
+
+import bisect
+import collections
+from dataclasses import dataclass, field
+
+# Upper bounds, in seconds, of the commit-latency buckets: from a cached write (a fraction of
+# a millisecond) to a disk in trouble.
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass(slots=True)
+class CommitTimes:
+    """A histogram of commit durations: counts per bucket of COMMIT_BUCKETS (the last counts
+    those beyond every bound), with their sum."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(COMMIT_BUCKETS) + 1))
+    total_seconds: float = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(COMMIT_BUCKETS, seconds)] += 1
+        self.total_seconds += seconds
+
+
+@dataclass(slots=True)
+class NodeStats:
+    """Totals since the node started."""
+
+    events_delivered: int = 0  # events handed to subscribers' streams, control events too
+    catch_ups: int = 0  # catch-ups from the store begun
+    resyncs: collections.Counter[str] = field(default_factory=collections.Counter)  # by reason
+    commits: CommitTimes = field(default_factory=CommitTimes)

@@ -1,0 +1,151 @@
+"""The Prometheus metrics endpoint (`--metrics-listen`), served by prometheus_client.
+
+Every figure is read from the node when Prometheus scrapes, from the node's own counters
+(`NodeStats`) and state: the node keeps no metrics library objects, and a scrape costs the
+node nothing between scrapes. The endpoint runs on prometheus_client's own thread; it only
+reads plain numbers, which the GIL keeps whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+
+import trio
+from prometheus_client import start_http_server
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from peat_sync.config import ListenAddress
+from peat_sync.node import Node
+from peat_sync.node.stats import COMMIT_BUCKETS
+
+log = logging.getLogger("peat_sync.metrics")
+
+# Buckets of a subscriber's buffer use: the share of --broadcast-buffer-size it holds unread.
+BUFFER_BUCKETS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+class NodeCollector(Collector):
+    """The node's figures, for a registry; nothing until the node is open."""
+
+    def __init__(self, current_node: Callable[[], Node | None]) -> None:
+        self._current_node = current_node
+
+    def collect(self) -> Iterator[Metric]:
+        node = self._current_node()
+        yield GaugeMetricFamily(
+            "peat_up", "1 once the node serves, 0 while it starts", value=node is not None
+        )
+        if node is None:
+            return
+        feed, stats = node.feed, node.stats
+        yield GaugeMetricFamily(
+            "peat_subscribers", "open Subscribe streams", value=feed.subscriber_count
+        )
+        yield GaugeMetricFamily(
+            "peat_head_sequence", "the newest committed sequence", value=node.head_sequence
+        )
+        yield GaugeMetricFamily(
+            "peat_replay_floor_sequence",
+            "the oldest since_sequence the replay log resumes exactly",
+            value=node.replay_floor,
+        )
+        yield GaugeMetricFamily(
+            "peat_catch_up_floor_sequence",
+            "the oldest since_sequence a catch-up from the store can serve",
+            value=node.catch_up_floor,
+        )
+        yield CounterMetricFamily(
+            "peat_events_delivered",
+            "events handed to subscribers' streams, control events included",
+            value=stats.events_delivered,
+        )
+        yield CounterMetricFamily(
+            "peat_lag_events",
+            "times a subscriber's buffer overflowed (it then heals from the replay log,"
+            " catches up, or gets a RESYNC)",
+            value=feed.lag_events,
+        )
+        yield CounterMetricFamily(
+            "peat_catch_ups", "catch-ups from the store begun", value=stats.catch_ups
+        )
+        resyncs = CounterMetricFamily(
+            "peat_resyncs", "RESYNC events sent, by reason", labels=["reason"]
+        )
+        for reason, count in sorted(stats.resyncs.items()):
+            resyncs.add_metric([reason], count)
+        yield resyncs
+        yield _histogram(
+            "peat_subscriber_buffer_fill",
+            "open live subscribers by the share of their buffer they hold unread",
+            BUFFER_BUCKETS,
+            [subscription.unread / feed.buffer_size for subscription in feed.live_subscriptions],
+        )
+        commits = stats.commits
+        yield HistogramMetricFamily(
+            "peat_commit_seconds",
+            "time to commit a batch of writes to the store, fsync included",
+            buckets=_cumulative(COMMIT_BUCKETS, commits.counts),
+            sum_value=commits.total_seconds,
+        )
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    """Prometheus buckets (cumulative, ending with +Inf) from per-bucket counts."""
+    buckets, running = [], 0
+    for bound, count in zip((*map(str, bounds), "+Inf"), counts, strict=True):
+        running += count
+        buckets.append((bound, float(running)))
+    return buckets
+
+
+def _histogram(
+    name: str, documentation: str, bounds: tuple[float, ...], values: list[float]
+) -> HistogramMetricFamily:
+    counts = [0] * (len(bounds) + 1)
+    for value in values:
+        counts[next((i for i, bound in enumerate(bounds) if value <= bound), len(bounds))] += 1
+    return HistogramMetricFamily(
+        name, documentation, buckets=_cumulative(bounds, counts), sum_value=sum(values)
+    )
+
+
+class MetricsListenError(Exception):
+    """The metrics endpoint cannot listen where asked; the message says why."""
+
+
+@asynccontextmanager
+async def serving_metrics(
+    address: ListenAddress | None, current_node: Callable[[], Node | None]
+) -> AsyncIterator[None]:
+    """Trio-flavoured: serve /metrics at `address` (TCP; None: not at all) on a thread of its
+    own for the duration of the block."""
+    if address is None:
+        yield
+        return
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(NodeCollector(current_node))
+    try:
+        server, thread = start_http_server(address.port, addr=address.host, registry=registry)
+    except OSError as exc:
+        raise MetricsListenError(
+            f"cannot serve metrics on {address}: {exc.strerror or exc}"
+            " (choose another --metrics-listen)"
+        ) from None
+    host, port = str(server.server_address[0]), server.server_address[1]
+    log.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, port)
+    try:
+        yield
+    finally:
+        with trio.CancelScope(shield=True):  # its serving loop notices within half a second
+            await trio.to_thread.run_sync(server.shutdown)
+        server.server_close()
+        thread.join()
