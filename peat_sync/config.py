@@ -66,6 +66,7 @@ class ServeConfig:
     log_level: str
     log_format: str = "text"
     metrics_listen: ListenAddress | None = None  # None: no metrics endpoint
+    drain_timeout: float = 10.0  # seconds
     # Built from --tls-* with the rest of the configuration, so that a key that does not fit
     # its certificate is a start-up error like any bad value; None serves plaintext.
     tls: SSLContext | None = None
@@ -242,6 +243,13 @@ SERVE_OPTIONS = (
         "how long deletes stay available to catch-ups; a subscriber resuming from further back"
         " gets a RESYNC (15m, 24h, 7d ...)",
     ),
+    Option(
+        "--drain-timeout",
+        duration,
+        "10s",
+        "on SIGTERM, how long calls under way (writes, and streams ending with their resume"
+        " point) get to finish before they are cut off (500ms, 10s, 1m ...)",
+    ),
     Option("--log-level", log_level, "info", "one of " + ", ".join(LOG_LEVELS)),
     Option(
         "--log-format",
@@ -339,5 +347,6 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str] = os.envir
         log_level=values["log_level"],
         log_format=values["log_format"],
         metrics_listen=values["metrics_listen"],
+        drain_timeout=values["drain_timeout"],
         tls=server_tls(values),
     )

@@ -19,7 +19,6 @@ from grpclib._typing import IServable
 
 from peat_sync import tls
 from peat_sync.config import ListenAddress, ServeConfig
-from peat_sync.generated.peat.sidecar.v1 import NodePhase
 from peat_sync.node import open_node
 from peat_sync.server.adapter import call_asyncio
 from peat_sync.server.metrics import serving_metrics
@@ -28,9 +27,8 @@ from peat_sync.store.sqlite import StoreError
 
 log = logging.getLogger("peat_sync.server")
 
-# When the server stops, open streams get this long to deliver their UNAVAILABLE status
-# (a client that stopped reading never takes it), then in-flight calls get the longer grace.
-STREAM_GRACE_SECONDS = 2.0
+# After the drain, calls still under way (cancelled by the server's close) get this long to
+# finish.
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
@@ -165,10 +163,10 @@ async def serve(
 
     The server listens before the store opens: while it opens, GetStatus reports
     INITIALIZING, health checks NOT_SERVING, and every other call fails with UNAVAILABLE.
-    Reports the bound address through `task_status` once the node is ready. On stop, health
-    checks report NOT_SERVING, open streams get `STREAM_GRACE_SECONDS` to end and calls
-    `SHUTDOWN_GRACE_SECONDS` to finish, then the node commits what is queued and closes the
-    store.
+    Reports the bound address through `task_status` once the node is ready. On stop, the
+    server drains: it refuses new calls, health checks report NOT_SERVING, open streams end
+    with their resume point, and calls under way get `--drain-timeout` in all to finish;
+    then the node commits what is queued and closes the store.
     """
     # Imported only to serve: grpclib's health and reflection protos go into protobuf's
     # default pool, where grpcio's own copies (grpcio-health-checking, grpcio-reflection)
@@ -210,23 +208,32 @@ async def serve(
                     )
                     task_status.started(bound)
                     await stop.wait()
-                    service.phase = NodePhase.SHUTTING_DOWN
-                    # Open streams get the grace, in all, to end; a stream stuck on a client
-                    # that stopped reading is cut off after it.
-                    deadline = trio.current_time() + STREAM_GRACE_SECONDS
+                    # Drain: new calls are refused from now on; the calls under way, and the
+                    # writes they queued, get the drain timeout to finish.
+                    service.drain()
+                    deadline = trio.current_time() + config.drain_timeout
                     # Health watchers learn of the drain first, before any subscriber stream
                     # ends: each is sent NOT_SERVING, then UNAVAILABLE.
                     with trio.move_on_at(deadline):
                         await call_asyncio(health.shut_down)
                     log.info(
-                        "shutting down: closing %d subscriber streams",
+                        "shutting down: %d calls under way, %d of them subscriber streams,"
+                        " which now end",
+                        service.calls,
                         node.feed.subscriber_count,
                     )
                     # Each subscriber stream ends with UNAVAILABLE and the since_sequence to
                     # resume from.
                     node.feed.close()
                     with trio.move_on_at(deadline):
-                        await node.feed.wait_all_detached()
+                        await call_asyncio(service.wait_drained)
+                    if service.calls:  # a stream whose client stopped reading, say
+                        log.warning(
+                            "the drain timeout (--drain-timeout %gs) ran out: cutting off the"
+                            " calls still under way (%d)",
+                            config.drain_timeout,
+                            service.calls,
+                        )
                 finally:
                     # Before the node closes: calls under way finish on an open node.
                     await close_server()

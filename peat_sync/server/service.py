@@ -59,6 +59,7 @@ _STATUS_OF: dict[type[RequestError], Status] = {
 }
 
 NODE_STARTING = "the node is starting (opening the store); retry shortly"
+SHUTTING_DOWN = "the server is shutting down; retry against the restarted server"
 
 NO_MESH = (
     "peat-sync is a single-node sidecar with no peer mesh; {rpc} is not available."
@@ -90,11 +91,31 @@ class SidecarService(pb.PeatSidecarBase):
         self._node_id = node_id
         self._endpoint_addr = endpoint_addr
         self.phase = pb.NodePhase.INITIALIZING
+        self._calls = 0  # under way
+        self._draining = False
+        self._drained = asyncio.Event()
 
     def attach(self, node: Node) -> None:
         """Serve every RPC from `node`, which is open, from now on: the phase is READY."""
         self._node = node
         self.phase = pb.NodePhase.READY
+
+    def drain(self) -> None:
+        """Refuse every new call but GetStatus from now on, with UNAVAILABLE (clients retry
+        against the restarted server); the calls under way go on."""
+        self.phase = pb.NodePhase.SHUTTING_DOWN
+        self._draining = True
+        if self._calls == 0:
+            self._drained.set()
+
+    @property
+    def calls(self) -> int:
+        """Calls under way, streams included."""
+        return self._calls
+
+    async def wait_drained(self) -> None:
+        """Asyncio-flavoured: after `drain`, wait until no call is under way."""
+        await self._drained.wait()
 
     @property
     def attached_node(self) -> Node | None:
@@ -130,18 +151,25 @@ class SidecarService(pb.PeatSidecarBase):
         }
 
     def _served(self, handler: StreamHandler, *, needs_node: bool) -> StreamHandler:
-        """`handler`, failing with UNAVAILABLE until the node is attached (whether or not the
-        RPC uses it) if it `needs_node`, and with the node's request errors turned into gRPC
-        statuses with the node's message."""
+        """`handler`, counted while under way, with the node's request errors turned into
+        gRPC statuses with the node's message; if it `needs_node` (whether or not the RPC
+        uses it), failing with UNAVAILABLE until the node is attached and once it drains."""
 
         @functools.wraps(handler)
         async def served(stream: grpclib.server.Stream[Any, Any]) -> None:
             if needs_node and self._node is None:
                 raise GRPCError(Status.UNAVAILABLE, NODE_STARTING)
+            if needs_node and self._draining:
+                raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
+            self._calls += 1
             try:
                 await handler(stream)
             except RequestError as exc:
                 raise GRPCError(_STATUS_OF[type(exc)], str(exc)) from None
+            finally:
+                self._calls -= 1
+                if self._draining and self._calls == 0:
+                    self._drained.set()
 
         return served
 

@@ -45,6 +45,8 @@ def test_defaults() -> None:
     assert config.node.tombstone_retention == 24 * 3600.0
     assert config.log_level == "info"
     assert config.log_format == "text"
+    assert config.drain_timeout == 10.0
+    assert config.metrics_listen is None
 
 
 def test_default_node_id_is_random() -> None:
@@ -123,6 +125,13 @@ OPTIONS: list[tuple[str, str, str, Callable[[ServeConfig], Any], Any]] = [
     ),
     ("--log-level", "PEAT_SIDECAR_LOG_LEVEL", "DEBUG", lambda c: c.log_level, "debug"),
     ("--log-format", "PEAT_SIDECAR_LOG_FORMAT", "JSON", lambda c: c.log_format, "json"),
+    (
+        "--drain-timeout",
+        "PEAT_SIDECAR_DRAIN_TIMEOUT",
+        "500ms",
+        lambda c: c.drain_timeout,
+        pytest.approx(0.5),
+    ),
     (
         "--metrics-listen",
         "PEAT_SIDECAR_METRICS_LISTEN",
