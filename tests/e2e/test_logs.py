@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import signal
 
-from tests.conftest import GrpcioApi, StartServer
+from tests.conftest import GrpcioApi, ServerProcess, StartServer
 from tests.e2e.conftest import (
     GrpcioClient,
     delete,
@@ -21,9 +21,21 @@ from tests.e2e.conftest import (
 SECRET = "s3cr3t-payload-7f1c"
 
 
+def exercised(start_server: StartServer, grpcio_api: GrpcioApi, *args: str) -> ServerProcess:
+    """A server started with `args` and stopped with SIGTERM after puts, reads, a
+    subscription that receives the document, a delete, and a bad request whose document is
+    not JSON."""
+    server = start_server(*args)
+    client = GrpcioClient(server.address, grpcio_api)
+    try:
+        exercise(client)
+    finally:
+        client.close()
+    assert server.stop(signal.SIGTERM) == 0
+    return server
+
+
 def exercise(client: GrpcioClient) -> None:
-    """Puts, reads, a subscription that receives the document, a delete, and a bad request
-    whose document is not JSON."""
     with grpcio_subscription(client, collections=["c"]) as subscription:
         wait_for_subscribers(client, 1)
         put(client, "c", "d", json.dumps({"secret": SECRET}))
@@ -40,13 +52,7 @@ def test_json_logs_are_one_object_per_line(
 ) -> None:
     """With --log-format json, every line the server writes, from start to a clean stop, is
     one JSON object with the time, level, logger and message; none holds a document."""
-    server = start_server("--log-format", "json")
-    client = GrpcioClient(server.address, grpcio_api)
-    try:
-        exercise(client)
-    finally:
-        client.close()
-    assert server.stop(signal.SIGTERM) == 0
+    server = exercised(start_server, grpcio_api, "--log-format", "json")
     entries = [json.loads(line) for line in server.log.splitlines()]
     assert entries, "the server logged nothing"
     for entry in entries:
@@ -63,12 +69,6 @@ def test_info_logs_hold_no_document_contents(
     start_server: StartServer, grpcio_api: GrpcioApi
 ) -> None:
     """At the default level, the text log names collections and ids, never contents."""
-    server = start_server()
-    client = GrpcioClient(server.address, grpcio_api)
-    try:
-        exercise(client)
-    finally:
-        client.close()
-    assert server.stop(signal.SIGTERM) == 0
+    server = exercised(start_server, grpcio_api)
     assert "subscriber #1" in server.log  # the log did cover the subscription
     assert SECRET not in server.log
