@@ -107,14 +107,13 @@ class Node:
 
     async def put(self, collection: str, doc_id: str, json_data: str) -> int:
         """Store a JSON object; returns the sequence it was committed at."""
-        (change,) = await self._producer.write([self._checked(collection, doc_id, json_data)])
-        assert change is not None
-        return change.sequence
+        return _only_sequence(
+            await self._producer.write([self._checked(collection, doc_id, json_data)])
+        )
 
     async def delete(self, collection: str, doc_id: str) -> int:
         """Delete a document; returns the sequence of the delete, or 0 if it did not exist."""
-        (change,) = await self._producer.write([self._checked(collection, doc_id, None)])
-        return 0 if change is None else change.sequence
+        return _only_sequence(await self._producer.write([self._checked(collection, doc_id, None)]))
 
     async def write(self, mutations: Sequence[Mutation]) -> list[int]:
         """Commit puts and deletes atomically, in order: all of them or none. Returns the
@@ -138,13 +137,13 @@ class Node:
         done: Callable[[int | BaseException], None],
     ) -> None:
         mutation = self._checked(collection, doc_id, json_data)
-        self._producer.write_nowait([mutation], _then(done, lambda changes: _sequences(changes)[0]))
+        self._producer.write_nowait([mutation], _then(done, _only_sequence))
 
     def delete_nowait(
         self, collection: str, doc_id: str, done: Callable[[int | BaseException], None]
     ) -> None:
         mutation = self._checked(collection, doc_id, None)
-        self._producer.write_nowait([mutation], _then(done, lambda changes: _sequences(changes)[0]))
+        self._producer.write_nowait([mutation], _then(done, _only_sequence))
 
     def write_nowait(
         self, mutations: Sequence[Mutation], done: Callable[[list[int] | BaseException], None]
@@ -234,6 +233,12 @@ class Node:
 def _sequences(changes: Sequence[Change | None]) -> list[int]:
     """The sequence of each change, 0 for a write that changed nothing."""
     return [0 if change is None else change.sequence for change in changes]
+
+
+def _only_sequence(changes: Sequence[Change | None]) -> int:
+    """The sequence of a one-write request's change, 0 if it changed nothing."""
+    (sequence,) = _sequences(changes)
+    return sequence
 
 
 def _then(
