@@ -12,6 +12,7 @@ import trio
 from peat_sync.generated.peat.sidecar.v1 import ChangeType, ResyncReason
 from peat_sync.node.errors import NodeClosed
 from peat_sync.node.events import ChangeEvent, Progress
+from peat_sync.node.validation import EXCERPT_CHARACTERS, excerpt
 
 if TYPE_CHECKING:
     from peat_sync.node.feed import ChangeFeed
@@ -78,7 +79,7 @@ class Subscription:
         if epoch is not None and epoch != self._history.epoch:
             self._resync(
                 ResyncReason.UNKNOWN_EPOCH,
-                f"epoch {epoch!r} is not this store's epoch ({self._history.epoch!r}): your"
+                f"epoch {excerpt(epoch)} is not this store's epoch ({self._history.epoch!r}): your"
                 " position belongs to another store (a wiped data dir or another node)",
             )
         elif since is not None and since > head:
@@ -99,7 +100,14 @@ class Subscription:
         return self.collections is None or collection in self.collections
 
     def describe_collections(self) -> str:
-        return "all" if self.collections is None else ",".join(sorted(self.collections))
+        """For logs: "all", or the collections, cut short if they are many or long."""
+        if self.collections is None:
+            return "all"
+        names = sorted(self.collections)
+        text = ",".join(names)
+        if len(text) <= EXCERPT_CHARACTERS:
+            return text
+        return f"{len(names):,} collections from {excerpt(names[0])}"
 
     @property
     def is_live(self) -> bool:

@@ -13,6 +13,19 @@ MAX_NAME_BYTES = 512
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+# Characters of a client's string that a message or a log line quotes at most.
+EXCERPT_CHARACTERS = 64
+
+
+def excerpt(value: str) -> str:
+    """`value` quoted, cut short if long: messages and logs never echo a client's string
+    whole (a megabyte id would flood the log, and one in a gRPC status costs HPACK time
+    quadratic in its length)."""
+    if len(value) <= EXCERPT_CHARACTERS:
+        return repr(value)
+    return f"{value[:EXCERPT_CHARACTERS]!r}... ({len(value):,} characters)"
+
+
 def _utf8_size(kind: str, value: str) -> int:
     # A lone surrogate (say, from a badly decoded file name) is not text SQLite can store.
     try:

@@ -1,5 +1,5 @@
-"""Sending already-encoded messages as they are, and the C-implemented message classes for the
-messages where the generated pure-Python code costs most."""
+"""Decoding requests, sending already-encoded messages as they are, and the C-implemented
+message classes for the messages where the generated pure-Python code costs most."""
 
 from __future__ import annotations
 
@@ -10,10 +10,29 @@ from typing import Any
 import grpclib.server
 from google.protobuf import message_factory
 from google.protobuf.message import Message
+from grpclib import GRPCError
+from grpclib.const import Status
+from grpclib.encoding.proto import ProtoCodec
 
 # Importing the generated package registers its descriptors in this pool.
 from peat_sync.generated.google_proto_descriptor_pool import default_google_proto_descriptor_pool
 from peat_sync.generated.peat.sidecar import v1 as _generated  # noqa: F401
+from peat_sync.node.validation import excerpt
+
+
+class RequestCodec(ProtoCodec):
+    """`ProtoCodec` whose decoding failures are the caller's: a request whose bytes are not
+    its message (invalid UTF-8 in a string, a corrupt field) is INVALID_ARGUMENT, not an
+    internal error with a traceback."""
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        try:
+            return super().decode(data, message_type)
+        except Exception as exc:  # each runtime and each field raises its own kind
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"the request is not a valid {message_type.__name__}: {excerpt(str(exc))}",
+            ) from None
 
 
 def native_message_class(name: str) -> type[Message]:

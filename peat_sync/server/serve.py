@@ -21,6 +21,7 @@ from peat_sync import tls
 from peat_sync.config import ListenAddress, ServeConfig
 from peat_sync.node import open_node
 from peat_sync.server.adapter import call_asyncio
+from peat_sync.server.codec import RequestCodec
 from peat_sync.server.metrics import serving_metrics
 from peat_sync.server.service import SidecarService
 from peat_sync.store.sqlite import StoreError
@@ -131,7 +132,7 @@ async def _grpc_server(
     server once: running calls are cancelled and get `SHUTDOWN_GRACE_SECONDS` to finish; the
     block's end calls it too."""
     # grpclib binds to the running asyncio loop, so it is built inside open_loop().
-    server = grpclib.server.Server(services)
+    server = grpclib.server.Server(services, codec=RequestCodec())
     await call_asyncio(server.start, sock=sock, ssl=tls_context)
     closed = False
 

@@ -24,6 +24,7 @@ from peat_sync.node import (
     RequestError,
     StoreUnavailable,
 )
+from peat_sync.node.validation import excerpt
 from peat_sync.server import typed
 from peat_sync.server.adapter import BatchPump, call_nowait, call_trio
 from peat_sync.server.codec import native_message_class, send_encoded
@@ -201,7 +202,7 @@ class SidecarService(pb.PeatSidecarBase):
     async def disconnect_peer(self, message: pb.DisconnectPeerRequest) -> pb.DisconnectPeerResponse:
         raise GRPCError(
             Status.FAILED_PRECONDITION,
-            f"no peer {message.endpoint_id!r} is connected: " + NO_MESH.format(rpc="a peer"),
+            f"no peer {excerpt(message.endpoint_id)} is connected: " + NO_MESH.format(rpc="a peer"),
         )
 
     async def list_peers(self, message: pb.ListPeersRequest) -> pb.ListPeersResponse:

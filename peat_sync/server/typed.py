@@ -56,23 +56,43 @@ def to_json(message: betterproto2.Message, name: str) -> str:
         ) from None
 
 
-def _convert(annotation: str, default: Any, value: Any) -> Any:
-    """`value` as the field annotated `annotation` holds it; ValueError if it does not fit."""
+# The values each integer type of proto can hold: a stored number outside them would be
+# wrapped, or fail the whole read, when the message is encoded.
+_INTEGER_RANGES = {
+    **dict.fromkeys(("int32", "sint32", "sfixed32", "enum"), (-(2**31), 2**31 - 1)),
+    **dict.fromkeys(("int64", "sint64", "sfixed64"), (-(2**63), 2**63 - 1)),
+    **dict.fromkeys(("uint32", "fixed32"), (0, 2**32 - 1)),
+    **dict.fromkeys(("uint64", "fixed64"), (0, 2**64 - 1)),
+}
+
+
+def _convert(annotation: str, proto_type: str, default: Any, value: Any) -> Any:
+    """`value` as the field annotated `annotation` (of `proto_type`) holds it; ValueError if
+    it does not fit."""
     base = annotation.removesuffix(" | None")
     if value is None:
         if base != annotation:
             return None
         return default
     if base == "str" and isinstance(value, str):
+        value.encode()  # a lone surrogate (an escaped one in the JSON) is not UTF-8
         return value
     if base == "bool" and isinstance(value, bool):
         return value
     if not isinstance(value, bool):  # JSON true/false must not pass for numbers
         if base == "float" and isinstance(value, int | float):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise ValueError(f"{json.dumps(value)[:40]} is beyond a double's range") from None
         if isinstance(value, int) and (base == "int" or isinstance(default, enum.Enum)):
+            low, high = _INTEGER_RANGES.get(proto_type, (value, value))
+            if not low <= value <= high:
+                raise ValueError(f"{json.dumps(value)[:40]} is outside a {proto_type}'s range")
             return value if base == "int" else type(default)(value)
     if base == "list[str]" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        for item in value:
+            item.encode()
         return value
     raise ValueError(f"{json.dumps(value)[:40]} is not a {base}")
 
@@ -88,7 +108,10 @@ def from_json(message_type: type[M], json_data: str) -> M:
         if field.name in document:
             try:
                 values[field.name] = _convert(
-                    str(field.type), getattr(defaults, field.name), document[field.name]
+                    str(field.type),
+                    field.metadata["betterproto"].proto_type,
+                    getattr(defaults, field.name),
+                    document[field.name],
                 )
             except ValueError as exc:
                 raise ValueError(f"{field.name}: {exc}") from None
