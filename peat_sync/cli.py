@@ -17,6 +17,7 @@ from peat_sync.config import SERVE_OPTIONS, ConfigError, ServeConfig, add_option
 from peat_sync.logs import configure_logging
 from peat_sync.server.metrics import MetricsListenError
 from peat_sync.server.serve import ListenError, serve
+from peat_sync.soak.command import add_soak_command, run_soak_command
 from peat_sync.store.sqlite import StoreError
 
 log = logging.getLogger("peat_sync.cli")
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(serve_parser, SERVE_OPTIONS)
     add_client_commands(commands)
     add_bench_command(commands)
+    add_soak_command(commands)
     return parser
 
 
@@ -83,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_client_command(args)
     if "bench_command" in args:
         return run_bench(args)
+    if "soak_command" in args:
+        return run_soak_command(args)
     try:
         config = serve_config(args)
     except ConfigError as exc:

@@ -33,7 +33,7 @@ STATUS_TIMEOUT = 10.0
 LOG_TAIL = 20
 
 _LISTENING = re.compile(r"listening on tcp://[^ ;]+:(\d+)")
-_SERVING = re.compile(r"serving peat\.sidecar\.v1 on ")
+SERVING_LINE = re.compile(r"serving peat\.sidecar\.v1 on ")
 
 
 class BenchError(Exception):
@@ -86,7 +86,7 @@ class Server:
         return None if self.pid is None else cpu_seconds(self.pid)
 
 
-class _Process:
+class OutputReadingProcess:
     """A server process whose output is read on a thread; the last lines are kept."""
 
     def __init__(self, argv: list[str], name: str) -> None:
@@ -148,10 +148,10 @@ def peat_server(data_dir: Path, *flags: str) -> Iterator[Server]:
     """`peat-sync serve` on a free loopback port and `data_dir`, with extra `flags`, for the
     duration of the block; ready when it logs that it serves."""
     argv = [sys.executable, "-m", "peat_sync", "serve", "--listen", "tcp://127.0.0.1:0"]
-    process = _Process([*argv, "--data-dir", str(data_dir), *flags], "peat-sync serve")
+    process = OutputReadingProcess([*argv, "--data-dir", str(data_dir), *flags], "peat-sync serve")
     try:
         port = process.wait_for(_LISTENING)[1]
-        process.wait_for(_SERVING)
+        process.wait_for(SERVING_LINE)
         yield Server(f"127.0.0.1:{port}", process.process.pid, "peat-sync serve")
         if process.process.poll() is not None:
             raise BenchError(f"the server exited during the run: {process.last_words()}")
@@ -164,7 +164,7 @@ def baseline_server() -> Iterator[Server]:
     """The bare grpclib baseline (peat_sync.bench.baseline), for the duration of the block."""
     port = free_port()
     argv = [sys.executable, "-m", "peat_sync.bench.baseline", str(port)]
-    process = _Process(argv, "the baseline server")
+    process = OutputReadingProcess(argv, "the baseline server")
     try:
         process.wait_for(re.compile(re.escape(BASELINE_READY)))
         yield Server(f"127.0.0.1:{port}", process.process.pid, "bare grpclib")
