@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 from peat_sync.node.errors import InvalidRequest, LimitExceeded
 
@@ -68,6 +69,11 @@ def check_document(json_data: str, max_bytes: int) -> None:
     except RecursionError:
         raise InvalidRequest("json_data is nested too deeply to parse") from None
     except ValueError as exc:
+        if "int_max_str_digits" in str(exc):  # Python's own limit, and advice for the server
+            raise InvalidRequest(
+                f"json_data holds an integer of more than {sys.get_int_max_str_digits():,}"
+                " digits, which the server does not read; send it as a string"
+            ) from None
         raise InvalidRequest(f"json_data is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise InvalidRequest(

@@ -224,6 +224,7 @@ BAD_DOCUMENTS = [
     ('{"a": -Infinity}', "-Infinity is not valid JSON"),
     ("[" * 100_000, "nested too deeply"),
     ('{"a":' * 100_000, "nested too deeply"),
+    ('{"a": ' + "9" * 5_000 + "}", "integer of more than 4,300 digits"),
 ]
 
 
