@@ -66,21 +66,20 @@ class ChangeFeed:
         *,
         buffer_size: int,
         heartbeat_interval: float,
-        max_subscribers: int = 10_000,
-        stats: NodeStats | None = None,
+        max_subscribers: int,
+        stats: NodeStats,
     ) -> None:
         self.replay_log = replay_log
         self.history = history
         self.buffer_size = buffer_size
         self.max_subscribers = max_subscribers
-        self.stats = NodeStats() if stats is None else stats
+        self.stats = stats
         self._refusing = False  # at the limit, and said so
         self.heartbeat_interval = heartbeat_interval
         self._open: set[Subscription] = set()
         self._live: dict[Subscription, trio.MemorySendChannel[list[ChangeEvent]]] = {}
         self._lagging: dict[Subscription, MissedRange] = {}
         self._next_id = 1
-        self._all_detached = trio.Event()
         self.closed = False
         self.lag_events = 0
 
@@ -159,8 +158,6 @@ class ChangeFeed:
         self._lagging.pop(subscription, None)
         self._open.discard(subscription)
         self._refusing = False
-        if self.closed and not self._open:
-            self._all_detached.set()
 
     def close(self) -> None:
         """End every subscription: each one's next read raises NodeClosed."""
@@ -168,12 +165,6 @@ class ChangeFeed:
         for send in self._live.values():
             send.close()
         self._live.clear()
-        if not self._open:
-            self._all_detached.set()
-
-    async def wait_all_detached(self) -> None:
-        """Trio-flavoured: wait, after `close()`, until every subscription is closed."""
-        await self._all_detached.wait()
 
     async def run(
         self,

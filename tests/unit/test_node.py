@@ -37,7 +37,7 @@ from peat_sync.node.feed import ChangeFeed
 from peat_sync.node.history import History
 from peat_sync.node.producer import Producer
 from peat_sync.node.replay_log import ReplayLog
-from peat_sync.node.stats import CommitTimes
+from peat_sync.node.stats import CommitTimes, NodeStats
 from peat_sync.store import Change, Mutation, SQLiteStore, StoredDocument
 
 DEADLINE = 30
@@ -473,6 +473,8 @@ async def lone_feed(
         History(store, trio.CapacityLimiter(1)),
         buffer_size=16,
         heartbeat_interval=heartbeat_interval,
+        max_subscribers=100,
+        stats=NodeStats(),
     )
     publisher, published = trio.open_memory_channel[list[ChangeEvent]](4)
     try:
