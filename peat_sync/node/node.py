@@ -156,11 +156,15 @@ class Node:
 
     def _checked(self, collection: str, doc_id: str, json_data: str | None) -> Mutation:
         """The write, once it passed the checks; a delete when `json_data` is None."""
-        check_name("collection", collection)
-        check_name("doc_id", doc_id)
-        if json_data is not None:
-            check_document(json_data, self.config.max_document_bytes)
-        return Mutation(collection, doc_id, json_data)
+        mutation = Mutation(collection, doc_id, json_data)
+        self._check(mutation)
+        return mutation
+
+    def _check(self, mutation: Mutation) -> None:
+        check_name("collection", mutation.collection)
+        check_name("doc_id", mutation.doc_id)
+        if mutation.json_data is not None:
+            check_document(mutation.json_data, self.config.max_document_bytes)
 
     def _check_writes(self, mutations: Sequence[Mutation]) -> None:
         if len(mutations) > MAX_WRITES:
@@ -170,7 +174,7 @@ class Node:
             )
         for index, mutation in enumerate(mutations):
             try:
-                self._checked(mutation.collection, mutation.doc_id, mutation.json_data)
+                self._check(mutation)
             except RequestError as exc:  # name the write at fault; nothing is committed
                 raise type(exc)(f"writes[{index}]: {exc}") from None
 
