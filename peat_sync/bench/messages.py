@@ -15,8 +15,8 @@ from typing import Any
 
 from google.protobuf.message_factory import GetMessageClass
 
-import peat_sync.generated.peat.sidecar.v1  # noqa: F401  (fills the descriptor pool)
 from peat_sync.generated.google_proto_descriptor_pool import default_google_proto_descriptor_pool
+from peat_sync.generated.peat.sidecar.v1 import ChangeType, ResyncReason  # fills the pool too
 
 PACKAGE = "peat.sidecar.v1"
 SERVICE = f"/{PACKAGE}.PeatSidecar/"
@@ -25,25 +25,16 @@ COLLECTION = "bench"
 PAD = "x" * 48
 _PREFIX = '{"t":'
 
-# ChangeType values (proto/sidecar.proto).
-UPSERT, DELETE, RESYNC, HEARTBEAT = 1, 2, 3, 4
-SNAPSHOT_BEGIN, CATCH_UP_BEGIN, CATCH_UP_END = 5, 6, 7
-CHANGE_TYPE_NAMES = {
-    UPSERT: "UPSERT",
-    DELETE: "DELETE",
-    RESYNC: "RESYNC",
-    HEARTBEAT: "HEARTBEAT",
-    SNAPSHOT_BEGIN: "SNAPSHOT_BEGIN",
-    CATCH_UP_BEGIN: "CATCH_UP_BEGIN",
-    CATCH_UP_END: "CATCH_UP_END",
-}
-RESYNC_REASON_NAMES = {
-    0: "UNSPECIFIED",
-    1: "SLOW_CONSUMER",
-    2: "HISTORY_COMPACTED",
-    3: "UNKNOWN_EPOCH",
-    4: "SEQUENCE_AHEAD",
-}
+# ChangeType values, as ints: the workers read them from upb messages.
+UPSERT, DELETE, RESYNC, HEARTBEAT = (
+    ChangeType.UPSERT.value,
+    ChangeType.DELETE.value,
+    ChangeType.RESYNC.value,
+    ChangeType.HEARTBEAT.value,
+)
+CATCH_UP_BEGIN, CATCH_UP_END = ChangeType.CATCH_UP_BEGIN.value, ChangeType.CATCH_UP_END.value
+CHANGE_TYPE_NAMES = {change_type.value: change_type.name for change_type in ChangeType}
+RESYNC_REASON_NAMES = {reason.value: reason.name for reason in ResyncReason}
 
 
 def document(n: int, sent_ns: int) -> str:
