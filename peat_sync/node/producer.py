@@ -17,7 +17,7 @@ import trio
 
 from peat_sync.node.errors import NodeClosed, StoreUnavailable
 from peat_sync.node.events import ChangeEvent
-from peat_sync.node.stats import CommitTimes
+from peat_sync.node.stats import Histogram
 from peat_sync.store import Change, Mutation, Store
 
 log = logging.getLogger("peat_sync.producer")
@@ -38,7 +38,7 @@ class _QueuedWrite:
 
 
 class Producer:
-    def __init__(self, store: Store, max_batch: int, commit_times: CommitTimes) -> None:
+    def __init__(self, store: Store, max_batch: int, commit_times: Histogram) -> None:
         self._store = store
         self._max_batch = max_batch
         self._commit_times = commit_times

@@ -13,16 +13,20 @@ COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 
 
 @dataclass(slots=True)
-class CommitTimes:
-    """A histogram of commit durations: counts per bucket of COMMIT_BUCKETS (the last counts
-    those beyond every bound), with their sum."""
+class Histogram:
+    """Counts of values per bucket of `bounds` (upper bounds, ascending, each inclusive; the
+    last count is of the values beyond every bound), with the values' sum."""
 
-    counts: list[int] = field(default_factory=lambda: [0] * (len(COMMIT_BUCKETS) + 1))
-    total_seconds: float = 0.0
+    bounds: tuple[float, ...]
+    counts: list[int] = field(init=False)
+    total: float = 0.0
 
-    def add(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(COMMIT_BUCKETS, seconds)] += 1
-        self.total_seconds += seconds
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def add(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
 
 
 @dataclass(slots=True)
@@ -32,4 +36,4 @@ class NodeStats:
     events_delivered: int = 0  # events handed to subscribers' streams, control events too
     catch_ups: int = 0  # catch-ups from the store begun
     resyncs: collections.Counter[str] = field(default_factory=collections.Counter)  # by reason
-    commits: CommitTimes = field(default_factory=CommitTimes)
+    commits: Histogram = field(default_factory=lambda: Histogram(COMMIT_BUCKETS))  # seconds

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from peat_sync.config import ListenAddress
 from peat_sync.node import Node
-from peat_sync.node.stats import COMMIT_BUCKETS
+from peat_sync.node.stats import Histogram
 
 log = logging.getLogger("peat_sync.metrics")
 
@@ -83,39 +83,28 @@ class NodeCollector(Collector):
         for reason, count in sorted(stats.resyncs.items()):
             resyncs.add_metric([reason], count)
         yield resyncs
-        yield _histogram(
+        fill = Histogram(BUFFER_BUCKETS)
+        for subscription in feed.live_subscriptions:
+            fill.add(subscription.unread / feed.buffer_size)
+        yield _family(
             "peat_subscriber_buffer_fill",
             "open live subscribers by the share of their buffer they hold unread",
-            BUFFER_BUCKETS,
-            [subscription.unread / feed.buffer_size for subscription in feed.live_subscriptions],
+            fill,
         )
-        commits = stats.commits
-        yield HistogramMetricFamily(
+        yield _family(
             "peat_commit_seconds",
             "time to commit a batch of writes to the store, fsync included",
-            buckets=_cumulative(COMMIT_BUCKETS, commits.counts),
-            sum_value=commits.total_seconds,
+            stats.commits,
         )
 
 
-def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
-    """Prometheus buckets (cumulative, ending with +Inf) from per-bucket counts."""
+def _family(name: str, documentation: str, histogram: Histogram) -> HistogramMetricFamily:
+    """`histogram` as Prometheus has it: cumulative buckets, ending with +Inf."""
     buckets, running = [], 0
-    for bound, count in zip((*map(str, bounds), "+Inf"), counts, strict=True):
+    for bound, count in zip((*map(str, histogram.bounds), "+Inf"), histogram.counts, strict=True):
         running += count
         buckets.append((bound, float(running)))
-    return buckets
-
-
-def _histogram(
-    name: str, documentation: str, bounds: tuple[float, ...], values: list[float]
-) -> HistogramMetricFamily:
-    counts = [0] * (len(bounds) + 1)
-    for value in values:
-        counts[next((i for i, bound in enumerate(bounds) if value <= bound), len(bounds))] += 1
-    return HistogramMetricFamily(
-        name, documentation, buckets=_cumulative(bounds, counts), sum_value=sum(values)
-    )
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=histogram.total)
 
 
 class MetricsListenError(Exception):

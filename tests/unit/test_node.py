@@ -37,7 +37,7 @@ from peat_sync.node.feed import ChangeFeed
 from peat_sync.node.history import History
 from peat_sync.node.producer import Producer
 from peat_sync.node.replay_log import ReplayLog
-from peat_sync.node.stats import CommitTimes, NodeStats
+from peat_sync.node.stats import COMMIT_BUCKETS, Histogram, NodeStats
 from peat_sync.store import Change, Mutation, SQLiteStore, StoredDocument
 
 DEADLINE = 30
@@ -285,7 +285,7 @@ async def test_one_bad_write_does_not_fail_the_writes_batched_with_it(tmp_path: 
     """Writers queued together are committed in one batch; a write the store refuses must
     fail alone, not take the good ones of its batch down with it."""
     store = PoisonedStore.open(tmp_path)
-    producer = Producer(store, max_batch=100, commit_times=CommitTimes())
+    producer = Producer(store, max_batch=100, commit_times=Histogram(COMMIT_BUCKETS))
     publish, published = trio.open_memory_channel[list[ChangeEvent]](16)
     outcomes: dict[str, object] = {}
 
