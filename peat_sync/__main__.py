@@ -1,5 +1,5 @@
 import sys
 
-from peat_sync.cli import main
+from peat_sync.cli.main import main
 
 sys.exit(main())

@@ -372,7 +372,7 @@ class PlotUnavailable(Exception):
     """matplotlib is not installed."""
 
 
-PLOT_HINT = "--plot needs matplotlib: pip install 'peat-sync[plot]'"
+PLOT_HINT = "--plot needs matplotlib: pip install 'peat-sync[bench]'"
 
 
 def _pyplot() -> Any:

@@ -24,7 +24,6 @@ import grpc
 
 from peat_sync.bench.baseline import READY as BASELINE_READY
 from peat_sync.bench.messages import SERVICE, message_class
-from peat_sync.config import ListenAddress
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -38,16 +37,6 @@ SERVING_LINE = re.compile(r"serving peat\.sidecar\.v1 on ")
 
 class BenchError(Exception):
     """The bench cannot go on; the message says why, in one line."""
-
-
-def grpc_target(address: str) -> str:
-    """The grpcio target of a peat-sync address (HOST:PORT, tcp://HOST:PORT, unix:///PATH);
-    ValueError names what is wrong with a bad one."""
-    parsed = ListenAddress.parse(address)
-    if parsed.path is not None:
-        return f"unix://{parsed.path}"
-    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
-    return f"{host}:{parsed.port}"
 
 
 def rss_bytes(pid: int) -> int:

@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 import grpclib.client
 import grpclib.config
 
+from peat_sync.address import ListenAddress
 from peat_sync.client.errors import CALL_FAILURES, client_error
 from peat_sync.client.mirror import Mirror
 from peat_sync.client.subscription import Backoff, ResilientSubscription
-from peat_sync.config import ListenAddress
 from peat_sync.generated.peat.sidecar import v1 as pb
 
 T = TypeVar("T")

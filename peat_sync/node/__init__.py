@@ -12,6 +12,7 @@ from peat_sync.node.errors import (
     InvalidRequest,
     LimitExceeded,
     NodeClosed,
+    QueueFull,
     RequestError,
     StoreUnavailable,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "Node",
     "NodeClosed",
     "NodeConfig",
+    "QueueFull",
     "RequestError",
     "StoreUnavailable",
     "Subscription",

@@ -17,5 +17,9 @@ class NodeClosed(RequestError):
     """The node is shutting down and takes no more work."""
 
 
+class QueueFull(Exception):
+    """A write that does not wait found the write queue full: wait for room instead."""
+
+
 class StoreUnavailable(RequestError):
     """The store failed to commit (a full disk, an I/O error); nothing of the write was stored."""

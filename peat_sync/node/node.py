@@ -43,7 +43,7 @@ def _random_node_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
-    data_dir: Path
+    data_dir: Path = Path("peat-data")
     node_id: str = field(default_factory=_random_node_id)
     broadcast_buffer_size: int = 256
     max_subscribers: int = 10_000
@@ -126,7 +126,7 @@ class Node:
     # The same writes without waiting, for callers outside trio: the asyncio gRPC handlers,
     # which would otherwise start a trio task per call. Each checks its request (raising
     # `RequestError`) and queues it; `done` gets what the waiting twin returns or raises,
-    # once committed. They raise `trio.WouldBlock` when the queue is full: then wait, with
+    # once committed. They raise `QueueFull` when the queue is full: then wait, with
     # the twin.
 
     def put_nowait(

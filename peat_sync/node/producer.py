@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import trio
 
-from peat_sync.node.errors import NodeClosed, StoreUnavailable
+from peat_sync.node.errors import NodeClosed, QueueFull, StoreUnavailable
 from peat_sync.node.events import ChangeEvent
 from peat_sync.node.stats import Histogram
 from peat_sync.store import Change, Mutation, Store
@@ -70,10 +70,12 @@ class Producer:
     def write_nowait(self, mutations: Sequence[Mutation], done: WriteCallback) -> None:
         """Queue `mutations` without waiting, from any task of the node's trio run (asyncio
         callbacks under trio-asyncio included); `done` gets the outcome, as `write` returns
-        or raises it. Raises `trio.WouldBlock` when the queue is full. It spares a caller
+        or raises it. Raises `QueueFull` when the queue is full. It spares a caller
         outside trio the trio task a `write` would need."""
         try:
             self._send.send_nowait(_QueuedWrite(mutations, done))
+        except trio.WouldBlock:
+            raise QueueFull from None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise _closed() from None
 

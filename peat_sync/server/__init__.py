@@ -1,5 +1,6 @@
 """The gRPC server: grpclib on asyncio, inside trio_asyncio, in front of the trio node.
 
-Nothing is imported here: importing trio_asyncio changes how asyncio runs, and `codec` must
-stay usable without that (the bare-grpclib benchmark baseline imports it).
+The layers: `serve` (trio) runs the node and, through `bridge`, the asyncio side: the
+`GrpcServer`, the `SidecarService` handlers and the standard services. `bridge` is the only
+module that imports both trio and asyncio.
 """

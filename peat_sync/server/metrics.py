@@ -23,7 +23,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from peat_sync.config import ListenAddress
+from peat_sync.address import ListenAddress
 from peat_sync.node import Node
 from peat_sync.node.stats import Histogram
 

@@ -11,17 +11,16 @@ import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-import grpclib.server
 import trio
-import trio_asyncio
-from grpclib._typing import IServable
 
 from peat_sync import tls
-from peat_sync.config import ListenAddress, ServeConfig
+from peat_sync.address import ListenAddress
 from peat_sync.node import open_node
-from peat_sync.server.adapter import call_asyncio
-from peat_sync.server.codec import RequestCodec
+from peat_sync.server.bridge import call_asyncio, open_asyncio_loop
+from peat_sync.server.config import ServeConfig
+from peat_sync.server.grpc_server import GrpcServer
 from peat_sync.server.metrics import serving_metrics
 from peat_sync.server.service import SidecarService
 from peat_sync.store.sqlite import StoreError
@@ -122,7 +121,7 @@ def _listens_everywhere(address: ListenAddress) -> bool:
 
 @asynccontextmanager
 async def _grpc_server(
-    services: list[IServable],
+    services: list[Any],
     sock: socket.socket,
     listen: ListenAddress,
     tls_context: ssl.SSLContext | None,
@@ -131,9 +130,8 @@ async def _grpc_server(
     `tls_context` if given, for the duration of the block. Yields `close`, which closes the
     server once: running calls are cancelled and get `SHUTDOWN_GRACE_SECONDS` to finish; the
     block's end calls it too."""
-    # grpclib binds to the running asyncio loop, so it is built inside open_loop().
-    server = grpclib.server.Server(services, codec=RequestCodec())
-    await call_asyncio(server.start, sock=sock, ssl=tls_context)
+    server = GrpcServer(services)  # inside the asyncio loop, which grpclib binds to
+    await call_asyncio(server.start, sock, tls_context)
     closed = False
 
     async def close() -> None:
@@ -141,10 +139,8 @@ async def _grpc_server(
         if closed:
             return
         closed = True
-        with trio.CancelScope(shield=True):
-            server.close()
-            with trio.move_on_after(SHUTDOWN_GRACE_SECONDS):
-                await call_asyncio(server.wait_closed)
+        with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE_SECONDS):
+            await call_asyncio(server.close)
         if listen.path is not None:
             listen.path.unlink(missing_ok=True)
 
@@ -185,10 +181,10 @@ async def serve(
         )
     _create_data_dir(config.node.data_dir)
     data_dir = config.node.data_dir.resolve()
-    async with trio_asyncio.open_loop():
+    async with open_asyncio_loop():
         service = SidecarService(config.node.node_id, str(bound))
         health = Health(service_names([service]))
-        services: list[IServable] = [service, health, *reflection([service, health])]
+        services = [service, health, *reflection([service, health])]
         async with (
             _grpc_server(services, sock, config.listen, config.tls) as close_server,
             serving_metrics(config.metrics_listen, lambda: service.attached_node),

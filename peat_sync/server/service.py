@@ -10,7 +10,6 @@ from typing import Any, TypeVar, cast
 
 import grpclib.const
 import grpclib.server
-import trio
 from grpclib import GRPCError
 from grpclib.const import Status
 
@@ -21,28 +20,32 @@ from peat_sync.node import (
     LimitExceeded,
     Node,
     NodeClosed,
+    QueueFull,
     RequestError,
     StoreUnavailable,
 )
 from peat_sync.node.validation import excerpt
 from peat_sync.server import typed
-from peat_sync.server.adapter import BatchPump, call_nowait, call_trio
-from peat_sync.server.codec import native_message_class, send_encoded
+from peat_sync.server.bridge import BatchPump, call_nowait, call_trio
 from peat_sync.store import Mutation
+from peat_sync.wire import (
+    GET_STATUS,
+    PUT_DOCUMENT,
+    SUBSCRIBE,
+    SUBSCRIBE_BATCHED,
+    WRITE_DOCUMENTS,
+    message_class,
+    send_encoded,
+)
 
 log = logging.getLogger("peat_sync.service")
 
 T = TypeVar("T")
 
-GET_STATUS = "/peat.sidecar.v1.PeatSidecar/GetStatus"
-SUBSCRIBE = "/peat.sidecar.v1.PeatSidecar/Subscribe"
-SUBSCRIBE_BATCHED = "/peat.sidecar.v1.PeatSidecar/SubscribeBatched"
-PUT_DOCUMENT = "/peat.sidecar.v1.PeatSidecar/PutDocument"
-WRITE_DOCUMENTS = "/peat.sidecar.v1.PeatSidecar/WriteDocuments"
-PutDocumentRequest = native_message_class("PutDocumentRequest")
-PutDocumentResponse = native_message_class("PutDocumentResponse")
-WriteDocumentsRequest = native_message_class("WriteDocumentsRequest")
-WriteDocumentsResponse = native_message_class("WriteDocumentsResponse")
+PutDocumentRequest = message_class("PutDocumentRequest")
+PutDocumentResponse = message_class("PutDocumentResponse")
+WriteDocumentsRequest = message_class("WriteDocumentsRequest")
+WriteDocumentsResponse = message_class("WriteDocumentsResponse")
 # Events taken from a subscription per crossing into trio.
 SEND_BATCH = 512
 # Subscribe streams are paced (see `send_encoded`) while the node has at most this many
@@ -239,8 +242,8 @@ class SidecarService(pb.PeatSidecarBase):
         doc_ids = await call_trio(self.node.list_ids, message.collection)
         return pb.ListDocumentsResponse(doc_ids=doc_ids)
 
-    # Decoded and answered with the runtime's C message classes (see codec.py): the writes'
-    # share of the server's CPU.
+    # Decoded and answered with the runtime's C message classes (see `wire.message_class`):
+    # the writes' share of the server's CPU.
 
     async def _put_document(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         request = await stream.recv_message()
@@ -379,7 +382,7 @@ async def _committed(
     when the write queue is full, through its waiting twin (`wait`)."""
     try:
         return await call_nowait(functools.partial(nowait, *args))
-    except trio.WouldBlock:
+    except QueueFull:
         return cast(T, await call_trio(wait, *args))
 
 

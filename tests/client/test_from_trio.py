@@ -6,7 +6,7 @@ import trio
 import trio_asyncio
 
 from peat_sync.client import ChangeType, Client
-from peat_sync.server.adapter import call_asyncio, enter_asyncio, iterate_asyncio
+from peat_sync.server.bridge import call_asyncio, enter_asyncio, iterate_asyncio
 from tests.conftest import ServerProcess
 
 

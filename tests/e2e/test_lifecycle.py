@@ -18,7 +18,7 @@ import grpc
 import grpclib.client
 import pytest
 
-from peat_sync.config import SERVE_OPTIONS
+from peat_sync.cli.options import SERVE_OPTIONS
 from peat_sync.generated.peat.sidecar import v1 as pb
 from tests.conftest import GrpcioApi, ServerProcess, StartServer
 from tests.e2e.conftest import (

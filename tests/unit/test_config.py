@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
-from peat_sync.cli import build_parser
-from peat_sync.config import (
+from peat_sync.address import ListenAddress
+from peat_sync.cli.main import build_parser
+from peat_sync.cli.options import (
     ConfigError,
-    ListenAddress,
-    ServeConfig,
     byte_size,
     duration,
     heartbeat_interval,
     serve_config,
 )
+from peat_sync.server.config import ServeConfig
 
 MiB = 1024 * 1024
 

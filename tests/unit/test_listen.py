@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from peat_sync.config import ListenAddress
+from peat_sync.address import ListenAddress
 from peat_sync.server.serve import _bind
 
 

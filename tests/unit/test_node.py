@@ -29,6 +29,7 @@ from peat_sync.node import (
     Node,
     NodeClosed,
     NodeConfig,
+    QueueFull,
     StoreUnavailable,
     Subscription,
     open_node,
@@ -809,7 +810,7 @@ async def test_writes_without_waiting_report_their_outcome_to_the_callback(
 ) -> None:
     """`put_nowait`, `delete_nowait` and `write_nowait` check the request at once, queue it,
     and hand `done` what the waiting twin would return or raise; a full queue raises
-    WouldBlock (the caller then waits), and a closed node NodeClosed."""
+    QueueFull (the caller then waits), and a closed node NodeClosed."""
     monkeypatch.setattr("peat_sync.node.producer.QUEUE_CAPACITY", 2)
     outcomes: list[object] = []
     with trio.fail_after(DEADLINE):
@@ -820,7 +821,7 @@ async def test_writes_without_waiting_report_their_outcome_to_the_callback(
             node.put_nowait("c", "a", "{}", outcomes.append)
             node.write_nowait([Mutation("c", "b", "{}"), Mutation("c", "a", None)], outcomes.append)
             node.delete_nowait("c", "never-existed", outcomes.append)
-            with pytest.raises(trio.WouldBlock):
+            with pytest.raises(QueueFull):
                 node.put_nowait("c", "d", "{}", outcomes.append)
             with pytest.raises(InvalidRequest, match="doc_id"):
                 node.put_nowait("c", "", "{}", outcomes.append)

@@ -1,8 +1,9 @@
-"""The one place where asyncio (grpclib) and trio (the node) meet.
+"""The one place where asyncio (grpclib) and trio (the node) meet: the only module of the
+package that imports both, which a test checks.
 
 Trio programs use the asyncio-flavoured client library (`peat_sync.client`) through it too:
-inside `trio_asyncio.open_loop()`, `call_asyncio`, `enter_asyncio` and `iterate_asyncio` run
-its calls, context managers and iterators.
+inside `open_asyncio_loop()`, `call_asyncio`, `enter_asyncio` and `iterate_asyncio` run its
+calls, context managers and iterators.
 
 grpclib runs on asyncio inside `trio_asyncio.open_loop()`, in the same thread as trio. Every
 crossing costs scheduler hops, so callers cross once per RPC or once per batch of events,
@@ -16,13 +17,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Generic, ParamSpec, TypeVar, cast
+from typing import Any, Generic, ParamSpec, TypeVar, cast
 
 import trio
 import trio_asyncio
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+def open_asyncio_loop() -> AbstractAsyncContextManager[Any]:
+    """For trio-flavoured `async with`: an asyncio loop running inside trio, in the same
+    thread, for the duration of the block. Build grpclib objects inside it."""
+    return cast(AbstractAsyncContextManager[Any], trio_asyncio.open_loop())
 
 
 async def call_trio(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:

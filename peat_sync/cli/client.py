@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import signal
 import sys
 import textwrap
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from ssl import SSLContext
 from typing import Any
 
-from peat_sync import tls
-from peat_sync.client.client import ADDRESS_ENV, DEFAULT_TIMEOUT, Client, default_address
-from peat_sync.client.errors import Rejected, Unavailable
-from peat_sync.client.events import ChangeType
+from peat_sync.cli.options import CLIENT_OPTIONS, WATCH_OPTIONS, add_options, client_tls, resolve
+from peat_sync.client import ChangeType, Client, Rejected, Unavailable
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -42,13 +39,6 @@ EXIT_CODES = f"""exit codes:
 HELP_WIDTH = 79
 
 Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
-
-# (flag, its variable, the check of its file) of each TLS option, as `serve` resolves its own.
-TLS_OPTIONS = (
-    ("--tls-ca", "PEAT_SIDECAR_TLS_CA", tls.certificates_file),
-    ("--tls-cert", "PEAT_SIDECAR_TLS_CLIENT_CERT", tls.certificates_file),
-    ("--tls-key", "PEAT_SIDECAR_TLS_CLIENT_KEY", tls.private_key_file),
-)
 
 
 def _print_json(value: Any) -> None:
@@ -120,7 +110,7 @@ async def watch(client: Client, args: argparse.Namespace) -> int:
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     async with client.subscribe(
-        args.collections, since=args.since, epoch=args.epoch, snapshot=args.snapshot
+        args.collection, since=args.since, epoch=args.epoch, snapshot=args.snapshot
     ) as subscription:
         async for event in subscription:
             if event.type is not ChangeType.HEARTBEAT or args.heartbeats:
@@ -128,52 +118,10 @@ async def watch(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _sequence(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("a sequence is 0 or more")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be more than 0 seconds")
-    return value
-
-
 def add_client_commands(commands: argparse._SubParsersAction[Any]) -> None:
     """Add the client commands to the `peat-sync` parser's subcommands."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--addr",
-        default=None,
-        metavar="ADDRESS",
-        help=f"the server: HOST:PORT, tcp://HOST:PORT or unix:///PATH"
-        f" [default: ${ADDRESS_ENV}, else {default_address()}]",
-    )
-    common.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help=f"give up on a call after this long [default: {DEFAULT_TIMEOUT:g}]",
-    )
-    tls_help = {
-        "--tls-ca": "connect with TLS, trusting the server certificate's CA in this PEM file"
-        " (without it, TLS trusts the system's CAs)",
-        "--tls-cert": "connect with TLS, presenting this PEM client certificate (for servers"
-        " with --tls-client-ca); needs --tls-key",
-        "--tls-key": "the PEM private key of --tls-cert",
-    }
-    for flag, env, _ in TLS_OPTIONS:
-        common.add_argument(flag, metavar="PATH", help=f"{tls_help[flag]} [default: ${env}]")
+    add_options(common, CLIENT_OPTIONS)
 
     def add(name: str, command: Command, summary: str, description: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = commands.add_parser(
@@ -185,7 +133,7 @@ def add_client_commands(commands: argparse._SubParsersAction[Any]) -> None:
             epilog=EXIT_CODES,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        parser.set_defaults(client_command=command)
+        parser.set_defaults(run=functools.partial(run_client_command, command))
         return parser
 
     def add_document_arguments(parser: argparse.ArgumentParser) -> None:
@@ -238,70 +186,29 @@ def add_client_commands(commands: argparse._SubParsersAction[Any]) -> None:
         " a later watch, pass the sequence of the last line and the epoch of the last"
         " control line (any type but upsert and delete) as --since and --epoch.",
     )
-    parser.add_argument(
-        "--collection",
-        dest="collections",
-        action="append",
-        default=[],
-        metavar="C",
-        help="a collection to follow; repeat for more [default: all collections]",
-    )
-    parser.add_argument(
-        "--since",
-        type=_sequence,
-        metavar="N",
-        help="start with the changes after sequence N [default: from now on]",
-    )
-    parser.add_argument(
-        "--epoch", metavar="E", help="the store epoch that --since belongs to (from a control line)"
-    )
-    parser.add_argument(
-        "--snapshot",
-        action="store_true",
-        help="print the current documents first, then the changes",
-    )
-    parser.add_argument(
-        "--heartbeats", action="store_true", help="print heartbeat lines too (idle streams)"
-    )
-
-
-def _tls_context(args: argparse.Namespace) -> SSLContext | None:
-    """The TLS context the --tls-* options (or their variables) ask for; None for none.
-    ValueError names the option at fault."""
-    paths: list[Path | None] = []
-    for flag, env, check in TLS_OPTIONS:
-        flag_value = getattr(args, flag.removeprefix("--").replace("-", "_"))
-        raw, source = (flag_value, flag) if flag_value is not None else (os.environ.get(env), env)
-        try:
-            paths.append(None if raw is None else check(raw))
-        except ValueError as exc:
-            raise ValueError(f"{source}={raw!r}: {exc}") from None
-    if paths == [None, None, None]:
-        return None
-    try:
-        return tls.client_context(*paths)
-    except ValueError as exc:
-        raise ValueError(f"--tls-cert/--tls-key: {exc}") from None
+    add_options(parser, WATCH_OPTIONS)
 
 
 async def _run(command: Command, args: argparse.Namespace) -> int:
-    async with Client(args.addr, timeout=args.timeout, ssl=_tls_context(args)) as client:
+    options = resolve(CLIENT_OPTIONS, args, os.environ)
+    ssl = client_tls(options)
+    async with Client(options["addr"], timeout=options["timeout"], ssl=ssl) as client:
         return await command(client, args)
 
 
-def run_client_command(args: argparse.Namespace) -> int:
-    """Run the client command that `args` names; returns the exit code."""
+def run_client_command(command: Command, args: argparse.Namespace) -> int:
+    """Run a client command; returns the exit code. ConfigError for a bad option."""
+    if command is watch:
+        args = argparse.Namespace(**{**vars(args), **resolve(WATCH_OPTIONS, args, os.environ)})
     try:
-        return asyncio.run(_run(args.client_command, args))
-    except ValueError as exc:  # a bad --addr or --tls-* option
-        return _fail(str(exc), EXIT_USAGE)
+        return asyncio.run(_run(command, args))
     except Unavailable as exc:
         return _fail(str(exc), EXIT_UNAVAILABLE)
     except Rejected as exc:
         return _fail(f"rejected: {exc}", EXIT_REJECTED)
     except (KeyboardInterrupt, asyncio.CancelledError):
         # The normal end of a watch; any other command stopped before it was done.
-        return EXIT_OK if args.client_command is watch else EXIT_INTERRUPTED
+        return EXIT_OK if command is watch else EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader of stdout went away, as `head` does
         # Python flushes stdout once more at exit, and would fail then (exit status 120):
         # point it at /dev/null instead.

@@ -1,0 +1,137 @@
+"""A run of `peat-sync bench`: the scenarios it selects, their progress, and the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from peat_sync.address import ListenAddress
+from peat_sync.bench import report
+from peat_sync.bench.scenarios import SCENARIOS, Bench
+from peat_sync.bench.servers import BenchError, get_status
+from peat_sync.bench.sizes import SCENARIO_SUMMARIES, Sizes
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_INTERRUPTED = 130
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"peat-sync bench: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def run_bench(
+    *,
+    addr: str | None,
+    scenarios: list[str],
+    sizes: Sizes,
+    json_path: Path | None,
+    plot_path: Path | None,
+    quick: bool,
+) -> int:
+    """Run the selected `scenarios` (all, if empty); returns the exit code."""
+    target = None if addr is None else ListenAddress.parse(addr).grpc_target
+    selected = [name for name in SCENARIO_SUMMARIES if name in (scenarios or SCENARIO_SUMMARIES)]
+    for flag, path in (("--json", json_path), ("--plot", plot_path)):
+        # Found out now rather than after minutes of measuring.
+        if path is not None and not path.resolve().parent.is_dir():
+            return _fail(f"{flag} {path}: no directory {path.parent}", EXIT_USAGE)
+    if plot_path is not None:
+        if "fanout" not in selected:
+            return _fail("--plot draws the fan-out scenario: select it too", EXIT_USAGE)
+        try:
+            report.check_plotting()
+        except report.PlotUnavailable as exc:
+            return _fail(str(exc), EXIT_FAILED)
+    if target is not None:
+        try:
+            get_status(target)
+        except BenchError as exc:
+            return _fail(str(exc), EXIT_UNAVAILABLE)
+    # SIGTERM stops the bench as Ctrl-C does: the servers and workers it started are
+    # stopped on the way out, not left running.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(sizes, target, selected, json_path, plot_path, quick)
+    except BenchError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    except OSError as exc:  # --json or --plot cannot be written, /proc unreadable ...
+        return _fail(str(exc), EXIT_FAILED)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run(
+    sizes: Sizes,
+    target: str | None,
+    selected: list[str],
+    json_path: Path | None,
+    plot_path: Path | None,
+    quick: bool,
+) -> int:
+    started = time.monotonic()
+    step = (0, "")
+
+    def progress(message: str) -> None:
+        elapsed = time.monotonic() - started
+        number, name = step
+        print(
+            f"[{elapsed:5.1f}s] {number}/{len(selected)} {name}: {message}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    with tempfile.TemporaryDirectory(prefix="peat-bench-") as workdir:
+        bench = Bench(sizes, Path(workdir), progress, addr=target)
+        for number, name in enumerate(selected, start=1):
+            step = (number, name)
+            progress("starting")
+            bench.results[name] = SCENARIOS[name](bench)
+    results = list(bench.results.values())
+    found = report.targets(bench.results)
+    meta = _meta(quick, sizes, target, time.monotonic() - started)
+    print(report.render(results, found, _header(meta)), end="", flush=True)
+    if json_path is not None:
+        report.write_json(json_path, report.to_json(results, found, meta))
+    if plot_path is not None:
+        report.plot(bench.results["fanout"], plot_path)
+    return EXIT_OK
+
+
+def _meta(quick: bool, sizes: Sizes, target: str | None, seconds: float) -> dict[str, Any]:
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "server": target or "peat-sync serve on a temporary data dir, started per scenario",
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "quick": quick,
+        "sizes": dataclasses.asdict(sizes),
+        "seconds": round(seconds, 1),
+    }
+
+
+def _header(meta: dict[str, Any]) -> str:
+    runs = meta["sizes"]["runs"]
+    return (
+        f"peat-sync bench, {meta['date']}: {meta['server']}; {meta['cpus']} CPUs, Python"
+        f" {meta['python']}; {'median of ' + str(runs) + ' runs' if runs > 1 else '1 run'}"
+        f"{' (--quick)' if meta['quick'] else ''}; {meta['seconds']:.0f} s"
+    )

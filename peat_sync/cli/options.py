@@ -1,0 +1,629 @@
+"""The options of every `peat-sync` command, in one table, and how their values are found.
+
+A value comes from the flag, else from the option's PEAT_SIDECAR_* environment variable (if
+it has one), else from the default. A default is written once: where the configuration it
+sets is declared (`NodeConfig`, `ServeConfig`, the client library), and the table reads it
+from there. Each value is checked here, so a bad one stops the command with a one-line message
+naming the flag or variable at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import ssl
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peat_sync import tls
+from peat_sync.address import ListenAddress
+from peat_sync.bench.sizes import QUICK, SCENARIO_SUMMARIES, Sizes
+from peat_sync.client.client import DEFAULT_ADDRESS, DEFAULT_TIMEOUT
+from peat_sync.node import NodeConfig
+from peat_sync.server.config import ServeConfig
+
+ENV_PREFIX = "PEAT_SIDECAR_"
+
+
+class ConfigError(Exception):
+    """A bad option value; the message names its flag or variable."""
+
+
+# Value kinds: each turns text into a value, or raises ValueError saying what is wrong ------
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise ValueError(f"must be at least 1, not {value}")
+    return value
+
+
+def sequence_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise ValueError("a sequence is 0 or more")
+    return value
+
+
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def byte_size(text: str) -> int:
+    """A size in bytes: 1048576, 512KiB, 64MiB, 1GiB (K, M and G are powers of 1024)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if match is None:
+        raise ValueError(f"{text!r} is not a size; write it as 1048576, 512KiB or 64MiB")
+    value = int(match[1]) * _UNITS[match[2].lower()]
+    if value < 1:
+        raise ValueError("must be at least 1 byte")
+    return value
+
+
+def show_byte_size(value: int) -> str:
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if value % factor == 0:
+            return f"{value // factor}{unit}"
+    return str(value)
+
+
+_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """A duration in seconds: 30 (seconds), 500ms, 10s, 15m, 24h, 7d; zero is allowed."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", text, re.IGNORECASE)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration; write it as 30, 500ms, 10s, 15m, 24h or 7d")
+    return float(match[1]) * _SECONDS[(match[2] or "s").lower()]
+
+
+def show_duration(seconds: float) -> str:
+    for unit in ("h", "m", "s", "ms"):
+        count = seconds / _SECONDS[unit]
+        if count >= 1 and count == int(count):
+            return f"{int(count)}{unit}"
+    return f"{seconds:g}s"
+
+
+def seconds(text: str) -> float:
+    """A number of seconds above zero, such as 10 or 2.5."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be more than 0 seconds")
+    return value
+
+
+# Each idle stream wakes once per heartbeat interval: below this, idle streams cost real CPU.
+MIN_HEARTBEAT_INTERVAL = 0.1
+
+
+def heartbeat_interval(text: str) -> float:
+    value = duration(text)
+    if value < MIN_HEARTBEAT_INTERVAL:
+        raise ValueError(f"must be at least {MIN_HEARTBEAT_INTERVAL * 1000:g}ms")
+    return value
+
+
+def non_empty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+def directory(text: str) -> Path:
+    return Path(non_empty(text))
+
+
+def file_path(text: str) -> Path:
+    return Path(non_empty(text))
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    def choice(text: str) -> str:
+        if text.lower() not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text.lower()
+
+    return choice
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+def metrics_address(text: str) -> ListenAddress:
+    address = ListenAddress.parse(text)
+    if address.path is not None:
+        raise ValueError("metrics are served over TCP only: use tcp://HOST:PORT")
+    return address
+
+
+def server_address(text: str) -> str:
+    """A server to connect to: HOST:PORT, tcp://HOST:PORT or unix:///PATH, kept as written."""
+    ListenAddress.parse(text)
+    return text
+
+
+def subscriber_counts(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a list like 1,10,100") from None
+    if not values or min(values) < 1 or values[0] != 1 or list(values) != sorted(set(values)):
+        raise ValueError("expected increasing counts from 1, like 1,10,100")
+    return values
+
+
+def scenario(text: str) -> str:
+    names = list(SCENARIO_SUMMARIES)
+    if text.isdigit() and 1 <= int(text) <= len(names):
+        return names[int(text) - 1]
+    if text not in SCENARIO_SUMMARIES:
+        raise ValueError(
+            f"no scenario {text!r}; choose from {', '.join(names)} (or 1-{len(names)})"
+        )
+    return text
+
+
+# The table's rows ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One option of a command.
+
+    `default` is the value when neither the flag nor the variable is given (None: unset, and
+    `unset` says what then happens). `env` is the variable, or None for an option without
+    one. A `switch` takes no value; a `repeat` option may be given many times, and its value
+    is the list of them."""
+
+    flag: str
+    parse: Callable[[str], Any]
+    help: str
+    default: Any = None
+    env: str | None = None
+    show: Callable[[Any], str] = str
+    metavar: str = "VALUE"
+    switch: bool = False
+    repeat: bool = False
+    unset: str = ""
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    def describe(self) -> str:
+        """The help line, with the default and the variable."""
+        if self.default is not None and not self.switch:
+            default = f" [default: {self.show(self.default)}]"
+        elif self.unset:
+            default = f" [default: {self.unset}]"
+        else:
+            default = ""
+        env = f" (env {self.env})" if self.env else ""
+        return f"{self.help}{default}{env}"
+
+
+def _env(flag: str) -> str:
+    return ENV_PREFIX + flag.removeprefix("--").replace("-", "_").upper()
+
+
+def _defaults(config: type[Any]) -> dict[str, Any]:
+    return {
+        field.name: field.default
+        for field in dataclasses.fields(config)
+        if field.default is not dataclasses.MISSING
+    }
+
+
+def _configured(config: type[Any]) -> Callable[..., Option]:
+    """Options of the fields of `config`, a dataclass: each takes its field's default, and
+    has the variable named after its flag."""
+    defaults = _defaults(config)
+    names = {field.name for field in dataclasses.fields(config)}
+
+    def option(flag: str, parse: Callable[[str], Any], help: str, **extra: Any) -> Option:
+        dest = flag.removeprefix("--").replace("-", "_")
+        if dest not in names:  # a typo would otherwise pass silently
+            raise AssertionError(f"{config.__name__} has no field {dest} for {flag}")
+        return Option(flag, parse, help, defaults.get(dest), _env(flag), **extra)
+
+    return option
+
+
+_node = _configured(NodeConfig)
+_serve = _configured(ServeConfig)
+
+SERVE_OPTIONS = (
+    _serve(
+        "--listen",
+        ListenAddress.parse,
+        "where to serve gRPC: tcp://HOST:PORT, tcp://[IPV6]:PORT or unix:///PATH",
+    ),
+    Option(
+        "--tls-cert",
+        tls.certificates_file,
+        "serve TLS with this PEM certificate chain (the server's certificate first); needs"
+        " --tls-key. TCP only: TLS is refused on a unix socket, which its file mode (0600)"
+        " already keeps to its owner",
+        env=_env("--tls-cert"),
+    ),
+    Option(
+        "--tls-key",
+        tls.private_key_file,
+        "the PEM private key of --tls-cert, unencrypted; keep it readable by this user only",
+        env=_env("--tls-key"),
+    ),
+    Option(
+        "--tls-client-ca",
+        tls.certificates_file,
+        "mutual TLS: admit only clients whose certificate this PEM CA signed; needs --tls-cert"
+        " and --tls-key",
+        env=_env("--tls-client-ca"),
+    ),
+    _node("--data-dir", directory, "directory of the store; created if missing"),
+    _node("--node-id", non_empty, "this node's id", unset="a random id"),
+    _node(
+        "--broadcast-buffer-size",
+        positive_int,
+        "events buffered per subscriber before it counts as lagging",
+    ),
+    _node(
+        "--max-subscribers",
+        positive_int,
+        "open Subscribe streams at most; one more is refused with RESOURCE_EXHAUSTED (each"
+        " idle stream holds about 55 KiB)",
+    ),
+    _node(
+        "--replay-log-size",
+        positive_int,
+        "events kept in memory for subscribers that resume or lag",
+    ),
+    _node(
+        "--replay-log-bytes",
+        byte_size,
+        "byte bound of the replay log (512KiB, 64MiB, 1GiB ...)",
+        show=show_byte_size,
+    ),
+    _node(
+        "--max-document-bytes",
+        byte_size,
+        "largest document accepted; larger puts fail with RESOURCE_EXHAUSTED",
+        show=show_byte_size,
+    ),
+    _node(
+        "--heartbeat-interval",
+        heartbeat_interval,
+        "silence after which an idle Subscribe stream gets a heartbeat (500ms, 10s, 1m ...)",
+        show=show_duration,
+    ),
+    _node(
+        "--tombstone-retention",
+        duration,
+        "how long deletes stay available to catch-ups; a subscriber resuming from further back"
+        " gets a RESYNC (15m, 24h, 7d ...)",
+        show=show_duration,
+    ),
+    _serve(
+        "--drain-timeout",
+        duration,
+        "on SIGTERM, how long calls under way (writes, and streams ending with their resume"
+        " point) get to finish before they are cut off (500ms, 10s, 1m ...)",
+        show=show_duration,
+    ),
+    _serve("--log-level", one_of(*LOG_LEVELS), "one of " + ", ".join(LOG_LEVELS)),
+    _serve(
+        "--log-format",
+        one_of(*LOG_FORMATS),
+        "text (a readable line per event) or json (an object per line, for log collectors)",
+    ),
+    _serve(
+        "--metrics-listen",
+        metrics_address,
+        "serve Prometheus metrics at http://HOST:PORT/metrics (tcp://HOST:PORT)",
+        unset="off",
+    ),
+)
+
+# Every client command: where the server is, and how to reach it.
+CLIENT_OPTIONS = (
+    Option(
+        "--addr",
+        server_address,
+        "the server: HOST:PORT, tcp://HOST:PORT or unix:///PATH",
+        DEFAULT_ADDRESS,
+        _env("--addr"),
+        metavar="ADDRESS",
+    ),
+    Option(
+        "--timeout",
+        seconds,
+        "give up on a call after this long, in seconds",
+        DEFAULT_TIMEOUT,
+        _env("--timeout"),
+        show="{:g}".format,
+        metavar="SECONDS",
+    ),
+    Option(
+        "--tls-ca",
+        tls.certificates_file,
+        "connect with TLS, trusting the server certificate's CA in this PEM file (without it,"
+        " TLS trusts the system's CAs)",
+        env=_env("--tls-ca"),
+        metavar="PATH",
+    ),
+    # Their variables say CLIENT: the server's own --tls-cert and --tls-key have the plain names.
+    Option(
+        "--tls-cert",
+        tls.certificates_file,
+        "connect with TLS, presenting this PEM client certificate (for servers with"
+        " --tls-client-ca); needs --tls-key",
+        env=_env("--tls-client-cert"),
+        metavar="PATH",
+    ),
+    Option(
+        "--tls-key",
+        tls.private_key_file,
+        "the PEM private key of --tls-cert",
+        env=_env("--tls-client-key"),
+        metavar="PATH",
+    ),
+)
+
+WATCH_OPTIONS = (
+    Option(
+        "--collection",
+        non_empty,
+        "a collection to follow; repeat for more",
+        metavar="C",
+        repeat=True,
+        unset="all collections",
+    ),
+    Option(
+        "--since",
+        sequence_number,
+        "start with the changes after sequence N",
+        metavar="N",
+        unset="from now on",
+    ),
+    Option(
+        "--epoch",
+        non_empty,
+        "the store epoch that --since belongs to (from a control line)",
+        metavar="E",
+    ),
+    Option("--snapshot", bool, "print the current documents first, then the changes", switch=True),
+    Option("--heartbeats", bool, "print heartbeat lines too (idle streams)", switch=True),
+)
+
+BENCH_OPTIONS = (
+    Option(
+        "--addr",
+        server_address,
+        "bench the server at HOST:PORT, tcp://HOST:PORT or unix:///PATH instead of starting"
+        " one; its RSS and CPU are then reported as n/a",
+        metavar="ADDRESS",
+    ),
+    Option(
+        "--scenario",
+        scenario,
+        "run this scenario (a name or number above); repeat for more",
+        metavar="NAME",
+        repeat=True,
+        unset="all",
+    ),
+    Option("--quick", bool, "tiny sizes and one run: a smoke test of seconds", switch=True),
+    Option("--json", file_path, "write every figure as JSON", metavar="PATH"),
+    Option(
+        "--plot",
+        file_path,
+        "draw latency and throughput against subscribers (fan-out) as a PNG",
+        metavar="PATH",
+    ),
+)
+
+_size = _configured(Sizes)
+# The sizes a bench run can be given; each sets the field of `Sizes` of its name.
+BENCH_SIZE_OPTIONS = tuple(
+    dataclasses.replace(option, env=None)
+    for option in (
+        _size("--runs", positive_int, "runs per figure, which is their median", metavar="N"),
+        _size("--put-clients", positive_int, "concurrent PutDocument clients", metavar="N"),
+        _size(
+            "--stream-events",
+            positive_int,
+            "events the one subscriber reads",
+            metavar="N",
+            show="{:,}".format,
+        ),
+        _size(
+            "--fanout",
+            subscriber_counts,
+            "subscriber counts of the fan-out",
+            metavar="LIST",
+            show=lambda counts: ",".join(map(str, counts)),
+        ),
+        _size(
+            "--rate",
+            positive_int,
+            "events/s of the latency and stalled scenarios",
+            metavar="N",
+            show="{:,}".format,
+        ),
+        _size(
+            "--stall-seconds",
+            positive_int,
+            "how long the stalled subscriber stays stopped",
+            metavar="N",
+            show="{:g}".format,
+        ),
+        _size(
+            "--replay-events",
+            positive_int,
+            "how far behind the replaying subscriber is",
+            metavar="N",
+            show="{:,}".format,
+        ),
+        _size(
+            "--idle-subscribers",
+            positive_int,
+            "idle subscribers of the memory scenario",
+            metavar="N",
+            show="{:,}".format,
+        ),
+        _size(
+            "--write-count",
+            positive_int,
+            "documents per WriteDocuments run",
+            metavar="N",
+            show="{:,}".format,
+        ),
+    )
+)
+
+
+# Parsing --------------------------------------------------------------------------------------
+
+
+def add_options(parser: argparse._ActionsContainer, options: Iterable[Option]) -> None:
+    """Add `options` to `parser`. The values are found by `resolve`, not argparse: argparse
+    keeps the raw text, so that a bad flag is reported as a bad variable is."""
+    for option in options:
+        if option.switch:
+            parser.add_argument(
+                option.flag,
+                dest=option.dest,
+                action="store_true",
+                default=None,
+                help=option.describe(),
+            )
+        else:
+            parser.add_argument(
+                option.flag,
+                dest=option.dest,
+                metavar=option.metavar,
+                action="append" if option.repeat else "store",
+                help=option.describe(),
+            )
+
+
+def resolve(
+    options: Sequence[Option], args: argparse.Namespace, environ: Mapping[str, str]
+) -> dict[str, Any]:
+    """The value of each option, by dest: from its flag, else its variable, else its
+    default. ConfigError names the flag or variable of a bad value."""
+    values: dict[str, Any] = {}
+    for option in options:
+        given = getattr(args, option.dest)
+        if given is not None:
+            raw, source = given, option.flag
+        elif option.env is not None and option.env in environ:
+            raw, source = environ[option.env], option.env
+        else:
+            values[option.dest] = _unset_value(option)
+            continue
+        if option.switch:
+            values[option.dest] = raw if isinstance(raw, bool) else _truth(raw, source)
+            continue
+        try:
+            if option.repeat:
+                raws = raw if isinstance(raw, list) else [raw]
+                values[option.dest] = [option.parse(text) for text in raws]
+            else:
+                values[option.dest] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}={raw!r}: {exc}") from None
+    return values
+
+
+def _unset_value(option: Option) -> Any:
+    if option.switch:
+        return bool(option.default)
+    if option.repeat and option.default is None:
+        return []
+    return option.default
+
+
+def _truth(text: str, source: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{source}={text!r}: expected true or false")
+
+
+# Building the configurations -----------------------------------------------------------------
+
+
+def _fields_of(config: type[Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values set for fields of `config`; unset ones keep the dataclass's default."""
+    names = {field.name for field in dataclasses.fields(config)}
+    return {name: value for name, value in values.items() if name in names and value is not None}
+
+
+def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeConfig:
+    values = resolve(SERVE_OPTIONS, args, environ)
+    return ServeConfig(
+        node=NodeConfig(**_fields_of(NodeConfig, values)),
+        tls=server_tls(
+            values["tls_cert"], values["tls_key"], values["tls_client_ca"], values["listen"]
+        ),
+        **_fields_of(ServeConfig, values),
+    )
+
+
+def bench_sizes(values: Mapping[str, Any]) -> Sizes:
+    """The sizes of a bench run: those of a full run (or of --quick), with the given ones."""
+    return dataclasses.replace(QUICK if values["quick"] else Sizes(), **_fields_of(Sizes, values))
+
+
+def server_tls(
+    cert: Path | None, key: Path | None, client_ca: Path | None, listen: ListenAddress
+) -> ssl.SSLContext | None:
+    """The server's TLS context from the --tls-* values (their files already checked)."""
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ConfigError(
+                "--tls-client-ca needs --tls-cert and --tls-key: mutual TLS runs over TLS"
+            )
+        return None
+    if cert is None or key is None:
+        given, missing = ("--tls-cert", "--tls-key") if key is None else ("--tls-key", "--tls-cert")
+        raise ConfigError(
+            f"{given} is set without {missing}: give both the certificate chain and its private"
+            " key, or neither to serve plaintext"
+        )
+    if listen.path is not None:
+        raise ConfigError(
+            f"--tls-cert: TLS is not served on a unix socket ({listen}), whose file"
+            " mode (0600) already keeps it to its owner; drop the --tls-* options, or listen"
+            " on tcp://HOST:PORT"
+        )
+    try:
+        return tls.server_context(cert, key, client_ca)
+    except ValueError as exc:
+        raise ConfigError(f"--tls-cert/--tls-key: {exc}") from None
+
+
+def client_tls(values: Mapping[str, Any]) -> ssl.SSLContext | None:
+    """The client's TLS context the --tls-* values ask for; None for none."""
+    paths = (values["tls_ca"], values["tls_cert"], values["tls_key"])
+    if paths == (None, None, None):
+        return None
+    try:
+        return tls.client_context(*paths)
+    except ValueError as exc:
+        raise ConfigError(f"--tls-cert/--tls-key: {exc}") from None
