@@ -386,7 +386,7 @@ CLIENT_OPTIONS = (
 WATCH_OPTIONS = (
     Option(
         "--collection",
-        non_empty,
+        str,  # the server checks it, and says what is wrong
         "a collection to follow; repeat for more",
         metavar="C",
         repeat=True,

@@ -28,8 +28,9 @@ import pytest
 from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
+from peat_sync.bench.launcher import server_env as clean_env
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.conftest import GrpcioApi, ServerProcess, StartServer, clean_env, peat_sync_command
+from tests.conftest import GrpcioApi, ServerProcess, StartServer, peat_sync_command
 
 # The deadline of one unary call.
 CALL_TIMEOUT = 10.0

@@ -17,8 +17,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from peat_sync.bench.launcher import server_env as clean_env
 from peat_sync.bench.servers import free_port
-from tests.conftest import ServerProcess, clean_env, peat_sync_command
+from tests.conftest import ServerProcess, peat_sync_command
 from tests.e2e.conftest import assert_one_line_error, help_entries, run_cli, wait_until
 
 # A quick run takes about 20 s on an idle 2-core machine.

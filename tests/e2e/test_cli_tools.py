@@ -28,7 +28,8 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.conftest import GrpcioApi, ServerProcess, StartServer, clean_env, peat_sync_command
+from peat_sync.bench.launcher import server_env as clean_env
+from tests.conftest import GrpcioApi, ServerProcess, StartServer, peat_sync_command
 from tests.e2e.conftest import (
     CALL_TIMEOUT,
     CLI_TIMEOUT,
@@ -268,7 +269,7 @@ def test_each_command_has_help_with_its_arguments_and_exit_codes(command: str) -
     for flag, entry in entries.items():
         assert entry.removeprefix(flag).strip(), f"{flag} is not described"
     assert "unix:///PATH" in entries["--addr"]
-    assert "$PEAT_SIDECAR_ADDR" in entries["--addr"]
+    assert "(env PEAT_SIDECAR_ADDR)" in entries["--addr"]
 
     table = re.search(r"^exit codes:\n((?:  .*\n?)+)", result.stdout, re.M)
     assert table, result.stdout
@@ -336,12 +337,12 @@ def test_put_get_delete_list_and_status_print_what_the_store_holds(
     [
         (["put", "c", "d", "{}", "--bogus"], {}, "unrecognized arguments: --bogus"),
         (["get", "c"], {}, "the following arguments are required: DOC_ID"),
-        (["watch", "--since", "-1"], {}, "argument --since: a sequence is 0 or more"),
-        (["watch", "--since", "soon"], {}, "argument --since: 'soon' is not a whole number"),
-        (["status", "--timeout", "0"], {}, "argument --timeout: must be more than 0 seconds"),
-        (["watch", "--addr", "http://127.0.0.1:1"], {}, "bad server address 'http://127.0.0.1:1'"),
-        (["delete", "c", "d", "--addr", "tcp://nowhere"], {}, "bad server address 'tcp://nowhere'"),
-        (["list", "c"], {"PEAT_SIDECAR_ADDR": "nowhere"}, "bad server address 'nowhere'"),
+        (["watch", "--since", "-1"], {}, "--since='-1': a sequence is 0 or more"),
+        (["watch", "--since", "soon"], {}, "--since='soon': 'soon' is not a whole number"),
+        (["status", "--timeout", "0"], {}, "--timeout='0': must be more than 0 seconds"),
+        (["watch", "--addr", "http://127.0.0.1:1"], {}, "--addr='http://127.0.0.1:1': expected"),
+        (["delete", "c", "d", "--addr", "tcp://nowhere"], {}, "--addr='tcp://nowhere': expected"),
+        (["list", "c"], {"PEAT_SIDECAR_ADDR": "nowhere"}, "PEAT_SIDECAR_ADDR='nowhere': expected"),
     ],
     ids=[
         "unknown-flag",
@@ -369,7 +370,7 @@ def test_a_bad_command_line_exits_2(args: list[str], env: dict[str, str], fragme
 @pytest.mark.parametrize(
     ("args", "error"),
     [
-        (("watch", "--since", "soon"), "peat-sync watch: error: argument --since"),
+        (("watch", "--since", "soon"), "peat-sync watch: error: --since='soon'"),
         (("put", "c", "d", "{}", "--bogus"), "peat-sync: error: unrecognized arguments: --bogus"),
     ],
 )

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from peat_sync.bench.launcher import server_env as clean_env
 from peat_sync.client import ChangeType, Event
 from peat_sync.soak.checker import (
     StoredDocument,
@@ -21,7 +22,7 @@ from peat_sync.soak.checker import (
 )
 from peat_sync.soak.feed import FeedRecord
 from peat_sync.soak.ledger import Ledger
-from tests.conftest import clean_env, peat_sync_command
+from tests.conftest import peat_sync_command
 from tests.e2e.conftest import help_entries, run_cli
 
 # About 10-20 s on an idle 2-core machine; the bound leaves room for a loaded one.

