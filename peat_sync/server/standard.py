@@ -1,6 +1,6 @@
 """Standard gRPC services: health checking and server reflection.
 
-Everything here is asyncio-flavoured; trio code calls it through `adapter`.
+Everything here is asyncio-flavoured; trio code calls it through `bridge`.
 """
 
 from __future__ import annotations
