@@ -18,7 +18,14 @@ import textwrap
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from peat_sync.cli.options import CLIENT_OPTIONS, WATCH_OPTIONS, add_options, client_tls, resolve
+from peat_sync.cli.options import (
+    CLIENT_OPTIONS,
+    WATCH_OPTIONS,
+    ConfigError,
+    add_options,
+    client_tls,
+    resolve,
+)
 from peat_sync.client import ChangeType, Client, Rejected, Unavailable
 
 EXIT_OK = 0
@@ -189,19 +196,23 @@ def add_client_commands(commands: argparse._SubParsersAction[Any]) -> None:
     add_options(parser, WATCH_OPTIONS)
 
 
-async def _run(command: Command, args: argparse.Namespace) -> int:
-    options = resolve(CLIENT_OPTIONS, args, os.environ)
-    ssl = client_tls(options)
-    async with Client(options["addr"], timeout=options["timeout"], ssl=ssl) as client:
+async def _run(command: Command, client: Client, args: argparse.Namespace) -> int:
+    async with client:
         return await command(client, args)
 
 
 def run_client_command(command: Command, args: argparse.Namespace) -> int:
     """Run a client command; returns the exit code. ConfigError for a bad option."""
-    if command is watch:
-        args = argparse.Namespace(**{**vars(args), **resolve(WATCH_OPTIONS, args, os.environ)})
+    values = resolve(
+        (*CLIENT_OPTIONS, *(WATCH_OPTIONS if command is watch else ())), args, os.environ
+    )
+    args = argparse.Namespace(**{**vars(args), **values})
     try:
-        return asyncio.run(_run(command, args))
+        client = Client(args.addr, timeout=args.timeout, ssl=client_tls(values))
+    except ValueError as exc:  # TLS asked for on a unix socket
+        raise ConfigError(str(exc)) from None
+    try:
+        return asyncio.run(_run(command, client, args))
     except Unavailable as exc:
         return _fail(str(exc), EXIT_UNAVAILABLE)
     except Rejected as exc:

@@ -427,7 +427,7 @@ def test_cli_bad_tls_options_exit_2_with_one_line(
     )
     assert result.returncode == 2
     line = assert_one_line_error(result, *[fragment.format(**paths) for fragment in fragments])
-    assert line.startswith("peat-sync: ")
+    assert line.startswith("peat-sync status: error: ")
 
 
 # ---------------------------------------------------------------------------------------------
