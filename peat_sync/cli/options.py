@@ -123,11 +123,7 @@ def non_empty(text: str) -> str:
     return text
 
 
-def directory(text: str) -> Path:
-    return Path(non_empty(text))
-
-
-def file_path(text: str) -> Path:
+def path(text: str) -> Path:
     return Path(non_empty(text))
 
 
@@ -274,7 +270,7 @@ SERVE_OPTIONS = (
         " and --tls-key",
         env=_env("--tls-client-ca"),
     ),
-    _node("--data-dir", directory, "directory of the store; created if missing"),
+    _node("--data-dir", path, "directory of the store; created if missing"),
     _node("--node-id", non_empty, "this node's id", unset="a random id"),
     _node(
         "--broadcast-buffer-size",
@@ -426,10 +422,10 @@ BENCH_OPTIONS = (
         unset="all",
     ),
     Option("--quick", bool, "tiny sizes and one run: a smoke test of seconds", switch=True),
-    Option("--json", file_path, "write every figure as JSON", metavar="PATH"),
+    Option("--json", path, "write every figure as JSON", metavar="PATH"),
     Option(
         "--plot",
-        file_path,
+        path,
         "draw latency and throughput against subscribers (fan-out) as a PNG",
         metavar="PATH",
     ),
