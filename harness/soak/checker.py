@@ -7,8 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from peat_sync.soak.feed import FeedRecord
-from peat_sync.soak.ledger import Ledger
+from harness.soak.feed import FeedRecord
+from harness.soak.ledger import Ledger
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""`peat-sync soak`: the command line."""
+"""The soak's command line: `python -m harness.soak`, run from the repository root."""
 
 from __future__ import annotations
 
@@ -8,18 +8,22 @@ import json
 import logging
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from harness.soak.run import SoakOptions, print_progress, run_soak
+from peat_sync.bench.launcher import ServerStartError
+
+PROG = "python -m harness.soak"
 EXIT_VIOLATIONS = 1
 EXIT_USAGE = 2
 HELP_WIDTH = 88
 
 DESCRIPTION = """\
-Soak peat-sync under faults. A `peat-sync serve` is started on a temporary data dir and a
-unix socket (the same address across restarts), with a small replay log, small subscriber
-buffers, fast heartbeats and a short tombstone retention, so that catch-ups and RESYNCs
-happen. Against it, at the same time:
+Soak peat-sync under faults; run it from the repository root. A `peat-sync serve` of this
+Python is started on a temporary data dir and a unix socket (the same address across
+restarts), with a small replay log, small subscriber buffers, fast heartbeats and a short
+tombstone retention, so that catch-ups and RESYNCs happen. Against it, at the same time:
 
 - writers put, delete and send WriteDocuments batches (1-50 writes) across 4 collections
   over a small doc-id space, recording every acknowledged write; a write whose call fails
@@ -68,11 +72,10 @@ def _seconds(text: str) -> float:
     return value
 
 
-def add_soak_command(commands: argparse._SubParsersAction[Any]) -> None:
-    """Add `soak` to the `peat-sync` parser's subcommands."""
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "soak",
-        help="run writers and subscribers against a server killed at random, then check",
+def build_parser() -> argparse.ArgumentParser:
+    """The soak's command line."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
         description="\n\n".join(
             textwrap.fill(paragraph, HELP_WIDTH) if not paragraph.startswith("-") else paragraph
             for paragraph in DESCRIPTION.split("\n\n")
@@ -80,7 +83,6 @@ def add_soak_command(commands: argparse._SubParsersAction[Any]) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.set_defaults(soak_command=True)
     add = parser.add_argument
     add(
         "--events",
@@ -190,19 +192,15 @@ def add_soak_command(commands: argparse._SubParsersAction[Any]) -> None:
         help="how long every subscriber gets to reach the head at the end (default: %(default)s)",
     )
     add("--json", type=Path, metavar="PATH", help="also write the counts and violations as JSON")
+    return parser
 
 
-def run_soak_command(args: argparse.Namespace) -> int:
-    """Run the soak the command line asks for; returns the exit code."""
-    # Imported here: the client library and the bench's process wrapper are not for `serve`.
-    from peat_sync.bench.servers import BenchError
-    from peat_sync.soak.run import SoakOptions, print_progress, run_soak
-
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the soak the command line asks for; returns the exit status."""
+    args = build_parser().parse_args(argv)
     if args.json is not None and not args.json.resolve().parent.is_dir():
-        print(
-            f"peat-sync soak: error: --json {args.json}: no directory {args.json.parent}",
-            file=sys.stderr,
-        )
+        message = f"--json {args.json}: no directory {args.json.parent}"
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     # Each reconnection is counted; the client library's warning line for each is noise here.
     logging.getLogger("peat_sync.client").setLevel(logging.ERROR)
@@ -225,8 +223,8 @@ def run_soak_command(args: argparse.Namespace) -> int:
     )
     try:
         result = asyncio.run(run_soak(options, print_progress))
-    except BenchError as exc:
-        print(f"peat-sync soak: error: {exc}", file=sys.stderr)
+    except ServerStartError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_VIOLATIONS
     except KeyboardInterrupt:
         return 130

@@ -1,6 +1,6 @@
-"""`peat-sync soak`: a short soak under kills must end without a violation, having gone
-through the faults it is about (kills, catch-ups, RESYNCs); and the checker must catch each
-kind of violation it exists for, fed by hand."""
+"""The soak (`python -m harness.soak`): a short soak under kills must end without a
+violation, having gone through the faults it is about (kills, catch-ups, RESYNCs); and the
+checker must catch each kind of violation it exists for, fed by hand."""
 
 from __future__ import annotations
 
@@ -9,33 +9,39 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from peat_sync.bench.launcher import server_env as clean_env
-from peat_sync.client import ChangeType, Event
-from peat_sync.soak.checker import (
+from harness.soak.checker import (
     StoredDocument,
     copy_violations,
     feed_violations,
     store_violations,
 )
-from peat_sync.soak.feed import FeedRecord
-from peat_sync.soak.ledger import Ledger
-from tests.conftest import peat_sync_command
-from tests.e2e.conftest import help_entries, run_cli
+from harness.soak.feed import FeedRecord
+from harness.soak.ledger import Ledger
+from peat_sync.bench.launcher import server_env as clean_env
+from peat_sync.client import ChangeType, Event
+from tests.helpers.cli import help_entries
+from tests.helpers.paths import ROOT
 
 # About 10-20 s on an idle 2-core machine; the bound leaves room for a loaded one.
 SOAK_TIMEOUT = 110.0
+# `--help` and usage errors: no server, only the imports.
+COMMAND_TIMEOUT = 30.0
+SOAK = [sys.executable, "-m", "harness.soak"]
 COLLECTIONS = ["alpha", "bravo"]
 
 
 def run_soak(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Any]:
-    """`peat-sync soak ARGS --json PATH` in a session of its own, so that its server goes
-    with it if the deadline passes; the result and the JSON counts."""
+    """`python -m harness.soak ARGS --json PATH` from the repository root, in a session of its
+    own, so that its server goes with it if the deadline passes; the result and the JSON
+    counts."""
     path = tmp_path / "soak.json"
     process = subprocess.Popen(
-        [*peat_sync_command(), "soak", *args, "--json", str(path)],
+        [*SOAK, *args, "--json", str(path)],
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -73,8 +79,20 @@ def test_short_soak_under_kills_has_no_violation(tmp_path: Path) -> None:
     assert "violations         0" in result.stdout
 
 
+def run_command(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m harness.soak ARGS` from the repository root, for what returns at once."""
+    return subprocess.run(
+        [*SOAK, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        env=clean_env(),
+    )
+
+
 def test_help_explains_every_option() -> None:
-    result = run_cli("soak", "--help")
+    result = run_command("--help")
 
     assert result.returncode == 0, result.stderr
     entries = help_entries(result.stdout)
@@ -84,7 +102,7 @@ def test_help_explains_every_option() -> None:
 
 
 def test_bad_json_directory_is_a_usage_error(tmp_path: Path) -> None:
-    result = run_cli("soak", "--events", "10", "--json", str(tmp_path / "none" / "x.json"))
+    result = run_command("--events", "10", "--json", str(tmp_path / "none" / "x.json"))
 
     assert result.returncode == 2
     assert "no directory" in result.stderr

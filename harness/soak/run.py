@@ -14,6 +14,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.soak.checker import (
+    StoreContents,
+    StoredDocument,
+    copy_violations,
+    feed_violations,
+    store_violations,
+)
+from harness.soak.feed import FeedRecord
+from harness.soak.ledger import Ledger
+from peat_sync.bench.launcher import ServerProcess, ServerStartError
 from peat_sync.client import (
     Backoff,
     Client,
@@ -22,16 +32,6 @@ from peat_sync.client import (
     ResilientSubscription,
     Unavailable,
 )
-from peat_sync.soak.checker import (
-    StoreContents,
-    StoredDocument,
-    copy_violations,
-    feed_violations,
-    store_violations,
-)
-from peat_sync.soak.feed import FeedRecord
-from peat_sync.soak.ledger import Ledger
-from peat_sync.soak.server import SoakServer
 
 COLLECTIONS = ["alpha", "bravo", "charlie", "delta"]
 MAX_BATCH = 50
@@ -256,7 +256,7 @@ class Killer:
     socket: `options.kills` times spread over the writes, or every `kill_every` seconds on
     average."""
 
-    def __init__(self, server: SoakServer, ledger: Ledger, options: SoakOptions) -> None:
+    def __init__(self, server: ServerProcess, ledger: Ledger, options: SoakOptions) -> None:
         self.server = server
         self.ledger = ledger
         self.options = options
@@ -291,20 +291,28 @@ class Killer:
 async def run_soak(
     options: SoakOptions, report: Callable[[str], None] = lambda line: None
 ) -> SoakResult:
-    """Asyncio-flavoured: run a soak with a server of its own; `report` gets progress lines."""
+    """Asyncio-flavoured: run a soak with a server of its own; `report` gets progress lines.
+    ServerStartError if the server does not start, at first or after a kill."""
+    # A unix socket, so that the server is at the same address after each restart; in a
+    # short temporary directory, as its path is limited to about 100 bytes.
     with tempfile.TemporaryDirectory(prefix="peat-soak-") as scratch:
-        server = SoakServer(
-            Path(scratch, "data"), Path(scratch, "peat.sock"), options.server_flags()
+        server = ServerProcess(
+            Path(scratch, "data"),
+            *options.server_flags(),
+            listen=f"unix://{Path(scratch, 'peat.sock')}",
         )
         await asyncio.to_thread(server.start)
         try:
             return await _soak(server, options, report)
+        except* ServerStartError as failed:
+            # A restart of the killer's that failed: the error it is, not a group of one.
+            raise failed.exceptions[0] from None
         finally:
             await asyncio.to_thread(server.stop)
 
 
 async def _soak(
-    server: SoakServer, options: SoakOptions, report: Callable[[str], None]
+    server: ServerProcess, options: SoakOptions, report: Callable[[str], None]
 ) -> SoakResult:
     started = time.monotonic()
     ledger = Ledger(COLLECTIONS)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import enum
 from array import array
 
+from harness.soak.ledger import Ledger, change_digest
 from peat_sync.client import ChangeType, Event
-from peat_sync.soak.ledger import Ledger, change_digest
 
 
 class Phase(enum.Enum):

@@ -1,8 +1,0 @@
-"""`peat-sync soak`: a long run of writers and followers against a server that is killed
-with SIGKILL and restarted at random moments, then a check that no acknowledged write and no
-event was lost, duplicated or reordered.
-
-Modules, one role each: `command` (the command line), `server` (the server process that is
-killed and restarted), `ledger` (what the writers were told), `feed` (what each follower
-saw), `checker` (the final verdict) and `run` (the asyncio run that ties them together).
-"""
