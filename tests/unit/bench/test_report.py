@@ -25,7 +25,8 @@ from peat_sync.bench.report import (
     to_json,
     write_json,
 )
-from peat_sync.bench.scenarios import SCENARIOS, split, spread
+from peat_sync.bench.scenarios import SCENARIOS
+from peat_sync.bench.scenarios.context import split, spread
 from peat_sync.bench.sizes import QUICK, SCENARIO_SUMMARIES, Sizes
 
 

@@ -1,0 +1,349 @@
+"""What every scenario runs in: the `Bench` (its sizes, its progress, the server it measures),
+the load it puts on that server from worker processes, and what the workers report back.
+
+Writers are started connected and waiting, then told to go at once; subscribers are started
+with their streams open, then asked to report once they reach a sequence. Every figure that
+is divided by another comes from runs measured in pairs, one after the other.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peat_sync.bench.messages import (
+    CATCH_UP_BEGIN,
+    CATCH_UP_END,
+    CHANGE_TYPE_NAMES,
+    HEARTBEAT,
+    RESYNC,
+    RESYNC_REASON_NAMES,
+)
+from peat_sync.bench.report import Histogram, Latency, Row, ScenarioResult, median
+from peat_sync.bench.servers import BenchError, Server, get_status, peat_server
+from peat_sync.bench.sizes import SCENARIO_SUMMARIES, Sizes
+from peat_sync.bench.workers import Worker, workers
+
+
+@dataclass(slots=True)
+class Bench:
+    """Options of the run, where progress goes, and the server each scenario measures."""
+
+    sizes: Sizes
+    workdir: Path
+    progress: Callable[[str], None]
+    addr: str | None = None  # a running deployment's grpcio target
+    results: dict[str, ScenarioResult] = field(default_factory=dict)
+    _servers: int = 0
+    _runs: int = 0
+
+    @contextmanager
+    def server(self, *flags: str) -> Iterator[Server]:
+        """A fresh `peat-sync serve` with `flags`, or the deployment at --addr (whose own
+        configuration applies: `flags` are then not used)."""
+        if self.addr is not None:
+            get_status(self.addr)
+            yield Server(self.addr, None, "deployment")
+            return
+        self._servers += 1
+        with peat_server(self.workdir / f"data-{self._servers}", *flags) as server:
+            yield server
+
+    def prefix(self) -> str:
+        """A doc_id prefix that no other run of this bench used."""
+        self._runs += 1
+        return f"{int(time.time())}-{self._runs}-"
+
+    def each_run(self, what: str) -> Iterator[int]:
+        """The runs of a figure, numbered from 0, each announced as progress."""
+        runs = self.sizes.runs
+        for run in range(runs):
+            if runs > 1:
+                self.progress(f"{what}, run {run + 1} of {runs}")
+            else:
+                self.progress(what)
+            yield run
+
+
+def new_result(key: str, title: str) -> ScenarioResult:
+    """The empty result of scenario `key`, numbered as the scenarios run."""
+    return ScenarioResult(key, list(SCENARIO_SUMMARIES).index(key) + 1, title)
+
+
+def head(server: Server) -> tuple[int, str]:
+    status = get_status(server.target)
+    return int(status.head_sequence), str(status.epoch)
+
+
+# ---------------------------------------------------------------------------------------------
+# What workers report
+
+
+@dataclass(slots=True)
+class Received:
+    """What a set of subscriber streams received in one window, merged."""
+
+    events: int = 0
+    data: int = 0
+    types: dict[int, int] = field(default_factory=dict)
+    controls: list[dict[str, Any]] = field(default_factory=list)
+    latency: Histogram = field(default_factory=Histogram)
+    start_ns: int | None = None
+    reached_ns: int = 0
+    stream_data: list[int] = field(default_factory=list)  # data events of each stream
+
+    def add(self, report: dict[str, Any]) -> None:
+        self.events += report["events"]
+        self.data += report["data"]
+        self.stream_data += report["stream_data"]
+        for change_type, count in report["types"].items():
+            self.types[int(change_type)] = self.types.get(int(change_type), 0) + count
+        self.controls += report["controls"]
+        self.latency.merge(Histogram.from_json(report["latency"]))
+        if report["start_ns"] and (self.start_ns is None or report["start_ns"] < self.start_ns):
+            self.start_ns = report["start_ns"]
+        self.reached_ns = max(self.reached_ns, report["reached_ns"] or 0)
+
+
+@dataclass(slots=True)
+class Written:
+    count: int
+    start_ns: int
+    end_ns: int
+    last_sequence: int
+    acks: Histogram
+
+    @property
+    def rate(self) -> float:
+        return self.count / max(self.end_ns - self.start_ns, 1) * 1e9
+
+    @classmethod
+    def merge(cls, reports: Sequence[dict[str, Any]]) -> Written:
+        """The figures of writers that ran together."""
+        acks = Histogram()
+        for report in reports:
+            acks.merge(Histogram.from_json(report["acks"]))
+        return cls(
+            count=sum(r["count"] for r in reports),
+            start_ns=min(r["start_ns"] for r in reports),
+            end_ns=max(r["end_ns"] for r in reports),
+            last_sequence=max(r["last_sequence"] for r in reports),
+            acks=acks,
+        )
+
+
+# One run's figures: events (or calls) per second, latency, and server CPU us per event.
+Measured = tuple[float, Latency | None, float | None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers, started and read
+
+
+def split(total: int, parts: int) -> list[int]:
+    """`total` in `parts` whole shares as equal as can be."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+def spread(total: int, per_process: int) -> list[int]:
+    """`total` streams or clients over as few processes as hold `per_process` each, evenly."""
+    return split(total, max(1, math.ceil(total / per_process)))
+
+
+def start_subscribers(
+    server: Server, total: int, per_process: int, *options: str, name: str
+) -> list[Worker]:
+    """Subscriber processes with `total` streams between them, each stream opened (the
+    server has attached it) when this returns."""
+    argv = [
+        ("subscribe", "--target", server.target, "--streams", str(streams), *options)
+        for streams in spread(total, per_process)
+    ]
+    return start_workers(argv, name)
+
+
+def start_workers(argv: Sequence[Sequence[str]], name: str) -> list[Worker]:
+    """A worker for each of `argv`, each ready when this returns; if one fails (or Ctrl-C
+    comes), those already started are stopped."""
+    started: list[Worker] = []
+    try:
+        for i, args in enumerate(argv):
+            started.append(Worker(*args, name=f"{name} {i + 1}" if len(argv) > 1 else name))
+        for worker in started:
+            worker.expect("ready")
+    except BaseException:
+        for worker in started:
+            worker.stop()
+        raise
+    return started
+
+
+def collect(subscribers: Sequence[Worker], until: int, command: str = "until") -> Received:
+    """Ask every subscriber to report once all its streams reach sequence `until` (or, with
+    `command` "control", have had a control event of type `until`)."""
+    for worker in subscribers:
+        worker.send(f"{command} {until}")
+    received = Received()
+    for worker in subscribers:
+        received.add(worker.expect("report")["report"])
+    return received
+
+
+def read_once(server: Server, *options: str, name: str) -> Received:
+    """One subscriber process, one stream, that reads until its --until/--events and exits."""
+    worker = Worker("subscribe", "--target", server.target, "--once", *options, name=name)
+    with workers(worker):
+        worker.expect("ready")
+        received = Received()
+        received.add(worker.expect("report")["report"])
+        return received
+
+
+def start_writers(
+    server: Server, kind: str, clients: int, *options: str, per_process: int = 16
+) -> list[Worker]:
+    """Writer processes with `clients` clients between them, connected and waiting for go;
+    each writes its share of --count (documents numbered apart) at its share of --rate."""
+    shares = spread(clients, per_process)
+    argv = [
+        (
+            kind,
+            *("--target", server.target, "--clients", str(share), "--wait-go"),
+            *_share(options, i, len(shares)),
+        )
+        for i, share in enumerate(shares)
+    ]
+    return start_workers(argv, f"{kind} writer")
+
+
+def _share(options: Sequence[str], index: int, count: int) -> list[str]:
+    """Writer process `index` of `count`: its part of --count and --rate, and numbers of its
+    own for its documents."""
+    shared = list(options)
+    if "--count" in shared:
+        at = shared.index("--count") + 1
+        shared[at] = str(split(int(shared[at]), count)[index])
+    if "--rate" in shared:
+        at = shared.index("--rate") + 1
+        shared[at] = str(float(shared[at]) / count)
+    return [*shared, "--first", str(index * 10**9)]
+
+
+def finish_writers(writers: Sequence[Worker]) -> Written:
+    """Start the writers at once and wait for them to finish; their figures merged."""
+    for worker in writers:
+        worker.send("go")
+    return Written.merge([worker.expect("report")["report"] for worker in writers])
+
+
+def write(server: Server, kind: str, clients: int, *options: str) -> Written:
+    writers = start_writers(server, kind, clients, *options)
+    with workers(*writers):
+        return finish_writers(writers)
+
+
+def preload(bench: Bench, server: Server, count: int) -> Written:
+    """Write `count` documents with WriteDocuments, as fast as the server takes them."""
+    bench.progress(f"loading {count:,} documents with WriteDocuments")
+    sizes = bench.sizes
+    return write(
+        server,
+        "write",
+        sizes.write_clients,
+        *("--count", str(count), "--batch", str(sizes.write_batch), "--prefix", bench.prefix()),
+    )
+
+
+def paced_options(bench: Bench, seconds: float) -> list[str]:
+    """A writer's options for `seconds` at the rate of the run."""
+    rate = bench.sizes.rate
+    count = round(rate * seconds)
+    return ["--rate", str(rate), "--count", str(count), "--prefix", bench.prefix()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+@contextmanager
+def cpu_of(server: Server) -> Iterator[list[float | None]]:
+    """The server's CPU seconds over the block, in the list yielded (None via --addr)."""
+    spent: list[float | None] = []
+    before = server.cpu()
+    yield spent
+    after = server.cpu()
+    spent.append(None if before is None or after is None else after - before)
+
+
+def per_event_us(cpu: list[float | None], events: int) -> float | None:
+    return None if cpu[0] is None or not events else cpu[0] / events * 1e6
+
+
+def busy_percent(cpu: list[float | None], nanoseconds: int) -> float | None:
+    """The server's CPU time as a percentage of the wall time `nanoseconds`."""
+    return None if cpu[0] is None else cpu[0] / (nanoseconds / 1e9) * 100
+
+
+def rate_of(received: Received, count: int, start_ns: int | None = None) -> float:
+    start = received.start_ns if start_ns is None else start_ns
+    if start is None or received.reached_ns <= start:
+        raise BenchError("a subscriber reported no receive times")
+    return count / (received.reached_ns - start) * 1e9
+
+
+def ratio(value: float | None, base: float | None) -> float | None:
+    return None if value is None or not base else value / base
+
+
+def paired_rows(
+    runs: Sequence[tuple[Measured, Measured]],
+    base_label: str,
+    label: str,
+    base: Server,
+    server: Server,
+) -> list[Row]:
+    """Rows of the baseline and of peat-sync from runs measured in pairs, one after the
+    other, so that a machine busy for a while slows both: each figure is the median of its
+    runs, the ratio the median of the pairs' ratios."""
+    rows = []
+    for side, row_label, measured in ((0, base_label, base), (1, label, server)):
+        rows.append(
+            Row(
+                row_label,
+                median([run[side][0] for run in runs]),
+                Latency.median_of([run[side][1] for run in runs]),
+                measured.rss(),
+                1.0 if side == 0 else median([mine[0] / theirs[0] for theirs, mine in runs]),
+                median([run[side][2] for run in runs]),
+            )
+        )
+    return rows
+
+
+def shortfall(asked: int, achieved: float | None) -> list[str]:
+    """A note when the server took fewer writes per second than the writer offered."""
+    if achieved is None or achieved >= 0.95 * asked:
+        return []
+    return [
+        f"the server did not keep up: it took {achieved:,.0f} puts/s of the {asked:,} offered,"
+        " so calls queued, and the latency (and memory) figures include that queue"
+    ]
+
+
+def resume_kind(controls: list[dict[str, Any]]) -> str:
+    """How a resumed stream got back what it missed, from its control events."""
+    for control in controls:
+        if control["type"] == RESYNC:
+            return f"RESYNC ({RESYNC_REASON_NAMES.get(control['reason'], control['reason'])})"
+    types = [control["type"] for control in controls]
+    if CATCH_UP_BEGIN in types:
+        begin = next(c for c in controls if c["type"] == CATCH_UP_BEGIN)["sequence"]
+        end = next((c["sequence"] for c in controls if c["type"] == CATCH_UP_END), None)
+        return f"catch-up (CATCH_UP_BEGIN at {begin}, CATCH_UP_END at {end})"
+    others = sorted({CHANGE_TYPE_NAMES.get(t, str(t)) for t in types if t != HEARTBEAT})
+    return "exact replay: no catch-up, no RESYNC" + (f" ({', '.join(others)})" if others else "")
