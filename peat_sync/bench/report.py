@@ -1,5 +1,6 @@
 """The bench's figures: latency histograms and percentiles, the tables printed per scenario,
-the targets of the issue with the figure measured for each, the JSON file and the plot.
+the targets (peat_sync.bench.targets) with the figure measured for each, the JSON file and
+the plot.
 
 matplotlib is imported only by `plot`, so the bench runs without it unless --plot is given.
 """
@@ -15,6 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from peat_sync.bench.targets import TARGETS
 
 # Histogram buckets are 1% wide: bucket b holds values in [GROWTH**b, GROWTH**(b+1)).
 GROWTH = 1.01
@@ -122,7 +125,7 @@ class Latency:
 @dataclass(slots=True)
 class Row:
     """One line of a scenario's table. `rate` is events (or documents, or calls) per second;
-    `ratio` is the rate divided by the baseline's, where the issue asks for one."""
+    `ratio` is the rate divided by the baseline's, where a target asks for one."""
 
     label: str
     rate: float | None = None
@@ -145,7 +148,8 @@ class ScenarioResult:
 
 @dataclass(slots=True)
 class Target:
-    """A target of the issue: `measured` compared with `goal` (at least, or at most)."""
+    """A target of peat_sync.bench.targets with the figure measured in this run, compared with
+    its `goal` (at least, or at most)."""
 
     key: str
     text: str
@@ -161,104 +165,17 @@ class Target:
         return self.measured >= self.goal if self.at_least else self.measured <= self.goal
 
 
-# A retained event costs at least its ~120 encoded bytes plus a Python object around them, so
-# keeping every event would grow the RSS by well over 150 KiB per 1,000 events: a tenth of
-# the smallest real leak counts as not growing.
-STALL_RSS_GOAL_KIB = 15.0
-
-
 def targets(results: dict[str, ScenarioResult]) -> list[Target]:
-    """The targets of issue 5 whose scenarios ran, each with the figure measured."""
-
-    def figure(scenario: str, key: str) -> float | None:
-        value = results[scenario].figures.get(key)
-        return None if value is None else float(value)
-
+    """The targets whose scenarios ran, each with the figure measured."""
     found = []
-    if "subscribe" in results:
-        found.append(
-            Target(
-                "subscribe_vs_baseline",
-                "Subscribe, 1 subscriber: events/s / bare grpclib stream",
-                figure("subscribe", "ratio"),
-                0.9,
-                at_least=True,
-                unit="x",
-            )
-        )
-    if "batched" in results:
-        found += [
-            Target(
-                "batched_replay",
-                "SubscribeBatched replay to 1 grpcio client",
-                figure("batched", "replay_events_per_s"),
-                1_000_000,
-                at_least=True,
-                unit="events/s",
-            ),
-            Target(
-                "batched_write",
-                "WriteDocuments, durable at return",
-                figure("batched", "write_documents_per_s"),
-                50_000,
-                at_least=True,
-                unit="docs/s",
-            ),
-        ]
-    if "put" in results:
-        found.append(
-            Target(
-                "put_vs_baseline",
-                "PutDocument: calls/s / bare grpclib unary echo",
-                figure("put", "ratio"),
-                0.8,
-                at_least=True,
-                unit="x",
-            )
-        )
-    if "fanout" in results:
-        most = results["fanout"].figures["max_subscribers"]
-        found.append(
-            Target(
-                "fanout_cpu_ratio",
-                f"server CPU per delivered event, {most} subscribers / 1 subscriber",
-                figure("fanout", "cpu_ratio"),
-                0.5,
-                at_least=False,
-                unit="x",
-            )
-        )
-    if "latency" in results:
-        rate, count = (results["latency"].figures[k] for k in ("rate", "subscribers"))
-        found.append(
-            Target(
-                "latency_p99",
-                f"put-to-delivery p99 at {rate:,} events/s, {count} subscribers",
-                figure("latency", "p99_ms"),
-                10.0,
-                at_least=False,
-                unit="ms",
-            )
-        )
-    if "stalled" in results:
-        found += [
-            Target(
-                "stalled_p99_vs_latency",
-                "one subscriber stopped: the others' p99 / scenario 4's p99",
-                figure("stalled", "p99_ratio"),
-                1.1,
-                at_least=False,
-                unit="x",
-            ),
-            Target(
-                "stalled_rss_growth",
-                "one subscriber stopped: server RSS growth per 1,000 events, over all reading",
-                figure("stalled", "rss_growth_kib_per_1000_events"),
-                STALL_RSS_GOAL_KIB,
-                at_least=False,
-                unit="KiB",
-            ),
-        ]
+    for spec in TARGETS:
+        if spec.scenario not in results:
+            continue
+        figures = results[spec.scenario].figures
+        value = figures.get(spec.figure)
+        measured = None if value is None else float(value)
+        text = spec.text(figures)
+        found.append(Target(spec.key, text, measured, spec.goal, spec.at_least, spec.unit))
     return found
 
 

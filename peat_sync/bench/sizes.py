@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The scenarios in the order they run, numbered from 1, as issue 5 lists them.
+# The scenarios in the order they run, which numbers them from 1.
 SCENARIO_SUMMARIES = {
     "put": "unary PutDocument calls/s from concurrent clients, / bare grpclib",
     "subscribe": "events/s one Subscribe stream reads, / bare grpclib",

@@ -11,7 +11,7 @@ import textwrap
 from typing import Any
 
 from peat_sync.bench.sizes import SCENARIO_SUMMARIES
-from peat_sync.bench.targets import TARGETS
+from peat_sync.bench.targets import TARGETS, full_run_figures
 from peat_sync.cli.options import (
     BENCH_OPTIONS,
     BENCH_SIZE_OPTIONS,
@@ -48,12 +48,15 @@ def add_bench_command(commands: argparse._SubParsersAction[Any]) -> None:
         " collection 'bench'. Needs the extra: pip install 'peat-sync[bench]'.",
         HELP_WIDTH,
     )
+    figures = full_run_figures()
+    width = max(len(target.bound) for target in TARGETS)
     targets = "\n".join(
         textwrap.fill(
-            target.bound,
+            target.text(figures),
             HELP_WIDTH,
-            initial_indent=f"  {target.summary:<32} ",
-            subsequent_indent=" " * 35,
+            initial_indent=f"  {target.bound:<{width}}  ",
+            subsequent_indent=" " * (width + 4),
+            break_on_hyphens=False,
         )
         for target in TARGETS
     )
