@@ -1,42 +1,22 @@
-"""Shared fixtures: a real `peat-sync serve` process, and the official grpcio client compiled
-from proto/sidecar.proto."""
+"""Fixtures of every kind of test against the real server: `peat-sync serve` processes (on
+loopback TCP, or on a unix socket), and the official grpcio client compiled from
+proto/sidecar.proto."""
 
 from __future__ import annotations
 
 import importlib
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
-from typing import Protocol
+from typing import Any
 
 import pytest
 
 from peat_sync.bench.launcher import ServerProcess
-
-ROOT = Path(__file__).resolve().parent.parent
-PROTO_DIR = ROOT / "proto"
-# `sidecar_pb2` and `sidecar_pb2_grpc`, as the `grpcio_api` fixture compiles them.
-GrpcioApi = tuple[ModuleType, ModuleType]
-
-
-def peat_sync_command() -> list[str]:
-    """The installed `peat-sync` console script of this environment."""
-    script = Path(sys.executable).with_name("peat-sync")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "peat_sync"]
-
-
-class StartServer(Protocol):
-    def __call__(
-        self,
-        *args: str,
-        data_dir: Path | None = None,
-        listen: str = ...,
-        env: dict[str, str] | None = None,
-        must_start: bool = True,
-    ) -> ServerProcess: ...
+from tests.helpers.clients import GrpcioApi
+from tests.helpers.paths import PROTO_DIR
+from tests.helpers.servers import StartServer
 
 
 @pytest.fixture
@@ -63,6 +43,24 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
 @pytest.fixture
 def server(start_server: StartServer) -> ServerProcess:
     return start_server()
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A short temporary directory for unix sockets: their paths are limited to about 100
+    bytes, which pytest's tmp_path can exceed."""
+    with tempfile.TemporaryDirectory(prefix="peat-") as directory:
+        yield Path(directory)
+
+
+@pytest.fixture
+def start_unix_server(socket_dir: Path, start_server: StartServer) -> StartServer:
+    """A factory for servers on `socket_dir/peat.sock`; each is killed at the end."""
+
+    def factory(*args: str, **options: Any) -> ServerProcess:
+        return start_server(*args, listen=f"unix://{socket_dir / 'peat.sock'}", **options)
+
+    return factory
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from grpclib.const import Status
 
+from peat_sync.bench.launcher import ServerProcess
 from peat_sync.client import (
     ADDRESS_ENV,
     DEFAULT_ADDRESS,
@@ -23,9 +24,9 @@ from peat_sync.client import (
     Unavailable,
 )
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.client.conftest import restart
-from tests.conftest import PROTO_DIR, ServerProcess, StartServer
-from tests.e2e.conftest import run_scenario
+from tests.helpers.paths import PROTO_DIR
+from tests.helpers.servers import StartServer, restart
+from tests.helpers.waiting import run_scenario
 
 # Each RPC of the service, and the `Client` method that makes it.
 METHOD_OF_RPC = {

@@ -5,9 +5,9 @@ from __future__ import annotations
 import trio
 import trio_asyncio
 
+from peat_sync.bench.launcher import ServerProcess
 from peat_sync.client import ChangeType, Client
 from peat_sync.server.bridge import call_asyncio, enter_asyncio, iterate_asyncio
-from tests.conftest import ServerProcess
 
 
 async def test_a_trio_program_writes_mirrors_and_follows_changes(server: ServerProcess) -> None:

@@ -24,20 +24,19 @@ import pytest
 from grpclib.const import Status
 from grpclib.exceptions import StreamTerminatedError
 
+from peat_sync.bench.launcher import ServerProcess
 from peat_sync.client import AppliedChange, Client, Mirror, Rejected
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.client.conftest import (
+from tests.helpers.client_library import (
     FAST_BACKOFF,
     QUICK_HEARTBEATS,
     Documents,
-    Link,
-    eventually,
-    restart,
     store_documents,
     wait_for_purge,
 )
-from tests.conftest import ServerProcess, StartServer
-from tests.e2e.conftest import run_scenario, within
+from tests.helpers.links import Link
+from tests.helpers.servers import StartServer, restart
+from tests.helpers.waiting import eventually, run_scenario, within
 
 COLLECTIONS = ("a", "b", "c")
 RESYNC_COMPACTED = "RESYNC (HISTORY_COMPACTED)"

@@ -21,6 +21,7 @@ import pytest
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
+from peat_sync.bench.launcher import ServerProcess
 from peat_sync.client import (
     Backoff,
     ChangeType,
@@ -32,17 +33,15 @@ from peat_sync.client import (
     Unavailable,
 )
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.client.conftest import (
+from tests.helpers.client_library import (
     FAST_BACKOFF,
     QUICK_HEARTBEATS,
-    Link,
-    eventually,
-    restart,
     store_documents,
     wait_for_purge,
 )
-from tests.conftest import ServerProcess, StartServer
-from tests.e2e.conftest import run_scenario, within
+from tests.helpers.links import Link
+from tests.helpers.servers import StartServer, restart
+from tests.helpers.waiting import eventually, run_scenario, within
 
 
 @dataclass

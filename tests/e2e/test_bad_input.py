@@ -9,25 +9,26 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
+from peat_sync.bench.launcher import ServerProcess
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.conftest import GrpcioApi, ServerProcess, StartServer
-from tests.e2e.conftest import (
-    CALL_TIMEOUT,
+from tests.helpers.clients import (
     RESYNC,
     UPSERT,
     CallFailed,
     Client,
+    GrpcioApi,
     GrpcioClient,
     failure_of,
     get,
     get_typed,
-    grpcio_subscription,
     list_ids,
     put,
     put_typed,
     status,
-    wait_for_subscribers,
 )
+from tests.helpers.servers import StartServer
+from tests.helpers.streams import grpcio_subscription, wait_for_subscribers
+from tests.helpers.waiting import CALL_TIMEOUT
 
 MAX_DOCUMENT = 1024
 

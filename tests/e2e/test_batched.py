@@ -17,10 +17,11 @@ from typing import Any
 import grpc
 import pytest
 
+from peat_sync.bench.launcher import ServerProcess
 from peat_sync.generated.peat.sidecar import v1 as pb
-from peat_sync.server.service import BATCH_MESSAGE_BYTES, SUBSCRIBE_BATCHED
-from tests.conftest import GrpcioApi, ServerProcess, StartServer
-from tests.e2e.conftest import (
+from peat_sync.server.service import BATCH_MESSAGE_BYTES
+from peat_sync.wire import SUBSCRIBE_BATCHED
+from tests.helpers.clients import (
     CATCH_UP_BEGIN,
     CATCH_UP_END,
     DELETE,
@@ -29,18 +30,17 @@ from tests.e2e.conftest import (
     SNAPSHOT_BEGIN,
     UPSERT,
     Event,
+    GrpcioApi,
     GrpcioClient,
-    GrpcioSubscription,
     delete,
     failure_of,
     get,
-    grpcio_subscription,
     list_ids,
     put,
     status,
-    wait_for_subscribers,
 )
-from tests.e2e.test_subscribe import (
+from tests.helpers.servers import StartServer
+from tests.helpers.slow_consumers import (
     SLOW_SERVER_ARGS,
     assert_contiguous,
     assert_lag_logged,
@@ -48,6 +48,7 @@ from tests.e2e.test_subscribe import (
     padded,
     write_until_stalled,
 )
+from tests.helpers.streams import GrpcioSubscription, grpcio_subscription, wait_for_subscribers
 
 # The deadline of every stream here: far more than any of these tests takes.
 STREAM_DEADLINE = 20.0

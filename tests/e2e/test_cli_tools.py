@@ -28,21 +28,18 @@ from typing import Any
 import grpc
 import pytest
 
+from peat_sync.bench.launcher import ServerProcess
 from peat_sync.bench.launcher import server_env as clean_env
-from tests.conftest import GrpcioApi, ServerProcess, StartServer, peat_sync_command
-from tests.e2e.conftest import (
-    CALL_TIMEOUT,
+from tests.helpers.cli import (
     CLI_TIMEOUT,
-    GrpcioClient,
     assert_one_line_error,
-    delete,
-    get,
     help_entries,
-    put,
+    peat_sync_command,
     run_cli,
-    status,
-    wait_until,
 )
+from tests.helpers.clients import GrpcioApi, GrpcioClient, delete, get, put, status
+from tests.helpers.servers import StartServer
+from tests.helpers.waiting import CALL_TIMEOUT, wait_until
 
 # One line of `watch` output, parsed.
 Line = dict[str, Any]

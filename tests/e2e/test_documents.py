@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ServerProcess, StartServer
-from tests.e2e.conftest import (
+from peat_sync.bench.launcher import ServerProcess
+from tests.helpers.clients import (
     TYPED_COLLECTIONS,
     UPSERT,
     Client,
@@ -19,13 +19,13 @@ from tests.e2e.conftest import (
     failure_of,
     get,
     get_typed,
-    grpcio_subscription,
     list_ids,
     put,
     put_typed,
     status,
-    wait_for_subscribers,
 )
+from tests.helpers.servers import StartServer
+from tests.helpers.streams import grpcio_subscription, wait_for_subscribers
 
 # ---------------------------------------------------------------------------------------------
 # Documents

@@ -24,11 +24,9 @@ from google.protobuf.descriptor import FieldDescriptor
 from hypothesis import HealthCheck, currently_in_test_context, event, example, given, settings
 from hypothesis import strategies as st
 
+from peat_sync.bench.launcher import ServerProcess
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.conftest import ServerProcess
-from tests.e2e.conftest import (
-    CALL_TIMEOUT,
-    STREAM_TIMEOUT,
+from tests.helpers.clients import (
     TYPED,
     TYPED_COLLECTIONS,
     UPSERT,
@@ -37,18 +35,19 @@ from tests.e2e.conftest import (
     delete,
     get,
     get_typed,
-    grpcio_subscription,
     list_ids,
-    open_grpclib_subscribe,
     put,
     put_typed,
-    recv_event,
-    run_scenario,
     status,
+)
+from tests.helpers.streams import (
+    grpcio_subscription,
+    open_grpclib_subscribe,
+    recv_event,
     wait_for_subscribers,
     wait_for_subscribers_async,
-    within,
 )
+from tests.helpers.waiting import CALL_TIMEOUT, STREAM_TIMEOUT, run_scenario, within
 
 # The statuses a refused request may end with; anything else (UNKNOWN, INTERNAL, a deadline)
 # is a server that failed to say what is wrong.

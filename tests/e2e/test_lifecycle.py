@@ -18,30 +18,29 @@ import grpc
 import grpclib.client
 import pytest
 
+from peat_sync.bench.launcher import ServerProcess
 from peat_sync.cli.options import SERVE_OPTIONS
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.conftest import GrpcioApi, ServerProcess, StartServer
-from tests.e2e.conftest import (
-    CALL_TIMEOUT,
+from tests.helpers.cli import assert_one_line_error, help_entries, run_cli
+from tests.helpers.clients import (
     CallFailed,
+    GrpcioApi,
     GrpcioClient,
-    assert_one_line_error,
     delete,
     get,
-    grpcio_subscription,
-    grpclib_subscribe,
-    help_entries,
     list_ids,
     put,
-    run_cli,
-    run_scenario,
-    small_window_config,
     status,
+)
+from tests.helpers.servers import StartServer
+from tests.helpers.streams import (
+    grpcio_subscription,
+    grpclib_subscribe,
+    small_window_config,
     wait_for_subscribers,
     wait_for_subscribers_async,
-    wait_until,
-    within,
 )
+from tests.helpers.waiting import CALL_TIMEOUT, run_scenario, wait_until, within
 
 SIGNALS = [signal.SIGTERM, signal.SIGINT]
 

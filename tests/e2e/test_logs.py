@@ -6,16 +6,10 @@ from __future__ import annotations
 import json
 import signal
 
-from tests.conftest import GrpcioApi, ServerProcess, StartServer
-from tests.e2e.conftest import (
-    GrpcioClient,
-    delete,
-    failure_of,
-    get,
-    grpcio_subscription,
-    put,
-    wait_for_subscribers,
-)
+from peat_sync.bench.launcher import ServerProcess
+from tests.helpers.clients import GrpcioApi, GrpcioClient, delete, failure_of, get, put
+from tests.helpers.servers import StartServer
+from tests.helpers.streams import grpcio_subscription, wait_for_subscribers
 
 # A value that must show up in no log line: it stands for a document's contents.
 SECRET = "s3cr3t-payload-7f1c"

@@ -8,15 +8,12 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from peat_sync.bench.launcher import ServerProcess
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.conftest import GrpcioApi, ServerProcess, StartServer
-from tests.e2e.conftest import (
-    CALL_TIMEOUT,
-    GrpcioClient,
-    grpcio_subscription,
-    put,
-    wait_for_subscribers,
-)
+from tests.helpers.clients import GrpcioApi, GrpcioClient, put
+from tests.helpers.servers import StartServer
+from tests.helpers.streams import grpcio_subscription, wait_for_subscribers
+from tests.helpers.waiting import CALL_TIMEOUT
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -22,32 +22,30 @@ from typing import Any, Protocol
 import grpc
 import pytest
 
+from peat_sync.bench.launcher import ServerProcess
 from peat_sync.generated.peat.sidecar import v1 as pb
 from peat_sync.server.service import SEND_BATCH
-from tests.conftest import GrpcioApi, ServerProcess, StartServer
-from tests.e2e.conftest import (
-    CALL_TIMEOUT,
+from tests.helpers.cli import assert_one_line_error, help_entries, run_cli
+from tests.helpers.clients import (
     CATCH_UP_BEGIN,
     CATCH_UP_END,
     DELETE,
     HEARTBEAT,
     RESYNC,
     SNAPSHOT_BEGIN,
-    STREAM_TIMEOUT,
     UPSERT,
     Client,
     Event,
+    GrpcioApi,
     GrpcioClient,
-    GrpclibStream,
-    assert_one_line_error,
     delete,
-    help_entries,
     list_ids,
     put,
-    run_cli,
     status,
-    wait_until,
 )
+from tests.helpers.servers import StartServer
+from tests.helpers.streams import GrpclibStream
+from tests.helpers.waiting import CALL_TIMEOUT, STREAM_TIMEOUT, wait_until
 
 # A client's copy of the store: (collection, doc_id) -> (json_data, sequence).
 View = dict[tuple[str, str], tuple[str, int]]

@@ -22,8 +22,8 @@ import hypothesis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import GrpcioApi, ServerProcess, StartServer
-from tests.e2e.conftest import (
+from peat_sync.bench.launcher import ServerProcess
+from tests.helpers.clients import (
     CATCH_UP_BEGIN,
     CATCH_UP_END,
     DELETE,
@@ -32,15 +32,17 @@ from tests.e2e.conftest import (
     SNAPSHOT_BEGIN,
     UPSERT,
     Event,
+    GrpcioApi,
     GrpcioClient,
-    GrpcioSubscription,
     delete,
     get,
     list_ids,
     put,
     status,
-    wait_until,
 )
+from tests.helpers.servers import StartServer
+from tests.helpers.streams import GrpcioSubscription
+from tests.helpers.waiting import wait_until
 
 COLLECTIONS = ("a", "b", "c")
 # (collections, snapshot) of each follower.

@@ -19,10 +19,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from peat_sync.bench.launcher import ServerProcess
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.conftest import GrpcioApi, ServerProcess, StartServer
-from tests.e2e.conftest import (
-    CALL_TIMEOUT,
+from tests.helpers.clients import (
     CATCH_UP_BEGIN,
     CATCH_UP_END,
     CLIENT_KINDS,
@@ -32,17 +31,17 @@ from tests.e2e.conftest import (
     SNAPSHOT_BEGIN,
     UPSERT,
     Event,
+    GrpcioApi,
     GrpcioClient,
-    GrpclibStream,
     delete,
     get,
-    grpcio_subscription,
     list_ids,
     put,
-    small_window_config,
     status,
-    wait_until,
 )
+from tests.helpers.servers import StartServer
+from tests.helpers.streams import GrpclibStream, grpcio_subscription, small_window_config
+from tests.helpers.waiting import CALL_TIMEOUT, wait_until
 
 Key = tuple[str, str]
 # A client's copy of the store: (collection, doc_id) -> (json_data, sequence).

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import grpc
 
-from tests.conftest import GrpcioApi, ServerProcess
+from peat_sync.bench.launcher import ServerProcess
+from tests.helpers.clients import GrpcioApi
 
 
 def test_put_then_get_with_grpcio(server: ServerProcess, grpcio_api: GrpcioApi) -> None:

@@ -21,19 +21,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from peat_sync.bench.launcher import START_TIMEOUT
+from peat_sync.bench.launcher import START_TIMEOUT, ServerProcess
 from peat_sync.generated.peat.sidecar import v1 as pb
 from peat_sync.store.sqlite import DATABASE_FILE
-from tests.conftest import GrpcioApi, ServerProcess
-from tests.e2e.conftest import (
-    CALL_TIMEOUT,
-    GrpcioClient,
-    RpcFailure,
-    failure_of,
-    get,
-    put,
-    status,
-)
+from tests.helpers.clients import GrpcioApi, GrpcioClient, RpcFailure, failure_of, get, put, status
+from tests.helpers.waiting import CALL_TIMEOUT
 
 SIDECAR = "peat.sidecar.v1.PeatSidecar"
 SERVICES = {

@@ -25,20 +25,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from peat_sync.bench.launcher import ServerProcess
 from peat_sync.client import ChangeType, Client, Unavailable
 from peat_sync.tls import client_context
-from tests.conftest import GrpcioApi, ServerProcess, StartServer
-from tests.e2e.conftest import (
-    CALL_TIMEOUT,
-    GrpcioClient,
-    assert_one_line_error,
-    get,
-    grpcio_subscription,
-    put,
-    run_cli,
-    run_scenario,
-    status,
-)
+from tests.helpers.cli import assert_one_line_error, run_cli
+from tests.helpers.clients import GrpcioApi, GrpcioClient, get, put, status
+from tests.helpers.servers import StartServer
+from tests.helpers.streams import grpcio_subscription
+from tests.helpers.waiting import CALL_TIMEOUT, run_scenario
 
 # ---------------------------------------------------------------------------------------------
 # Certificates

@@ -3,8 +3,8 @@ each client in its own test module (test_grpc_js.py, test_grpcio.py).
 
 A module subclasses `Contract` (its tests are collected there), provides a `connect` fixture
 that connects its client to a server as a `Driver`, and says how its client shows a RESYNC
-event natively. Calls go through the `Client` facade of the end-to-end tests; events come back
-as their `Event`.
+event natively. Calls go through the `Client` facade of tests/helpers/clients.py; events
+come back as its `Event`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from peat_sync.bench.launcher import ServerProcess
 from peat_sync.generated.peat.sidecar import v1 as pb
-from tests.conftest import ServerProcess, StartServer
-from tests.e2e.conftest import (
+from tests.helpers.clients import (
     CATCH_UP_BEGIN,
     CATCH_UP_END,
     DELETE,
@@ -32,8 +32,9 @@ from tests.e2e.conftest import (
     list_ids,
     put,
     status,
-    wait_for_subscribers,
 )
+from tests.helpers.servers import StartServer
+from tests.helpers.streams import wait_for_subscribers
 
 # Far ahead of any head, and beyond what a JavaScript number holds exactly.
 MAX_UINT64 = 2**64 - 1

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from tests.conftest import GrpcioApi, ServerProcess
-from tests.e2e.conftest import Event, _grpcio_dict
-from tests.interop.conftest import grpc_js_output, run_grpc_js, start_grpc_js
+from peat_sync.bench.launcher import ServerProcess
+from tests.helpers.clients import Event, GrpcioApi, grpcio_dict
+from tests.helpers.grpc_js import grpc_js_output, run_grpc_js, start_grpc_js
 from tests.interop.contract import Connect, Contract
 
 # rpc -> the client's operation, and the request fields it takes as arguments, in order
@@ -47,7 +47,7 @@ class GrpcJsClient:
         operation, *fields = OPERATIONS[rpc]
         assert sorted(request) == sorted(fields), f"client.js {operation} takes {fields}"
         response = run_grpc_js(self.address, operation, *(request[field] for field in fields))
-        return _grpcio_dict(self.decode(f"{rpc}Response", response))
+        return grpcio_dict(self.decode(f"{rpc}Response", response))
 
     def message(self, name: str, fields: dict[str, Any]) -> Any:
         raise NotImplementedError("client.js sends documents only")

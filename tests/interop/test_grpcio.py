@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GrpcioApi, ServerProcess
-from tests.e2e.conftest import CALL_TIMEOUT, Event, GrpcioClient, GrpcioSubscription
+from peat_sync.bench.launcher import ServerProcess
+from tests.helpers.clients import Event, GrpcioApi, GrpcioClient
+from tests.helpers.streams import GrpcioSubscription
+from tests.helpers.waiting import CALL_TIMEOUT
 from tests.interop.contract import Connect, Contract
 
 
