@@ -1,4 +1,5 @@
-"""`peat-sync serve` configuration: defaults, flags over environment, and clear errors."""
+"""The options table (`peat_sync.cli.options`) as `peat-sync serve` reads it: defaults, flags
+over environment, the forms of addresses, sizes and durations, and clear errors."""
 
 from __future__ import annotations
 

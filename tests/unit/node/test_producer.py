@@ -1,0 +1,104 @@
+"""The producer, the node's single writer: concurrent writers get distinct sequences in one
+order, and a write the store refuses fails alone, not with the writes batched with it."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from peat_sync.node import (
+    ChangeEvent,
+    StoreUnavailable,
+)
+from peat_sync.node.producer import Producer
+from peat_sync.node.stats import COMMIT_BUCKETS, Histogram
+from peat_sync.store import Change, Mutation, SQLiteStore
+from tests.helpers.nodes import (
+    DEADLINE,
+    read_until,
+    running_node,
+)
+
+
+class PoisonedStore(SQLiteStore):
+    """A real store that refuses any commit holding the doc_id "poison", as a store refuses
+    a write it cannot take (a constraint, a value it cannot encode)."""
+
+    def commit(self, mutations: Sequence[Mutation]) -> list[Change | None]:
+        if any(mutation.doc_id == "poison" for mutation in mutations):
+            raise sqlite3.IntegrityError("refused")
+        return super().commit(mutations)
+
+
+async def test_one_bad_write_does_not_fail_the_writes_batched_with_it(tmp_path: Path) -> None:
+    """Writers queued together are committed in one batch; a write the store refuses must
+    fail alone, not take the good ones of its batch down with it."""
+    store = PoisonedStore.open(tmp_path)
+    producer = Producer(store, max_batch=100, commit_times=Histogram(COMMIT_BUCKETS))
+    publish, published = trio.open_memory_channel[list[ChangeEvent]](16)
+    outcomes: dict[str, object] = {}
+
+    async def write(doc: str) -> None:
+        try:
+            outcomes[doc] = await producer.write([Mutation("c", doc, "{}")])
+        except StoreUnavailable as exc:
+            outcomes[doc] = exc
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(producer.run, publish)
+            async with trio.open_nursery() as writers:
+                for doc in ["good0", "good1", "poison", "good2"]:
+                    writers.start_soon(write, doc)
+            producer.close()
+    store.close()
+
+    assert isinstance(outcomes.pop("poison"), StoreUnavailable)
+    sequences = sorted(change[0].sequence for change in outcomes.values())  # type: ignore[index]
+    assert sequences == [1, 2, 3]
+    published_sequences = []
+    while True:
+        try:
+            published_sequences += [event.sequence for event in published.receive_nowait()]
+        except trio.EndOfChannel:
+            break
+    assert published_sequences == [1, 2, 3]
+
+
+async def test_concurrent_writers_get_distinct_increasing_sequences(tmp_path: Path) -> None:
+    """Many writers at once: every put gets its own sequence, each writer sees its own puts
+    in increasing order, and the feed delivers them all in sequence order."""
+    writers, puts_each = 40, 5
+    total = writers * puts_each
+    sequences_of: dict[int, list[int]] = {}
+    doc_at: dict[int, str] = {}
+
+    async def writer(number: int) -> None:
+        mine = sequences_of.setdefault(number, [])
+        for i in range(puts_each):
+            name = f"w{number}-{i}"
+            sequence = await node.put("c", name, f'{{"writer": {number}}}')
+            mine.append(sequence)
+            doc_at[sequence] = name
+
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path, max_batch=16) as node:
+            with node.subscribe(since=0) as subscription:
+                async with trio.open_nursery() as nursery:
+                    for number in range(writers):
+                        nursery.start_soon(writer, number)
+                changes = await read_until(subscription, total)
+
+            assert node.head_sequence == total
+            assert len(await node.list_ids("c")) == total
+
+    assert sorted(doc_at) == list(range(1, total + 1))
+    for mine in sequences_of.values():
+        assert mine == sorted(mine)
+        assert len(set(mine)) == puts_each
+    assert [c.sequence for c in changes] == list(range(1, total + 1))
+    assert [c.doc_id for c in changes] == [doc_at[s] for s in range(1, total + 1)]
