@@ -9,7 +9,7 @@ with the figure measured and whether it was met.
 
 Modules: `run` (a run: the scenarios selected, progress, the report), `scenarios` (one module
 per scenario), `workers` (the load processes), `servers` (the servers and /proc readers),
-`launcher` (`peat-sync serve` as a child process), `baseline` (the bare
+`launcher` (`peat-sync serve` and the baseline as child processes), `baseline` (the bare
 grpclib server), `messages` (the bench's documents and change types), `report` (stats, tables,
 JSON and the plot); and, only data for the command line's help, `sizes` and `targets`. The
 command line itself is peat_sync.cli.bench.

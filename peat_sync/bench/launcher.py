@@ -1,4 +1,5 @@
-"""`peat-sync serve` as a child process: the one launcher of the bench, the soak and the tests.
+"""`peat-sync serve` as a child process: the one launcher of the bench, the soak and the tests;
+and the bench's baseline server, launched the same way.
 
 The server is started with this Python (`sys.executable -m peat_sync serve`), so what is
 measured or tested is exactly what users run. Its output is read on a thread; the launcher
@@ -29,6 +30,9 @@ LOG_LINES = 20_000
 # The server listens, and logs where, before it opens the store; then it serves.
 LISTENING = re.compile(r"listening on (?:tcp://[^ ;]+:(\d+)|unix://[^ ;]+)")
 SERVING = re.compile(r"serving peat\.sidecar\.v1 on ")
+# What the baseline prints once it serves, then its address.
+BASELINE_READY = "baseline serving on"
+_BASELINE_SERVING = re.compile(re.escape(BASELINE_READY) + r" 127\.0\.0\.1:(\d+)")
 
 
 class ServerStartError(Exception):
@@ -43,21 +47,12 @@ def server_env(**extra: str) -> dict[str, str]:
     return env
 
 
-class ServerProcess:
-    """`peat-sync serve --listen LISTEN --data-dir DATA_DIR FLAGS...`, started by `start`.
+class ChildServer:
+    """A server run as a child process of this Python, its output read on a thread: `start`
+    returns once a line of its output says it serves. Subclasses say what to run (`argv`) and
+    read its lines (`_note`)."""
 
-    It listens on a free loopback port unless given another `listen` address."""
-
-    def __init__(
-        self,
-        data_dir: Path,
-        *flags: str,
-        listen: str = "tcp://127.0.0.1:0",
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        self.data_dir = data_dir
-        self.flags = flags
-        self.listen = listen
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self.env = dict(env or {})
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
@@ -67,24 +62,16 @@ class ServerProcess:
 
     @property
     def argv(self) -> list[str]:
-        return [
-            *(sys.executable, "-m", "peat_sync", "serve"),
-            *("--listen", self.listen, "--data-dir", str(self.data_dir)),
-            *self.flags,
-        ]
+        raise NotImplementedError
+
+    def _note(self, line: str) -> bool:
+        """Take note of a line of output (`port`, say); True if it says the server serves."""
+        raise NotImplementedError
 
     @property
     def address(self) -> str:
-        """Where a client connects: HOST:PORT, or unix:///PATH."""
-        if self.listen.startswith("unix:"):
-            return self.listen
+        """Where a client connects: HOST:PORT."""
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def socket_path(self) -> Path:
-        if not self.listen.startswith("unix://"):
-            raise ValueError(f"{self.listen} is not a unix socket")
-        return Path(self.listen.removeprefix("unix://"))
 
     @property
     def pid(self) -> int:
@@ -140,11 +127,8 @@ class ServerProcess:
         assert process.stdout is not None
         for line in process.stdout:
             with self._changed:
-                match = LISTENING.search(line)
-                if match and match[1]:  # the port is known before the line can be seen
-                    self.port = int(match[1])
                 self._lines.append(line)
-                if SERVING.search(line):
+                if self._note(line):
                     self._serving = True
                 self._changed.notify_all()
         with self._changed:
@@ -185,3 +169,62 @@ class ServerProcess:
     def restart(self) -> Self:
         self.stop()
         return self.start()
+
+
+class ServerProcess(ChildServer):
+    """`peat-sync serve --listen LISTEN --data-dir DATA_DIR FLAGS...`, started by `start`.
+
+    It listens on a free loopback port unless given another `listen` address."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *flags: str,
+        listen: str = "tcp://127.0.0.1:0",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(env)
+        self.data_dir = data_dir
+        self.flags = flags
+        self.listen = listen
+
+    @property
+    def argv(self) -> list[str]:
+        return [
+            *(sys.executable, "-m", "peat_sync", "serve"),
+            *("--listen", self.listen, "--data-dir", str(self.data_dir)),
+            *self.flags,
+        ]
+
+    def _note(self, line: str) -> bool:
+        match = LISTENING.search(line)
+        if match and match[1]:  # the port is known before the line can be seen
+            self.port = int(match[1])
+        return SERVING.search(line) is not None
+
+    @property
+    def address(self) -> str:
+        """Where a client connects: HOST:PORT, or unix:///PATH."""
+        if self.listen.startswith("unix:"):
+            return self.listen
+        return super().address
+
+    @property
+    def socket_path(self) -> Path:
+        if not self.listen.startswith("unix://"):
+            raise ValueError(f"{self.listen} is not a unix socket")
+        return Path(self.listen.removeprefix("unix://"))
+
+
+class BaselineProcess(ChildServer):
+    """The bench's bare grpclib server (peat_sync.bench.baseline) on a free loopback port."""
+
+    @property
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "peat_sync.bench.baseline", "0"]
+
+    def _note(self, line: str) -> bool:
+        match = _BASELINE_SERVING.match(line)
+        if match:
+            self.port = int(match[1])
+        return match is not None

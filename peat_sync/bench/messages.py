@@ -1,25 +1,17 @@
-"""What the bench sends and reads: the document layout, and protobuf message classes.
+"""What the bench sends and reads: the layout of its documents, and the change types.
 
 Every bench document carries the writer's `time.monotonic_ns()` at the moment it sent the
 write (CLOCK_MONOTONIC is one clock for every process of a Linux machine), so a subscriber in
 another process knows each event's put-to-delivery latency. The timestamp comes first, at a
 fixed offset, so reading it costs a slice rather than a JSON parse.
 
-Message classes are protobuf's fast (upb) classes, built from the descriptors the generated
-code registers: no protoc at run time.
+RPC paths and message classes are peat_sync.wire's.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from peat_sync.generated.peat.sidecar.v1 import ChangeType, ResyncReason
 
-from google.protobuf.message_factory import GetMessageClass
-
-from peat_sync.generated.google_proto_descriptor_pool import default_google_proto_descriptor_pool
-from peat_sync.generated.peat.sidecar.v1 import ChangeType, ResyncReason  # fills the pool too
-
-PACKAGE = "peat.sidecar.v1"
-SERVICE = f"/{PACKAGE}.PeatSidecar/"
 COLLECTION = "bench"
 # Filler that brings a document to about 100 bytes, a small telemetry record.
 PAD = "x" * 48
@@ -51,9 +43,3 @@ def sent_at(json_data: str) -> int | None:
         return int(json_data[len(_PREFIX) : end])
     except ValueError:
         return None
-
-
-def message_class(name: str) -> Any:
-    """The upb class of message `name` of peat.sidecar.v1, such as "DocumentChange"."""
-    pool = default_google_proto_descriptor_pool
-    return GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.{name}"))

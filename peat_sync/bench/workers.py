@@ -1,13 +1,16 @@
 """The load processes of `peat-sync bench`, and the driver's handle on them.
 
-    python -m peat_sync.bench.workers subscribe --target T [--streams K] [--batched] ...
-    python -m peat_sync.bench.workers put --target T [--clients K] --count N [--rate R] ...
-    python -m peat_sync.bench.workers write --target T [--clients K] [--batch B] --count N
+    python -m peat_sync.bench.workers '{"kind": "subscribe", "target": "127.0.0.1:PORT", ...}'
+
+A worker's one argument is its settings, as JSON: a `SubscriberSettings` (kind "subscribe")
+or a `WriterSettings` (kind "put" or "write"). The driver makes them; the command line of the
+bench is peat_sync.cli.bench.
 
 Each runs in a process of its own, apart from the server and from the driver, so that client
 cost does not hide server cost. They use the official grpcio client (grpc.aio) with generic
-calls and protobuf's upb message classes. Each stream or client has a channel, and so a
-connection, of its own, as separate subscribers and clients would.
+calls and the protobuf runtime's message classes (`wire.message_class`). Each stream or
+client has a channel, and so a connection, of its own, as separate subscribers and clients
+would.
 
 A worker talks JSON lines: it prints {"ready": ...} once connected (a subscriber: once every
 stream has its opening event), then takes commands on stdin, one per line:
@@ -27,7 +30,6 @@ acknowledgement latency. Any failure is a line {"error": "..."} and exit status 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import contextlib
@@ -41,31 +43,31 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 import grpc
 
-from peat_sync.bench.messages import (
-    COLLECTION,
-    DELETE,
-    SERVICE,
-    UPSERT,
-    document,
-    message_class,
-    sent_at,
-)
+from peat_sync.bench.messages import COLLECTION, DELETE, UPSERT, document, sent_at
 from peat_sync.bench.report import Histogram
 from peat_sync.bench.servers import BenchError
+from peat_sync.wire import (
+    PUT_DOCUMENT,
+    SUBSCRIBE,
+    SUBSCRIBE_BATCHED,
+    WRITE_DOCUMENTS,
+    message_class,
+)
 
-SubscribeRequest = message_class("SubscribeRequest")
-DocumentChange = message_class("DocumentChange")
-DocumentChangeBatch = message_class("DocumentChangeBatch")
-PutDocumentRequest = message_class("PutDocumentRequest")
-PutDocumentResponse = message_class("PutDocumentResponse")
-DocumentWrite = message_class("DocumentWrite")
-WriteDocumentsRequest = message_class("WriteDocumentsRequest")
-WriteDocumentsResponse = message_class("WriteDocumentsResponse")
+# Any: the runtime's classes are built at run time, and their fields are not known to mypy.
+SubscribeRequest: Any = message_class("SubscribeRequest")
+DocumentChange: Any = message_class("DocumentChange")
+DocumentChangeBatch: Any = message_class("DocumentChangeBatch")
+PutDocumentRequest: Any = message_class("PutDocumentRequest")
+PutDocumentResponse: Any = message_class("PutDocumentResponse")
+DocumentWrite: Any = message_class("DocumentWrite")
+WriteDocumentsRequest: Any = message_class("WriteDocumentsRequest")
+WriteDocumentsResponse: Any = message_class("WriteDocumentsResponse")
 
 # Control events kept per report, to say how a stream resumed.
 CONTROLS_KEPT = 8
@@ -83,6 +85,67 @@ MAX_IN_FLIGHT = 100
 PARENT_POLL = 0.5
 # A worker's reply to a command of the driver, or its ready line, takes at most this long.
 REPLY_TIMEOUT = 180.0
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriberSettings:
+    """A subscriber process: `streams` Subscribe (or SubscribeBatched) streams."""
+
+    target: str  # grpcio target: HOST:PORT or unix:///PATH
+    streams: int = 1
+    collections: tuple[str, ...] = ()  # every collection, when empty
+    since: int | None = None
+    epoch: str = ""
+    batched: bool = False
+    latency: bool = False  # a histogram of put-to-delivery times
+    until: int | None = None  # report once every stream reaches this sequence ...
+    events: int | None = None  # ... or has had this many events
+    once: bool = False  # exit after that report
+    window: int | None = None  # an HTTP/2 window in bytes, held (no BDP probe)
+    kind: Literal["subscribe"] = "subscribe"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriterSettings:
+    """A writer process: `clients` clients that write `count` documents between them, with
+    PutDocument ("put") or WriteDocuments ("write")."""
+
+    kind: Literal["put", "write"]
+    target: str
+    count: int
+    clients: int = 1
+    collection: str = COLLECTION
+    prefix: str = "doc-"  # of the doc_ids; each document's number follows
+    first: int = 0  # the number of the first document
+    rate: float = 0.0  # documents/s; 0 is as fast as they go
+    batch: int = 1000  # writes per WriteDocuments
+    wait_go: bool = False  # start on "go" from stdin
+
+
+Settings = SubscriberSettings | WriterSettings
+
+
+def encode_settings(settings: Settings) -> str:
+    """The worker's one argument."""
+    return json.dumps(asdict(settings))
+
+
+def decode_settings(text: str) -> Settings:
+    """The settings a worker was given; ValueError if they are not a worker's."""
+    data = json.loads(text)
+    kind = data.get("kind") if isinstance(data, dict) else None
+    try:
+        if kind == "subscribe":
+            return SubscriberSettings(**{**data, "collections": tuple(data["collections"])})
+        if kind in ("put", "write"):
+            return WriterSettings(**data)
+    except (KeyError, TypeError) as exc:  # a field missing, or one of no worker
+        raise ValueError(f"bad {kind} worker settings: {exc}") from None
+    raise ValueError(f"no worker of kind {kind!r}")
+
 
 # ---------------------------------------------------------------------------------------------
 # Subscribers
@@ -130,21 +193,22 @@ class StreamState:
 class Subscribers:
     """K streams of one process, each on its own channel, and their shared window."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
+    def __init__(self, settings: SubscriberSettings) -> None:
+        self.settings = settings
         self.window = Window()
-        self.streams = [StreamState() for _ in range(args.streams)]
-        self.until: int | None = args.until
+        self.streams = [StreamState() for _ in range(settings.streams)]
+        self.until: int | None = settings.until
         self.until_control: int | None = None
         self.all_reached = asyncio.Event()
         self.start_ns = 0
 
     def request(self) -> Any:
-        request = SubscribeRequest(collections=self.args.collection)
-        if self.args.since is not None:
-            request.since_sequence = self.args.since
-        if self.args.epoch:
-            request.epoch = self.args.epoch
+        settings = self.settings
+        request = SubscribeRequest(collections=settings.collections)
+        if settings.since is not None:
+            request.since_sequence = settings.since
+        if settings.epoch:
+            request.epoch = settings.epoch
         return request
 
     def set_target(self, *, sequence: int | None = None, control: int | None = None) -> None:
@@ -162,7 +226,7 @@ class Subscribers:
         if (
             (self.until is not None and stream.position >= self.until)
             or (self.until_control is not None and self.until_control in stream.seen)
-            or (self.args.events is not None and stream.events >= self.args.events)
+            or (self.settings.events is not None and stream.events >= self.settings.events)
         ):
             stream.reached_ns = now
             if all(s.reached_ns is not None for s in self.streams):
@@ -183,13 +247,13 @@ class Subscribers:
         return report
 
     async def follow(self, channel: grpc.aio.Channel, stream: StreamState) -> None:
-        batched = self.args.batched
+        batched = self.settings.batched
         method = channel.unary_stream(
-            SERVICE + ("SubscribeBatched" if batched else "Subscribe"),
+            SUBSCRIBE_BATCHED if batched else SUBSCRIBE,
             request_serializer=SubscribeRequest.SerializeToString,
             response_deserializer=(DocumentChangeBatch if batched else DocumentChange).FromString,
         )
-        latency = self.args.latency
+        latency = self.settings.latency
         async for message in method(self.request()):
             now = time.monotonic_ns()
             changes = message.changes if batched else (message,)
@@ -225,7 +289,7 @@ class Subscribers:
                 stream.position = changes[-1].sequence
                 stream.opened.set()
                 self._check(stream, now)
-            if self.args.once and stream.reached_ns is not None:
+            if self.settings.once and stream.reached_ns is not None:
                 return
         raise BenchError("the server ended a Subscribe stream")
 
@@ -273,12 +337,12 @@ async def _until_first(tasks: Sequence[asyncio.Task[None]], awaitable: Any) -> N
             raise error
 
 
-async def subscribe(args: argparse.Namespace) -> None:
-    subscribers = Subscribers(args)
+async def subscribe(settings: SubscriberSettings) -> None:
+    subscribers = Subscribers(settings)
     options = []
-    if args.window is not None:
-        options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", args.window)]
-    channels = await _connected(args.target, args.streams, options)
+    if settings.window is not None:
+        options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", settings.window)]
+    channels = await _connected(settings.target, settings.streams, options)
     subscribers.start_ns = time.monotonic_ns()
     tasks = [
         asyncio.create_task(subscribers.follow(channel, stream))
@@ -292,7 +356,7 @@ async def subscribe(args: argparse.Namespace) -> None:
         except TimeoutError:
             raise BenchError(f"streams not open after {REPLY_TIMEOUT:g} s") from None
         _emit(ready=True, streams=len(tasks))
-        if args.once:
+        if settings.once:
             await _until_first(tasks, subscribers.all_reached.wait())
             _emit(report=subscribers.take_report())
             return
@@ -327,11 +391,12 @@ class WriterTotals:
     end_ns: int = 0
 
 
-def _schedule(args: argparse.Namespace, start_ns: int) -> Iterator[tuple[int, int]]:
-    """(number, due time in ns) of each of the --count writes: all due at once at full
-    speed (--rate 0), else one every 1/rate seconds from `start_ns`."""
-    for index, n in enumerate(range(args.first, args.first + args.count)):
-        yield n, start_ns + int(index * 1e9 / args.rate) if args.rate else 0
+def _schedule(settings: WriterSettings, start_ns: int) -> Iterator[tuple[int, int]]:
+    """(number, due time in ns) of each of the `count` writes: all due at once at full speed
+    (`rate` 0), else one every 1/rate seconds from `start_ns`."""
+    rate = settings.rate
+    for index, n in enumerate(range(settings.first, settings.first + settings.count)):
+        yield n, start_ns + int(index * 1e9 / rate) if rate else 0
 
 
 Sender = Callable[[list[int]], Awaitable[int]]
@@ -387,9 +452,9 @@ async def _open_loop(
         raise failures[0]
 
 
-def _put_sender(channel: grpc.aio.Channel, args: argparse.Namespace) -> Callable[..., Any]:
+def _put_sender(channel: grpc.aio.Channel, settings: WriterSettings) -> Sender:
     put = channel.unary_unary(
-        SERVICE + "PutDocument",
+        PUT_DOCUMENT,
         request_serializer=PutDocumentRequest.SerializeToString,
         response_deserializer=PutDocumentResponse.FromString,
     )
@@ -397,8 +462,8 @@ def _put_sender(channel: grpc.aio.Channel, args: argparse.Namespace) -> Callable
     async def send(numbers: list[int]) -> int:
         (n,) = numbers
         request = PutDocumentRequest(
-            collection=args.collection,
-            doc_id=f"{args.prefix}{n}",
+            collection=settings.collection,
+            doc_id=f"{settings.prefix}{n}",
             json_data=document(n, time.monotonic_ns()),
         )
         response = await put(request, timeout=CALL_TIMEOUT)
@@ -407,9 +472,9 @@ def _put_sender(channel: grpc.aio.Channel, args: argparse.Namespace) -> Callable
     return send
 
 
-def _write_sender(channel: grpc.aio.Channel, args: argparse.Namespace) -> Callable[..., Any]:
+def _write_sender(channel: grpc.aio.Channel, settings: WriterSettings) -> Sender:
     write = channel.unary_unary(
-        SERVICE + "WriteDocuments",
+        WRITE_DOCUMENTS,
         request_serializer=WriteDocumentsRequest.SerializeToString,
         response_deserializer=WriteDocumentsResponse.FromString,
     )
@@ -418,7 +483,9 @@ def _write_sender(channel: grpc.aio.Channel, args: argparse.Namespace) -> Callab
         now = time.monotonic_ns()
         writes = [
             DocumentWrite(
-                collection=args.collection, doc_id=f"{args.prefix}{n}", json_data=document(n, now)
+                collection=settings.collection,
+                doc_id=f"{settings.prefix}{n}",
+                json_data=document(n, now),
             )
             for n in numbers
         ]
@@ -428,22 +495,22 @@ def _write_sender(channel: grpc.aio.Channel, args: argparse.Namespace) -> Callab
     return send
 
 
-async def writer(args: argparse.Namespace) -> None:
-    channels = await _connected(args.target, args.clients)
+async def writer(settings: WriterSettings) -> None:
+    channels = await _connected(settings.target, settings.clients)
     try:
-        make_sender = _write_sender if args.kind == "write" else _put_sender
-        batch = args.batch if args.kind == "write" else 1
+        make_sender = _write_sender if settings.kind == "write" else _put_sender
+        batch = settings.batch if settings.kind == "write" else 1
         _emit(ready=True, clients=len(channels))
-        if args.wait_go:
+        if settings.wait_go:
             async for command in _commands():
                 if command == "go":
                     break
             else:
                 return  # stdin ended before the driver said go: the driver is gone
         totals = WriterTotals(start_ns=time.monotonic_ns())
-        schedule = _schedule(args, totals.start_ns)
-        senders = [make_sender(channel, args) for channel in channels]
-        if args.rate:
+        schedule = _schedule(settings, totals.start_ns)
+        senders = [make_sender(channel, settings) for channel in channels]
+        if settings.rate:
             await _open_loop(senders, batch, schedule, totals)
         else:
             await asyncio.gather(*(_closed_loop(send, batch, schedule, totals) for send in senders))
@@ -464,40 +531,11 @@ async def writer(args: argparse.Namespace) -> None:
 # The worker process
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m peat_sync.bench.workers")
-    kinds = parser.add_subparsers(dest="kind", required=True)
-    sub = kinds.add_parser("subscribe", help="follow K Subscribe (or SubscribeBatched) streams")
-    sub.add_argument("--target", required=True, help="grpcio target: HOST:PORT or unix:///PATH")
-    sub.add_argument("--streams", type=int, default=1)
-    sub.add_argument("--collection", action="append", default=[])
-    sub.add_argument("--since", type=int)
-    sub.add_argument("--epoch")
-    sub.add_argument("--batched", action="store_true")
-    sub.add_argument("--latency", action="store_true", help="histogram put-to-delivery times")
-    sub.add_argument("--until", type=int, help="report once every stream reaches SEQ")
-    sub.add_argument("--events", type=int, help="report once every stream has N events")
-    sub.add_argument("--once", action="store_true", help="exit after the --until report")
-    sub.add_argument("--window", type=int, help="HTTP/2 window in bytes, held (no BDP probe)")
-    for kind in ("put", "write"):
-        w = kinds.add_parser(kind, help=f"{kind} documents from K concurrent clients")
-        w.add_argument("--target", required=True)
-        w.add_argument("--clients", type=int, default=1)
-        w.add_argument("--collection", default=COLLECTION)
-        w.add_argument("--prefix", default="doc-", help="doc_id prefix; the number follows")
-        w.add_argument("--first", type=int, default=0, help="number of the first document")
-        w.add_argument("--count", type=int, required=True)
-        w.add_argument("--rate", type=float, default=0.0, help="documents/s; 0 = full speed")
-        w.add_argument("--batch", type=int, default=1000, help="writes per WriteDocuments")
-        w.add_argument("--wait-go", action="store_true", help="start on 'go' from stdin")
-    return parser
-
-
-async def _main(args: argparse.Namespace) -> None:
-    if args.kind == "subscribe":
-        await subscribe(args)
+async def _main(settings: Settings) -> None:
+    if isinstance(settings, SubscriberSettings):
+        await subscribe(settings)
     else:
-        await writer(args)
+        await writer(settings)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -508,15 +546,18 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str]) -> int:
+    """Run the worker whose settings are `argv`'s one argument; returns the exit status."""
+    if len(argv) != 1:
+        print("usage: python -m peat_sync.bench.workers SETTINGS_JSON", file=sys.stderr)
+        return 2
     # The driver stops a worker with SIGTERM: exit at once, without a traceback. Ctrl-C is
     # the driver's to handle: it stops every worker itself.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     try:
-        asyncio.run(_main(args))
+        asyncio.run(_main(decode_settings(argv[0])))
     except grpc.aio.AioRpcError as exc:
         _emit(error=f"{exc.code().name}: {exc.details()}")
         return 1
@@ -533,10 +574,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 class Worker:
     """A worker process, as the driver sees it: JSON lines out, commands in."""
 
-    def __init__(self, kind: str, *args: str, name: str) -> None:
+    def __init__(self, settings: Settings, name: str) -> None:
         self.name = name
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "peat_sync.bench.workers", kind, *args],
+            [sys.executable, "-m", "peat_sync.bench.workers", encode_settings(settings)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -614,4 +655,4 @@ def workers(*started: Worker) -> Iterator[list[Worker]]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -3,6 +3,7 @@ replays what was written, against the bare grpclib stream of the same events in 
 
 from __future__ import annotations
 
+from peat_sync.bench.baseline import BATCH
 from peat_sync.bench.report import Latency, Row, ScenarioResult, median
 from peat_sync.bench.scenarios.context import (
     Bench,
@@ -11,11 +12,11 @@ from peat_sync.bench.scenarios.context import (
     new_result,
     paired_rows,
     per_event_us,
-    rate_of,
-    read_once,
+    timed_read,
     write,
 )
-from peat_sync.bench.servers import Server, baseline_server
+from peat_sync.bench.servers import baseline_server
+from peat_sync.bench.workers import SubscriberSettings, WriterSettings
 
 
 def batched(bench: Bench) -> ScenarioResult:
@@ -27,26 +28,27 @@ def batched(bench: Bench) -> ScenarioResult:
         f" {clients} clients), then SubscribeBatched replays them",
     )
 
-    def replay(server: Server, *options: str) -> Measured:
-        with cpu_of(server) as cpu:
-            received = read_once(server, "--batched", *options, name="subscriber")
-        return rate_of(received, received.events), None, per_event_us(cpu, received.events)
-
     writes: list[Measured] = []
     replays: list[tuple[Measured, Measured]] = []
     with baseline_server() as base, bench.server() as server:
         for _ in bench.each_run(f"WriteDocuments {count:,}, then SubscribeBatched and baseline"):
-            options = ("--count", str(count), "--batch", str(batch), "--prefix", bench.prefix())
+            settings = WriterSettings(
+                kind="write",
+                target=server.target,
+                count=count,
+                clients=clients,
+                batch=batch,
+                prefix=bench.prefix(),
+            )
             with cpu_of(server) as cpu:
-                written = write(server, "write", clients, *options)
+                written = write(settings)
             writes.append((written.rate, Latency.of(written.acks), per_event_us(cpu, count)))
             last = written.last_sequence
-            replays.append(
-                (
-                    replay(base, "--events", str(count)),
-                    replay(server, "--since", str(last - count), "--until", str(last)),
-                )
+            from_base = SubscriberSettings(target=base.target, batched=True, events=count)
+            from_log = SubscriberSettings(
+                target=server.target, batched=True, since=last - count, until=last
             )
+            replays.append((timed_read(from_base, base), timed_read(from_log, server)))
         write_row = Row(
             "WriteDocuments (docs/s)",
             median([rate for rate, _, _ in writes]),
@@ -56,7 +58,7 @@ def batched(bench: Bench) -> ScenarioResult:
             median([cpu for _, _, cpu in writes]),
         )
         rows = paired_rows(
-            replays, "bare grpclib, 500-event batches", "SubscribeBatched replay", base, server
+            replays, f"bare grpclib, {BATCH}-event batches", "SubscribeBatched replay", base, server
         )
     result.rows += [write_row, *rows]
     result.figures.update(

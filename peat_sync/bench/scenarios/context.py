@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from peat_sync.bench.messages import (
     CATCH_UP_BEGIN,
     CATCH_UP_END,
     CHANGE_TYPE_NAMES,
+    COLLECTION,
     HEARTBEAT,
     RESYNC,
     RESYNC_REASON_NAMES,
@@ -27,7 +28,16 @@ from peat_sync.bench.messages import (
 from peat_sync.bench.report import Histogram, Latency, Row, ScenarioResult, median
 from peat_sync.bench.servers import BenchError, Server, get_status, peat_server
 from peat_sync.bench.sizes import SCENARIO_SUMMARIES, Sizes
-from peat_sync.bench.workers import Worker, workers
+from peat_sync.bench.workers import (
+    Settings,
+    SubscriberSettings,
+    Worker,
+    WriterSettings,
+    workers,
+)
+
+# Clients of a paced PutDocument load, which are in flight at once when the server lags.
+PACED_CLIENTS = 8
 
 
 @dataclass(slots=True)
@@ -48,7 +58,7 @@ class Bench:
         configuration applies: `flags` are then not used)."""
         if self.addr is not None:
             get_status(self.addr)
-            yield Server(self.addr, None, "deployment")
+            yield Server(self.addr, None)
             return
         self._servers += 1
         with peat_server(self.workdir / f"data-{self._servers}", *flags) as server:
@@ -155,25 +165,27 @@ def spread(total: int, per_process: int) -> list[int]:
     return split(total, max(1, math.ceil(total / per_process)))
 
 
+def following(server: Server) -> SubscriberSettings:
+    """Subscribers that follow the bench's documents live, and time each delivery."""
+    return SubscriberSettings(target=server.target, collections=(COLLECTION,), latency=True)
+
+
 def start_subscribers(
-    server: Server, total: int, per_process: int, *options: str, name: str
+    settings: SubscriberSettings, total: int, per_process: int, name: str
 ) -> list[Worker]:
     """Subscriber processes with `total` streams between them, each stream opened (the
     server has attached it) when this returns."""
-    argv = [
-        ("subscribe", "--target", server.target, "--streams", str(streams), *options)
-        for streams in spread(total, per_process)
-    ]
-    return start_workers(argv, name)
+    shares = spread(total, per_process)
+    return start_workers([replace(settings, streams=share) for share in shares], name)
 
 
-def start_workers(argv: Sequence[Sequence[str]], name: str) -> list[Worker]:
-    """A worker for each of `argv`, each ready when this returns; if one fails (or Ctrl-C
-    comes), those already started are stopped."""
+def start_workers(settings: Sequence[Settings], name: str) -> list[Worker]:
+    """A worker for each of `settings`, each ready when this returns; if one fails (or
+    Ctrl-C comes), those already started are stopped."""
     started: list[Worker] = []
     try:
-        for i, args in enumerate(argv):
-            started.append(Worker(*args, name=f"{name} {i + 1}" if len(argv) > 1 else name))
+        for i, one in enumerate(settings):
+            started.append(Worker(one, name=f"{name} {i + 1}" if len(settings) > 1 else name))
         for worker in started:
             worker.expect("ready")
     except BaseException:
@@ -194,9 +206,10 @@ def collect(subscribers: Sequence[Worker], until: int, command: str = "until") -
     return received
 
 
-def read_once(server: Server, *options: str, name: str) -> Received:
-    """One subscriber process, one stream, that reads until its --until/--events and exits."""
-    worker = Worker("subscribe", "--target", server.target, "--once", *options, name=name)
+def read_once(settings: SubscriberSettings) -> Received:
+    """One subscriber process, one stream, that reads until its `until` (or `events`) and
+    exits."""
+    worker = Worker(replace(settings, once=True), name="subscriber")
     with workers(worker):
         worker.expect("ready")
         received = Received()
@@ -204,34 +217,36 @@ def read_once(server: Server, *options: str, name: str) -> Received:
         return received
 
 
-def start_writers(
-    server: Server, kind: str, clients: int, *options: str, per_process: int = 16
-) -> list[Worker]:
-    """Writer processes with `clients` clients between them, connected and waiting for go;
-    each writes its share of --count (documents numbered apart) at its share of --rate."""
-    shares = spread(clients, per_process)
-    argv = [
-        (
-            kind,
-            *("--target", server.target, "--clients", str(share), "--wait-go"),
-            *_share(options, i, len(shares)),
+def timed_read(reader: SubscriberSettings, server: Server) -> Measured:
+    """One subscriber that reads as fast as it can, with `read_once`: its events/s, from its
+    request to its last event, and the server's CPU per event."""
+    with cpu_of(server) as cpu:
+        received = read_once(reader)
+    return rate_of(received, received.events), None, per_event_us(cpu, received.events)
+
+
+def start_writers(settings: WriterSettings) -> list[Worker]:
+    """Writer processes with `settings.clients` clients between them, connected and waiting
+    for go (`writer_shares`)."""
+    return start_workers(writer_shares(settings), f"{settings.kind} writer")
+
+
+def writer_shares(settings: WriterSettings, per_process: int = 16) -> list[WriterSettings]:
+    """The writer processes of `settings`: each with its share of the clients, of `count`
+    and of `rate`, and numbers of its own for its documents; each waits for go."""
+    shares = spread(settings.clients, per_process)
+    counts = split(settings.count, len(shares))
+    return [
+        replace(
+            settings,
+            clients=share,
+            count=counts[i],
+            rate=settings.rate / len(shares),
+            first=i * 10**9,
+            wait_go=True,
         )
         for i, share in enumerate(shares)
     ]
-    return start_workers(argv, f"{kind} writer")
-
-
-def _share(options: Sequence[str], index: int, count: int) -> list[str]:
-    """Writer process `index` of `count`: its part of --count and --rate, and numbers of its
-    own for its documents."""
-    shared = list(options)
-    if "--count" in shared:
-        at = shared.index("--count") + 1
-        shared[at] = str(split(int(shared[at]), count)[index])
-    if "--rate" in shared:
-        at = shared.index("--rate") + 1
-        shared[at] = str(float(shared[at]) / count)
-    return [*shared, "--first", str(index * 10**9)]
 
 
 def finish_writers(writers: Sequence[Worker]) -> Written:
@@ -241,8 +256,8 @@ def finish_writers(writers: Sequence[Worker]) -> Written:
     return Written.merge([worker.expect("report")["report"] for worker in writers])
 
 
-def write(server: Server, kind: str, clients: int, *options: str) -> Written:
-    writers = start_writers(server, kind, clients, *options)
+def write(settings: WriterSettings) -> Written:
+    writers = start_writers(settings)
     with workers(*writers):
         return finish_writers(writers)
 
@@ -252,18 +267,28 @@ def preload(bench: Bench, server: Server, count: int) -> Written:
     bench.progress(f"loading {count:,} documents with WriteDocuments")
     sizes = bench.sizes
     return write(
-        server,
-        "write",
-        sizes.write_clients,
-        *("--count", str(count), "--batch", str(sizes.write_batch), "--prefix", bench.prefix()),
+        WriterSettings(
+            kind="write",
+            target=server.target,
+            count=count,
+            clients=sizes.write_clients,
+            batch=sizes.write_batch,
+            prefix=bench.prefix(),
+        )
     )
 
 
-def paced_options(bench: Bench, seconds: float) -> list[str]:
-    """A writer's options for `seconds` at the rate of the run."""
+def paced(bench: Bench, server: Server, seconds: float) -> WriterSettings:
+    """PutDocument writers at the rate of the run, for `seconds`."""
     rate = bench.sizes.rate
-    count = round(rate * seconds)
-    return ["--rate", str(rate), "--count", str(count), "--prefix", bench.prefix()]
+    return WriterSettings(
+        kind="put",
+        target=server.target,
+        count=round(rate * seconds),
+        clients=PACED_CLIENTS,
+        rate=rate,
+        prefix=bench.prefix(),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from peat_sync.bench.messages import CHANGE_TYPE_NAMES, COLLECTION
+from peat_sync.bench.messages import CHANGE_TYPE_NAMES
 from peat_sync.bench.report import Latency, Row, ScenarioResult, median
 from peat_sync.bench.scenarios.context import (
     Bench,
@@ -14,6 +14,7 @@ from peat_sync.bench.scenarios.context import (
     collect,
     cpu_of,
     finish_writers,
+    following,
     new_result,
     per_event_us,
     rate_of,
@@ -22,7 +23,7 @@ from peat_sync.bench.scenarios.context import (
     start_writers,
 )
 from peat_sync.bench.servers import BenchError, get_status
-from peat_sync.bench.workers import workers
+from peat_sync.bench.workers import WriterSettings, workers
 
 # The fan-out's load: WriteDocuments calls of this many documents, from this many clients,
 # as fast as they go; batches small enough that events flow rather than arrive in bursts.
@@ -43,22 +44,21 @@ def fanout(bench: Bench) -> ScenarioResult:
             events = min(sizes.fanout_events, sizes.fanout_deliveries // count)
             bench.progress(f"{count} subscribers: starting them")
             subscribers = start_subscribers(
-                server,
-                count,
-                sizes.streams_per_process,
-                *("--collection", COLLECTION, "--latency"),
-                name="subscriber process",
+                following(server), count, sizes.streams_per_process, "subscriber process"
             )
             rates, latencies, cpus = [], [], []
             with workers(*subscribers):
                 what = f"{count} subscribers: {events:,} events, {events * count:,} deliveries"
                 for _ in bench.each_run(what):
                     writers = start_writers(
-                        server,
-                        "write",
-                        FANOUT_WRITERS,
-                        *("--count", str(events), "--batch", str(FANOUT_BATCH)),
-                        *("--prefix", bench.prefix()),
+                        WriterSettings(
+                            kind="write",
+                            target=server.target,
+                            count=events,
+                            clients=FANOUT_WRITERS,
+                            batch=FANOUT_BATCH,
+                            prefix=bench.prefix(),
+                        )
                     )
                     with workers(*writers), cpu_of(server) as cpu:
                         written = finish_writers(writers)

@@ -15,10 +15,12 @@ from peat_sync.bench.scenarios.context import (
     start_subscribers,
 )
 from peat_sync.bench.servers import get_status
-from peat_sync.bench.workers import workers
+from peat_sync.bench.workers import SubscriberSettings, workers
 
 # How long the idle streams are watched for the server's CPU.
 IDLE_SECONDS = 2.0
+# What the idle streams follow: a collection that nothing writes to.
+IDLE_COLLECTION = "bench-idle"
 
 
 def idle(bench: Bench) -> ScenarioResult:
@@ -29,9 +31,8 @@ def idle(bench: Bench) -> ScenarioResult:
         before = server.rss()
         bench.progress(f"opening {count:,} idle streams from {sizes.idle_processes} processes")
         per_process = math.ceil(count / sizes.idle_processes)
-        subscribers = start_subscribers(
-            server, count, per_process, "--collection", "bench-idle", name="idle subscribers"
-        )
+        idle = SubscriberSettings(target=server.target, collections=(IDLE_COLLECTION,))
+        subscribers = start_subscribers(idle, count, per_process, "idle subscribers")
         with workers(*subscribers):
             open_streams = int(get_status(server.target).subscribers)
             with cpu_of(server) as cpu:

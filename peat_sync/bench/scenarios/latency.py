@@ -3,7 +3,6 @@ a steady rate, delivered to several subscribers."""
 
 from __future__ import annotations
 
-from peat_sync.bench.messages import COLLECTION
 from peat_sync.bench.report import Latency, Row, ScenarioResult, fmt, median
 from peat_sync.bench.scenarios.context import (
     Bench,
@@ -11,8 +10,9 @@ from peat_sync.bench.scenarios.context import (
     collect,
     cpu_of,
     finish_writers,
+    following,
     new_result,
-    paced_options,
+    paced,
     per_event_us,
     shortfall,
     start_subscribers,
@@ -29,15 +29,11 @@ def latency(bench: Bench) -> ScenarioResult:
     )
     with bench.server() as server:
         bench.progress(f"starting {count} subscriber processes")
-        subscribers = start_subscribers(
-            server, count, 1, *("--collection", COLLECTION, "--latency"), name="subscriber"
-        )
+        subscribers = start_subscribers(following(server), count, 1, "subscriber")
         rates, latencies, cpus, busy = [], [], [], []
         with workers(*subscribers):
             for _ in bench.each_run(f"{rate:,} events/s for {sizes.latency_seconds:g} s"):
-                writers = start_writers(
-                    server, "put", 8, *paced_options(bench, sizes.latency_seconds)
-                )
+                writers = start_writers(paced(bench, server, sizes.latency_seconds))
                 with workers(*writers), cpu_of(server) as cpu:
                     written = finish_writers(writers)
                     received = collect(subscribers, written.last_sequence)

@@ -3,6 +3,8 @@ Subscribe and with SubscribeBatched."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from peat_sync.bench.report import Row, ScenarioResult, median
 from peat_sync.bench.scenarios.context import (
     Bench,
@@ -15,6 +17,7 @@ from peat_sync.bench.scenarios.context import (
     read_once,
     resume_kind,
 )
+from peat_sync.bench.workers import SubscriberSettings
 
 
 def replay(bench: Bench) -> ScenarioResult:
@@ -25,12 +28,14 @@ def replay(bench: Bench) -> ScenarioResult:
     with bench.server() as server:
         preload(bench, server, events)
         last, epoch = head(server)
-        since = ("--since", str(last - events), "--epoch", epoch, "--until", str(last))
-        for label, options in (("Subscribe", ()), ("SubscribeBatched", ("--batched",))):
+        behind = SubscriberSettings(
+            target=server.target, since=last - events, epoch=epoch, until=last
+        )
+        for label, batched in (("Subscribe", False), ("SubscribeBatched", True)):
             rates, cpus, kinds = [], [], set()
             for _ in bench.each_run(f"{label}: {events:,} events behind"):
                 with cpu_of(server) as cpu:
-                    received = read_once(server, *since, *options, name="subscriber")
+                    received = read_once(replace(behind, batched=batched))
                 rates.append(rate_of(received, received.data))
                 cpus.append(per_event_us(cpu, received.data))
                 kinds.add(resume_kind(received.controls))

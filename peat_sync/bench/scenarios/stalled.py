@@ -8,13 +8,13 @@ import signal
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from peat_sync.bench.messages import (
     CATCH_UP_BEGIN,
     CATCH_UP_END,
     CHANGE_TYPE_NAMES,
-    COLLECTION,
     HEARTBEAT,
     RESYNC,
 )
@@ -24,9 +24,10 @@ from peat_sync.bench.scenarios.context import (
     Received,
     Written,
     collect,
+    following,
     head,
     new_result,
-    paced_options,
+    paced,
     preload,
     ratio,
     resume_kind,
@@ -92,15 +93,14 @@ def stalled(bench: Bench) -> ScenarioResult:
         # grows with the events produced.
         preload(bench, server, PREFILL * log)
         bench.progress(f"starting {readers + 1} subscriber processes")
-        options = ("--collection", COLLECTION, "--latency")
-        subscribe = ("subscribe", "--target", server.target, *options)
+        reader = following(server)
         subscribers = start_workers(
-            [(*subscribe, "--window", str(HTTP2_WINDOW)), *[subscribe] * readers], "subscriber"
+            [replace(reader, window=HTTP2_WINDOW), *[reader] * readers], "subscriber"
         )
         stalled_one, others = subscribers[0], subscribers[1:]
         total = sizes.stall_warmup + sizes.stall_seconds + sizes.stall_after
         with workers(*subscribers):
-            writers = start_writers(server, "put", 8, *paced_options(bench, total))
+            writers = start_writers(paced(bench, server, total))
             with workers(*writers):
                 for worker in writers:
                     worker.send("go")

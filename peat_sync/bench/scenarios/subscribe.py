@@ -6,17 +6,14 @@ from __future__ import annotations
 from peat_sync.bench.report import ScenarioResult
 from peat_sync.bench.scenarios.context import (
     Bench,
-    Measured,
-    cpu_of,
     head,
     new_result,
     paired_rows,
-    per_event_us,
     preload,
-    rate_of,
-    read_once,
+    timed_read,
 )
-from peat_sync.bench.servers import Server, baseline_server
+from peat_sync.bench.servers import baseline_server
+from peat_sync.bench.workers import SubscriberSettings
 
 
 def subscribe_throughput(bench: Bench) -> ScenarioResult:
@@ -24,22 +21,13 @@ def subscribe_throughput(bench: Bench) -> ScenarioResult:
     result = new_result(
         "subscribe", f"Subscribe throughput, 1 subscriber: {events:,} events from the replay log"
     )
-
-    def measure(server: Server, *options: str) -> Measured:
-        with cpu_of(server) as cpu:
-            received = read_once(server, *options, name="subscriber")
-        return (
-            rate_of(received, received.events),
-            None,
-            per_event_us(cpu, received.events),
-        )
-
     with baseline_server() as base, bench.server() as server:
         preload(bench, server, events)
         last, _ = head(server)
-        since = ("--since", str(last - events), "--until", str(last))
+        from_base = SubscriberSettings(target=base.target, events=events)
+        from_log = SubscriberSettings(target=server.target, since=last - events, until=last)
         runs = [
-            (measure(base, "--events", str(events)), measure(server, *since))
+            (timed_read(from_base, base), timed_read(from_log, server))
             for _ in bench.each_run(
                 f"{events:,} events from the bare grpclib stream, then Subscribe"
             )
