@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import os
 import sys
 import textwrap
@@ -47,6 +47,7 @@ def add_bench_command(commands: argparse._SubParsersAction[Any]) -> None:
         " a table per scenario, then the targets, to stdout. Documents are written to the"
         " collection 'bench'. Needs the extra: pip install 'peat-sync[bench]'.",
         HELP_WIDTH,
+        break_on_hyphens=False,
     )
     figures = full_run_figures()
     width = max(len(target.bound) for target in TARGETS)
@@ -75,7 +76,9 @@ def add_bench_command(commands: argparse._SubParsersAction[Any]) -> None:
 def run_bench_command(args: argparse.Namespace) -> int:
     """Run the selected scenarios; returns the exit code. ConfigError for a bad option."""
     values = resolve((*BENCH_OPTIONS, *BENCH_SIZE_OPTIONS), args, os.environ)
-    if importlib.util.find_spec("grpc") is None:
+    try:
+        importlib.import_module("grpc")  # by name: the extra is absent from most installs
+    except ImportError:
         print(INSTALL_HINT, file=sys.stderr, flush=True)
         return EXIT_FAILED
     from peat_sync.bench.run import run_bench

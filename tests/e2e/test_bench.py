@@ -4,7 +4,8 @@
 writes must hold every scenario and every target with a measured figure. No figure
 is compared with a speed: the machine is shared and noisy, and the bench reports, it does not
 judge. Also: the help, --addr against a running server (whose RSS and CPU are then not
-known), and one-line errors for a bad address, an unreachable server and a missing matplotlib.
+known), and one-line errors for a bad address, an unreachable server, and a missing grpcio or
+matplotlib.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from peat_sync.bench.launcher import ServerProcess
 from peat_sync.bench.launcher import server_env as clean_env
-from peat_sync.bench.servers import free_port
-from tests.conftest import ServerProcess, peat_sync_command
-from tests.e2e.conftest import assert_one_line_error, help_entries, run_cli, wait_until
+from tests.helpers.cli import assert_one_line_error, help_entries, peat_sync_command, run_cli
+from tests.helpers.waiting import wait_until
 
 # A quick run takes about 20 s on an idle 2-core machine.
 QUICK_TIMEOUT = 110.0
@@ -75,6 +77,21 @@ def session_alive(process: subprocess.Popen[str]) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def hidden(tmp_path: Path, package: str) -> dict[str, str]:
+    """An environment in which `package` cannot be imported: a package of that name, first
+    on the path, that raises ImportError stands in for its absence."""
+    fake = tmp_path / package
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('not installed here')\n")
+    return clean_env(PYTHONPATH=str(tmp_path))
 
 
 def assert_measured(rows: list[dict[str, Any]]) -> None:
@@ -172,7 +189,7 @@ def test_help_explains_scenarios_options_and_targets() -> None:
     entries = help_entries(result.stdout)
     for flag in ("--addr", "--scenario", "--quick", "--runs", "--json", "--plot"):
         assert entries.get(flag), flag
-    assert "peat-sync[plot]" in entries["--plot"]
+    assert "pip install 'peat-sync[bench]'" in " ".join(result.stdout.split())
     targets = result.stdout.split("targets")[-1]
     for goal in (">= 0.9 x", ">= 1,000,000 events/s", ">= 50,000 docs/s", ">= 0.8 x", "<= 0.5 x"):
         assert goal in targets
@@ -184,7 +201,7 @@ def test_bad_address_is_one_line() -> None:
     result = run_cli("bench", "--addr", "nowhere")
 
     assert result.returncode == 2
-    assert_one_line_error(result, "peat-sync bench: bad --addr 'nowhere'")
+    assert_one_line_error(result, "peat-sync bench: error: --addr='nowhere': expected")
 
 
 def test_unreachable_server_is_one_line() -> None:
@@ -206,21 +223,32 @@ def test_bad_option_values_are_one_line() -> None:
         assert_one_line_error(result, fragment)
 
 
-def test_missing_matplotlib_is_one_line(tmp_path: Path) -> None:
-    """Without matplotlib, --plot fails at once, naming the extra to install. A package of
-    that name that cannot be imported stands in for its absence."""
-    fake = tmp_path / "matplotlib"
-    fake.mkdir()
-    (fake / "__init__.py").write_text("raise ImportError('not installed here')\n")
+def test_missing_grpcio_is_one_line(tmp_path: Path) -> None:
+    """Without grpcio (the bench extra not installed), the bench says in one line what to
+    install, before it starts anything."""
+    result = subprocess.run(
+        [*peat_sync_command(), "bench", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=hidden(tmp_path, "grpc"),
+    )
 
+    assert result.returncode == 1
+    line = assert_one_line_error(result, "pip install 'peat-sync[bench]'")
+    assert line.startswith("peat-sync bench needs its extra")
+
+
+def test_missing_matplotlib_is_one_line(tmp_path: Path) -> None:
+    """Without matplotlib, --plot fails at once, naming the extra to install."""
     result = subprocess.run(
         [*peat_sync_command(), "bench", "--plot", str(tmp_path / "plot.png")],
         capture_output=True,
         text=True,
         timeout=30,
-        env=clean_env(PYTHONPATH=str(tmp_path)),
+        env=hidden(tmp_path, "matplotlib"),
     )
 
     assert result.returncode == 1
-    assert_one_line_error(result, "pip install 'peat-sync[plot]'")
+    assert_one_line_error(result, "pip install 'peat-sync[bench]'")
     assert not (tmp_path / "plot.png").exists()
