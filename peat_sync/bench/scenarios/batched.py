@@ -16,7 +16,7 @@ from peat_sync.bench.scenarios.context import (
     write,
 )
 from peat_sync.bench.servers import baseline_server
-from peat_sync.bench.workers import SubscriberSettings, WriterSettings
+from peat_sync.bench.workers import SubscriberSettings
 
 
 def batched(bench: Bench) -> ScenarioResult:
@@ -32,16 +32,8 @@ def batched(bench: Bench) -> ScenarioResult:
     replays: list[tuple[Measured, Measured]] = []
     with baseline_server() as base, bench.server() as server:
         for _ in bench.each_run(f"WriteDocuments {count:,}, then SubscribeBatched and baseline"):
-            settings = WriterSettings(
-                kind="write",
-                target=server.target,
-                count=count,
-                clients=clients,
-                batch=batch,
-                prefix=bench.prefix(),
-            )
             with cpu_of(server) as cpu:
-                written = write(settings)
+                written = write(bench.writes(server, count, clients, batch))
             writes.append((written.rate, Latency.of(written.acks), per_event_us(cpu, count)))
             last = written.last_sequence
             from_base = SubscriberSettings(target=base.target, batched=True, events=count)

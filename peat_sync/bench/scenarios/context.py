@@ -69,6 +69,30 @@ class Bench:
         self._runs += 1
         return f"{int(time.time())}-{self._runs}-"
 
+    def puts(self, server: Server, count: int, clients: int, rate: float = 0.0) -> WriterSettings:
+        """PutDocument writers of `count` documents of their own (`prefix`), as fast as they
+        go or at `rate`."""
+        return WriterSettings(
+            kind="put",
+            target=server.target,
+            count=count,
+            clients=clients,
+            rate=rate,
+            prefix=self.prefix(),
+        )
+
+    def writes(self, server: Server, count: int, clients: int, batch: int) -> WriterSettings:
+        """WriteDocuments writers of `count` documents of their own (`prefix`), in batches of
+        `batch`, as fast as they go."""
+        return WriterSettings(
+            kind="write",
+            target=server.target,
+            count=count,
+            clients=clients,
+            batch=batch,
+            prefix=self.prefix(),
+        )
+
     def each_run(self, what: str) -> Iterator[int]:
         """The runs of a figure, numbered from 0, each announced as progress."""
         runs = self.sizes.runs
@@ -266,29 +290,13 @@ def preload(bench: Bench, server: Server, count: int) -> Written:
     """Write `count` documents with WriteDocuments, as fast as the server takes them."""
     bench.progress(f"loading {count:,} documents with WriteDocuments")
     sizes = bench.sizes
-    return write(
-        WriterSettings(
-            kind="write",
-            target=server.target,
-            count=count,
-            clients=sizes.write_clients,
-            batch=sizes.write_batch,
-            prefix=bench.prefix(),
-        )
-    )
+    return write(bench.writes(server, count, sizes.write_clients, sizes.write_batch))
 
 
 def paced(bench: Bench, server: Server, seconds: float) -> WriterSettings:
     """PutDocument writers at the rate of the run, for `seconds`."""
     rate = bench.sizes.rate
-    return WriterSettings(
-        kind="put",
-        target=server.target,
-        count=round(rate * seconds),
-        clients=PACED_CLIENTS,
-        rate=rate,
-        prefix=bench.prefix(),
-    )
+    return bench.puts(server, round(rate * seconds), PACED_CLIENTS, rate)
 
 
 # ---------------------------------------------------------------------------------------------

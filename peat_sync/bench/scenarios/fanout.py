@@ -23,7 +23,7 @@ from peat_sync.bench.scenarios.context import (
     start_writers,
 )
 from peat_sync.bench.servers import BenchError, get_status
-from peat_sync.bench.workers import WriterSettings, workers
+from peat_sync.bench.workers import workers
 
 # The fan-out's load: WriteDocuments calls of this many documents, from this many clients,
 # as fast as they go; batches small enough that events flow rather than arrive in bursts.
@@ -51,14 +51,7 @@ def fanout(bench: Bench) -> ScenarioResult:
                 what = f"{count} subscribers: {events:,} events, {events * count:,} deliveries"
                 for _ in bench.each_run(what):
                     writers = start_writers(
-                        WriterSettings(
-                            kind="write",
-                            target=server.target,
-                            count=events,
-                            clients=FANOUT_WRITERS,
-                            batch=FANOUT_BATCH,
-                            prefix=bench.prefix(),
-                        )
+                        bench.writes(server, events, FANOUT_WRITERS, FANOUT_BATCH)
                     )
                     with workers(*writers), cpu_of(server) as cpu:
                         written = finish_writers(writers)

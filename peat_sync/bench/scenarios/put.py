@@ -15,7 +15,7 @@ from peat_sync.bench.scenarios.context import (
     start_writers,
 )
 from peat_sync.bench.servers import Server, baseline_server
-from peat_sync.bench.workers import WriterSettings, workers
+from peat_sync.bench.workers import workers
 
 
 def put_throughput(bench: Bench) -> ScenarioResult:
@@ -26,15 +26,7 @@ def put_throughput(bench: Bench) -> ScenarioResult:
     )
 
     def measure(server: Server) -> Measured:
-        writers = start_writers(
-            WriterSettings(
-                kind="put",
-                target=server.target,
-                count=count,
-                clients=clients,
-                prefix=bench.prefix(),
-            )
-        )
+        writers = start_writers(bench.puts(server, count, clients))
         with workers(*writers), cpu_of(server) as cpu:
             written = finish_writers(writers)
         return written.rate, Latency.of(written.acks), per_event_us(cpu, written.count)
