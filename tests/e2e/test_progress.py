@@ -43,12 +43,11 @@ from tests.helpers.clients import (
     put,
     status,
 )
+from tests.helpers.copies import View, apply
 from tests.helpers.servers import StartServer
 from tests.helpers.streams import GrpclibStream
 from tests.helpers.waiting import CALL_TIMEOUT, STREAM_TIMEOUT, wait_until
 
-# A client's copy of the store: (collection, doc_id) -> (json_data, sequence).
-View = dict[tuple[str, str], tuple[str, int]]
 # Every committed change by sequence: (collection, doc_id, json_data or None for a delete).
 History = dict[int, tuple[str, str, str | None]]
 
@@ -333,18 +332,6 @@ def read_to_catch_up_end(stream: Stream, collections: Iterable[str]) -> tuple[li
         assert not events or events[-1].sequence < event.sequence, (events[-1], event)
         events.append(event)
     return events, event
-
-
-def apply(view: View, events: Iterable[Event]) -> View:
-    """Apply changes to a copy of the store; a DELETE of an unknown document is ignored."""
-    for event in events:
-        key = (event.collection, event.doc_id)
-        if event.change_type == DELETE:
-            view.pop(key, None)
-        else:
-            assert event.json_data is not None
-            view[key] = (event.json_data, event.sequence)
-    return view
 
 
 def test_snapshot_sends_the_current_documents_of_its_collections_then_live_changes(

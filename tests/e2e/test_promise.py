@@ -12,7 +12,6 @@ this one checks that the promise survives the wire, real clients and real restar
 
 from __future__ import annotations
 
-import signal
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ from tests.helpers.clients import (
     put,
     status,
 )
-from tests.helpers.servers import StartServer
+from tests.helpers.servers import StartServer, stop_and_start
 from tests.helpers.streams import GrpcioSubscription
 from tests.helpers.waiting import wait_until
 
@@ -194,14 +193,6 @@ def wait_for_purge(client: GrpcioClient, last_delete: int) -> None:
     )
 
 
-def restart(server: ServerProcess, how: str) -> None:
-    if how == "kill -9":
-        server.kill()
-    else:
-        assert server.stop(signal.SIGTERM) == 0
-    server.start()
-
-
 @settings(
     max_examples=6,
     deadline=None,
@@ -278,7 +269,7 @@ def run(
                 if purges:
                     wait_for_purge(client, last_delete)
             else:
-                restart(server, str(target))
+                stop_and_start(server, str(target))
                 # A restarted server listens on a new port. The followers' streams end, and
                 # each resumes on its next read.
                 client.close()

@@ -39,13 +39,10 @@ from tests.helpers.clients import (
     put,
     status,
 )
+from tests.helpers.copies import Key, View, apply
 from tests.helpers.servers import StartServer
 from tests.helpers.streams import GrpclibStream, grpcio_subscription, small_window_config
 from tests.helpers.waiting import CALL_TIMEOUT, wait_until
-
-Key = tuple[str, str]
-# A client's copy of the store: (collection, doc_id) -> (json_data, sequence).
-View = dict[Key, tuple[str, int]]
 
 COLLECTIONS = ("a", "b")
 # The writer's last document, in `a`: a subscriber that sees it has every change.
@@ -182,21 +179,6 @@ def store_view(client: GrpcioClient, collections: Iterable[str] = COLLECTIONS) -
             json_data, sequence = get(client, collection, doc_id)
             assert json_data is not None, f"{collection}/{doc_id} is listed but absent"
             view[collection, doc_id] = (json_data, sequence)
-    return view
-
-
-def apply(view: View, events: Iterable[Event]) -> View:
-    """`view` with the document events applied, as a subscriber applies them; a DELETE of a
-    document the copy does not have is ignored."""
-    view = dict(view)
-    for event in events:
-        key = (event.collection, event.doc_id)
-        if event.change_type == DELETE:
-            view.pop(key, None)
-        else:
-            assert event.change_type == UPSERT, event
-            assert event.json_data is not None, event
-            view[key] = (event.json_data, event.sequence)
     return view
 
 

@@ -2,7 +2,7 @@
 reopened after it closed, and its subscriptions read as a consumer reads them.
 
 Commits and reads run on worker threads, so tests keep the real clock and a generous
-`DEADLINE`.
+`DEADLINE`. The async functions here are Trio-flavoured.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from peat_sync.generated.peat.sidecar.v1 import ChangeType, DocumentChange
 from peat_sync.node import (
     ChangeEvent,
     Node,
+    NodeClosed,
     NodeConfig,
     Subscription,
     open_node,
@@ -74,6 +75,16 @@ async def stall_while_live(subscription: Subscription) -> None:
         nursery.start_soon(read_heartbeats)
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
+
+
+async def read_until_node_closed(subscription: Subscription, outcome: list[NodeClosed]) -> None:
+    """Read `subscription` until the node closes; the NodeClosed that ends it goes to
+    `outcome`."""
+    try:
+        while True:
+            await subscription.next_batch(100)
+    except NodeClosed as exc:
+        outcome.append(exc)
 
 
 def stored(tmp_path: Path) -> SQLiteStore:

@@ -16,13 +16,13 @@ import trio.testing
 from peat_sync.generated.peat.sidecar.v1 import ChangeType, DocumentChange
 from peat_sync.node import (
     NodeClosed,
-    Subscription,
 )
 from peat_sync.store import Mutation
 from tests.helpers.nodes import (
     DEADLINE,
     doc_id,
     read_until,
+    read_until_node_closed,
     running_node,
     stall_while_live,
 )
@@ -121,20 +121,13 @@ async def test_subscriber_count_returns_to_zero_after_close(tmp_path: Path) -> N
 
 async def test_a_live_subscriber_is_told_when_the_node_closes(tmp_path: Path) -> None:
     """A subscriber waiting for live events gets NodeClosed when the node shuts down."""
-    outcome: list[BaseException] = []
-
-    async def follow(subscription: Subscription) -> None:
-        try:
-            while True:
-                await subscription.next_batch(100)
-        except NodeClosed as exc:
-            outcome.append(exc)
+    outcome: list[NodeClosed] = []
 
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             async with running_node(tmp_path) as node:
                 subscription = node.subscribe()
-                nursery.start_soon(follow, subscription)
+                nursery.start_soon(read_until_node_closed, subscription, outcome)
                 await node.put("c", "d", "{}")
                 await trio.testing.wait_all_tasks_blocked()
             subscription.close()

@@ -40,6 +40,7 @@ from tests.helpers.nodes import (
     decode,
     doc_id,
     read_until,
+    read_until_node_closed,
     running_node,
     stall_while_live,
     stored,
@@ -537,14 +538,7 @@ async def test_closing_the_node_during_a_catch_up_ends_it_with_node_closed(
         return changes_after(store, *args)
 
     monkeypatch.setattr(SQLiteStore, "changes_after", slow_changes_after)
-    outcome: list[BaseException] = []
-
-    async def read(subscription: Subscription) -> None:
-        try:
-            while True:
-                await subscription.next_batch(100)
-        except NodeClosed as exc:
-            outcome.append(exc)
+    outcome: list[NodeClosed] = []
 
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
@@ -553,7 +547,7 @@ async def test_closing_the_node_during_a_catch_up_ends_it_with_node_closed(
                     await node.put("c", doc_id(number), "{}")
                 await node.get("c", doc_id(0))  # a reader connection waits in the pool
                 subscription = node.subscribe(["c"], since=0)  # a catch-up
-                nursery.start_soon(read, subscription)
+                nursery.start_soon(read_until_node_closed, subscription, outcome)
                 await trio.to_thread.run_sync(reading.wait)
                 threading.Timer(0.2, release.set).start()
             subscription.close()
