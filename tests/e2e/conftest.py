@@ -1,9 +1,9 @@
 """Fixtures of the end-to-end tests: the parametrized client (grpclib, then grpcio) or the
 official one, connected to the default server, and a server on a unix socket.
 
-Every test here talks to a real `peat-sync serve` subprocess over a real socket; the helpers
-they share are in tests/helpers (deadlines and polling in `waiting`, the clients' facade in
-`clients`, Subscribe streams in `streams`, the command line in `cli`).
+Every test here talks to a real `peat-sync serve` subprocess over a real socket, and every
+wait has a deadline (tests/helpers/waiting.py). The helpers the tests share are in
+tests/helpers.
 """
 
 from __future__ import annotations

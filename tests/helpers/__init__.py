@@ -1,5 +1,18 @@
 """What the tests share, one role per module; conftest files hold only fixtures.
 
+- `waiting`: deadlines, and polling under a bound.
+- `clients`: the official grpcio client and the grpclib one behind one facade; `Event`.
+- `streams`: Subscribe streams of both clients.
+- `slow_consumers`: stalling a subscriber end to end, and checking how it heals.
+- `copies`: a client's copy of the store, from the events it read.
+- `cli`: the `peat-sync` command as users run it.
+- `servers`: the type of the `start_server` fixture, and restarts.
+- `links`: a network path that a test cuts and restores.
+- `client_library`: the client library (`peat_sync.client`) against a real server.
+- `grpc_js`: the grpc-js client of the interop tests.
+- `nodes`: the node embedded in a unit test.
+- `paths`: where the repository's files are.
+
 pytest rewrites the asserts of test modules and conftest files only. These modules are
 registered here, before any of them is imported, so that a failed assert in a helper explains
 itself as one in a test does.
