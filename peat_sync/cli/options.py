@@ -432,9 +432,10 @@ BENCH_OPTIONS = (
 )
 
 _size = _configured(Sizes)
-# The sizes a bench run can be given; each sets the field of `Sizes` of its name.
+# The sizes a bench run can be given; each sets the field of `Sizes` of its name. They are
+# unset unless given, so that --quick's sizes apply; the help shows a full run's.
 BENCH_SIZE_OPTIONS = tuple(
-    dataclasses.replace(option, env=None)
+    dataclasses.replace(option, env=None, default=None, unset=option.show(option.default))
     for option in (
         _size("--runs", positive_int, "runs per figure, which is their median", metavar="N"),
         _size("--put-clients", positive_int, "concurrent PutDocument clients", metavar="N"),
