@@ -7,19 +7,28 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from peat_sync.address import ListenAddress
+from peat_sync.bench.sizes import QUICK, Sizes
 from peat_sync.cli.main import build_parser
 from peat_sync.cli.options import (
+    BENCH_OPTIONS,
+    BENCH_SIZE_OPTIONS,
+    CLIENT_OPTIONS,
     ConfigError,
+    bench_sizes,
     byte_size,
     duration,
     heartbeat_interval,
+    resolve,
     serve_config,
+    show_byte_size,
+    show_duration,
 )
 from peat_sync.server.config import ServeConfig
 
@@ -228,20 +237,6 @@ def test_listen_address_forms(text: str, expected: ListenAddress) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "shown"),
-    [
-        ("tcp://127.0.0.1:50051", "tcp://127.0.0.1:50051"),
-        ("localhost:9000", "tcp://localhost:9000"),
-        ("tcp://[::1]:50051", "tcp://[::1]:50051"),
-        ("unix:///run/peat.sock", "unix:///run/peat.sock"),
-    ],
-)
-def test_listen_address_is_shown_in_canonical_form(text: str, shown: str) -> None:
-    """The address prints back as a URL the user could pass again (IPv6 keeps its brackets)."""
-    assert str(ListenAddress.parse(text)) == shown
-
-
-@pytest.mark.parametrize(
     ("text", "complaint"),
     [
         ("unix://run/peat.sock", "absolute path"),
@@ -381,3 +376,67 @@ def test_bad_value_on_the_command_line_exits_2_without_a_traceback(tmp_path: Pat
     assert "is not a whole number" in lines[0]
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == [], "a refused start must not create the data dir"
+
+
+def bench_sizes_of(*flags: str) -> Sizes:
+    args = build_parser().parse_args(["bench", *flags])
+    return bench_sizes(resolve((*BENCH_OPTIONS, *BENCH_SIZE_OPTIONS), args, {}))
+
+
+def test_quick_bench_sizes_are_kept_unless_a_size_is_given() -> None:
+    assert bench_sizes_of() == Sizes()
+    assert bench_sizes_of("--quick") == QUICK
+    assert bench_sizes_of("--quick", "--runs", "2", "--fanout", "1,3") == replace(
+        QUICK, runs=2, fanout=(1, 3)
+    )
+    assert bench_sizes_of("--rate", "50").rate == 50
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "expected"),
+    [
+        ((), {}, ("127.0.0.1:50051", 10.0)),
+        (
+            (),
+            {"PEAT_SIDECAR_ADDR": "unix:///run/p.sock", "PEAT_SIDECAR_TIMEOUT": "2.5"},
+            ("unix:///run/p.sock", 2.5),
+        ),
+        (
+            ("--addr", "h:1", "--timeout", "3"),
+            {"PEAT_SIDECAR_ADDR": "x", "PEAT_SIDECAR_TIMEOUT": "x"},
+            ("h:1", 3.0),
+        ),
+    ],
+    ids=["defaults", "variables", "flags-win"],
+)
+def test_client_commands_resolve_addr_and_timeout_like_serve_options(
+    flags: tuple[str, ...], env: dict[str, str], expected: tuple[str, float]
+) -> None:
+    values = resolve(CLIENT_OPTIONS, build_parser().parse_args(["status", *flags]), env)
+    assert (values["addr"], values["timeout"]) == expected
+
+
+def test_a_bad_client_tls_variable_is_named() -> None:
+    args = build_parser().parse_args(["status"])
+    with pytest.raises(
+        ConfigError, match=r"^PEAT_SIDECAR_TLS_CLIENT_CERT='/nowhere.pem': cannot read"
+    ):
+        resolve(CLIENT_OPTIONS, args, {"PEAT_SIDECAR_TLS_CLIENT_CERT": "/nowhere.pem"})
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (
+            show_byte_size,
+            [(64 * MiB, "64MiB"), (1024**3, "1GiB"), (512 * 1024, "512KiB"), (1000, "1000")],
+        ),
+        (show_duration, [(10.0, "10s"), (24 * 3600.0, "24h"), (0.5, "500ms"), (90.0, "90s")]),
+    ],
+    ids=["byte-size", "duration"],
+)
+def test_defaults_are_shown_as_a_user_would_write_them(
+    value: Callable[[Any], str], shown: list[tuple[Any, str]]
+) -> None:
+    for number, text in shown:
+        assert value(number) == text
