@@ -35,21 +35,22 @@ class ConfigError(Exception):
 # Value kinds: each turns text into a value, or raises ValueError saying what is wrong ------
 
 
-def positive_int(text: str) -> int:
+def whole_number(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise ValueError(f"{text!r} is not a whole number") from None
+
+
+def positive_int(text: str) -> int:
+    value = whole_number(text)
     if value < 1:
         raise ValueError(f"must be at least 1, not {value}")
     return value
 
 
 def sequence_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a whole number") from None
+    value = whole_number(text)
     if value < 0:
         raise ValueError("a sequence is 0 or more")
     return value
