@@ -29,14 +29,13 @@ from peat_sync.client.errors import (
 )
 from peat_sync.client.events import ChangeType, Event
 from peat_sync.generated.peat.sidecar import v1 as pb
+from peat_sync.wire import SUBSCRIBE, SUBSCRIBE_BATCHED
 
 if TYPE_CHECKING:
     from peat_sync.client.client import Client
 
 log = logging.getLogger("peat_sync.client")
 
-SUBSCRIBE = "/peat.sidecar.v1.PeatSidecar/Subscribe"
-SUBSCRIBE_BATCHED = "/peat.sidecar.v1.PeatSidecar/SubscribeBatched"
 # Three heartbeat intervals of a server on its default (10 s): a stream silent for longer
 # has lost its server, even when no TCP reset ever arrives.
 DEFAULT_SILENCE_TIMEOUT = 30.0

@@ -21,6 +21,7 @@ import pytest
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
+from peat_sync import wire
 from peat_sync.bench.launcher import ServerProcess
 from peat_sync.client import (
     Backoff,
@@ -472,7 +473,7 @@ def test_a_server_at_its_subscriber_limit_refuses_then_takes_a_waiting_subscript
                     assert (await next_change(subscription)).sequence == first
                 channel = client.channel
                 async with channel.request(
-                    "/peat.sidecar.v1.PeatSidecar/Subscribe",
+                    wire.SUBSCRIBE,
                     Cardinality.UNARY_STREAM,
                     pb.SubscribeRequest,
                     pb.DocumentChange,

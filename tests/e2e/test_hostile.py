@@ -24,6 +24,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from hypothesis import HealthCheck, currently_in_test_context, event, example, given, settings
 from hypothesis import strategies as st
 
+from peat_sync import wire
 from peat_sync.bench.launcher import ServerProcess
 from peat_sync.generated.peat.sidecar import v1 as pb
 from tests.helpers.clients import (
@@ -661,7 +662,7 @@ def message_bytes(descriptor: Any) -> st.SearchStrategy[bytes]:
 
 def call_with_bytes(client: GrpcioClient, rpc: str, payload: bytes) -> Outcome:
     """Call `rpc` with `payload` as its request, as it is; read a stream's first message."""
-    path = f"/peat.sidecar.v1.PeatSidecar/{rpc}"
+    path = wire.rpc_path(rpc)
     if rpc.startswith("Subscribe"):
         stream = client.channel.unary_stream(
             path, request_serializer=bytes, response_deserializer=bytes

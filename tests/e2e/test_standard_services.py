@@ -21,13 +21,14 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from peat_sync import wire
 from peat_sync.bench.launcher import START_TIMEOUT, ServerProcess
 from peat_sync.generated.peat.sidecar import v1 as pb
 from peat_sync.store.sqlite import DATABASE_FILE
 from tests.helpers.clients import GrpcioApi, GrpcioClient, RpcFailure, failure_of, get, put, status
 from tests.helpers.waiting import CALL_TIMEOUT
 
-SIDECAR = "peat.sidecar.v1.PeatSidecar"
+SIDECAR = wire.SERVICE
 SERVICES = {
     SIDECAR,
     "grpc.health.v1.Health",

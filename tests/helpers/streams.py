@@ -15,6 +15,7 @@ import grpclib.config
 from grpclib.const import Cardinality
 from grpclib.exceptions import StreamTerminatedError
 
+from peat_sync import wire
 from peat_sync.generated.peat.sidecar import v1 as pb
 from tests.helpers.clients import Client, Event, GrpcioClient, status
 from tests.helpers.waiting import CALL_TIMEOUT, STREAM_TIMEOUT, wait_until, within
@@ -83,7 +84,7 @@ async def open_grpclib_subscribe(
     Returns the entered grpclib stream; prefer `grpclib_subscribe`, which also closes it.
     """
     stream = channel.request(
-        "/peat.sidecar.v1.PeatSidecar/Subscribe",
+        wire.SUBSCRIBE,
         Cardinality.UNARY_STREAM,
         pb.SubscribeRequest,
         pb.DocumentChange,
