@@ -98,7 +98,10 @@ def stalled(bench: Bench) -> ScenarioResult:
             [replace(reader, window=HTTP2_WINDOW), *[reader] * readers], "subscriber"
         )
         stalled_one, others = subscribers[0], subscribers[1:]
-        total = sizes.stall_warmup + sizes.stall_seconds + sizes.stall_after
+        # The writers go on for one stall longer than the phases take: on a loaded machine
+        # the wait for the others to reach the head before the stall takes seconds, and a
+        # stall without writes would measure no growth at all.
+        total = sizes.stall_warmup + 2 * sizes.stall_seconds + sizes.stall_after
         with workers(*subscribers):
             writers = start_writers(paced(bench, server, total))
             with workers(*writers):
