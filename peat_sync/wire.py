@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import message_factory
@@ -152,7 +152,41 @@ async def send_encoded(
         await send_data(b"".join(chunk))
 
 
+PREFIX_BYTES = 5
+
+
 def grpc_prefix(payload: bytes) -> bytes:
     """What precedes `payload` as one gRPC message on an HTTP/2 stream: not compressed, then
     its length."""
     return b"\x00" + len(payload).to_bytes(4, "big")
+
+
+def on_request_length(
+    stream: grpclib.server.Stream[Any, Any], admit: Callable[[int], Awaitable[None]]
+) -> None:
+    """Make `stream` call `admit(length)` with the length of each request message as soon as
+    the message's 5-byte prefix has arrived, before any of its body is read.
+
+    grpclib reads a whole message before a handler sees it, acknowledging each chunk to the
+    client, with no bound: a limit checked on the decoded message bounds nothing. `admit`
+    raises to refuse the message (nothing of its body is read then), or waits until the
+    server can hold it (its body stays unread, and HTTP/2 flow control holds the client).
+
+    grpclib reads a message as two reads of the HTTP/2 stream (`Stream._stream.recv_data`):
+    the prefix, then the body. This wraps that private method, like `send_encoded`.
+    """
+    h2_stream = stream._stream
+    recv_data = h2_stream.recv_data
+    at_prefix = True
+
+    async def recv_admitted(size: int) -> bytes:
+        nonlocal at_prefix
+        data = await recv_data(size)
+        if not at_prefix:
+            at_prefix = True
+        elif len(data) == PREFIX_BYTES:  # empty at the end of the requests
+            at_prefix = False
+            await admit(int.from_bytes(data[1:], "big"))
+        return data
+
+    h2_stream.recv_data = recv_admitted  # type: ignore[method-assign]

@@ -308,11 +308,41 @@ SERVE_OPTIONS = (
         show=show_duration,
     ),
     _node(
+        "--stalled-stream-timeout",
+        duration,
+        "a Subscribe stream whose send makes no progress this long (its client reads nothing)"
+        " is cut off with its resume point, freeing its slot; longer than --heartbeat-interval"
+        " (30s, 1m ...)",
+        show=show_duration,
+    ),
+    _node(
         "--tombstone-retention",
         duration,
         "how long deletes stay available to catch-ups; a subscriber resuming from further back"
         " gets a RESYNC (15m, 24h, 7d ...)",
         show=show_duration,
+    ),
+    _serve(
+        "--max-request-bytes",
+        byte_size,
+        "largest WriteDocuments request, and the most request bytes one connection holds at"
+        " once; a larger request is refused with RESOURCE_EXHAUSTED as soon as its length"
+        " arrives, before its body is read",
+        show=show_byte_size,
+    ),
+    _serve(
+        "--max-message-bytes",
+        byte_size,
+        "largest request of any other RPC, refused the same way",
+        show=show_byte_size,
+        unset="--max-document-bytes + 64KiB",
+    ),
+    _serve(
+        "--max-inflight-request-bytes",
+        byte_size,
+        "request bytes the server holds at once, over all connections; further requests wait"
+        " (unread: HTTP/2 flow control holds their clients) until calls end",
+        show=show_byte_size,
     ),
     _serve(
         "--drain-timeout",
@@ -574,13 +604,45 @@ def _fields_of(config: type[Any], values: Mapping[str, Any]) -> dict[str, Any]:
 
 def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeConfig:
     values = resolve(SERVE_OPTIONS, args, environ)
-    return ServeConfig(
+    config = ServeConfig(
         node=NodeConfig(**_fields_of(NodeConfig, values)),
         tls=server_tls(
             values["tls_cert"], values["tls_key"], values["tls_client_ca"], values["listen"]
         ),
         **_fields_of(ServeConfig, values),
     )
+    _check_request_limits(config)
+    _check_stalled_stream_timeout(config.node)
+    return config
+
+
+def _check_stalled_stream_timeout(node: NodeConfig) -> None:
+    """A client is told to wait a few heartbeat intervals before it gives up on a silent
+    stream; the server gives a client that reads nothing no less than one."""
+    if node.stalled_stream_timeout <= node.heartbeat_interval:
+        raise ConfigError(
+            f"--stalled-stream-timeout ({show_duration(node.stalled_stream_timeout)}) must be"
+            f" longer than --heartbeat-interval ({show_duration(node.heartbeat_interval)}):"
+            " raise the first, or lower the second"
+        )
+
+
+def _check_request_limits(config: ServeConfig) -> None:
+    """Every request that one connection may send must fit in what the server holds."""
+    limits = config.request_limits
+    if limits.max_request_bytes > limits.max_inflight_bytes:
+        raise ConfigError(
+            f"--max-request-bytes ({limits.max_request_bytes:,}) is more than"
+            f" --max-inflight-request-bytes ({limits.max_inflight_bytes:,}): raise the second,"
+            " or lower the first"
+        )
+    if limits.max_message_bytes > limits.max_request_bytes:
+        raise ConfigError(
+            f"the largest single request ({limits.max_message_bytes:,} bytes: --max-message-bytes,"
+            " or --max-document-bytes + 64KiB) is more than --max-request-bytes"
+            f" ({limits.max_request_bytes:,}), the most one connection may hold: raise"
+            " --max-request-bytes"
+        )
 
 
 def bench_sizes(values: Mapping[str, Any]) -> Sizes:

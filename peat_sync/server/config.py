@@ -11,9 +11,13 @@ from ssl import SSLContext
 
 from peat_sync.address import ListenAddress
 from peat_sync.node import NodeConfig
+from peat_sync.server.request_limits import RequestLimits
 
 # Loopback only: exposing the documents to a network is a choice the user makes.
 DEFAULT_LISTEN = ListenAddress("127.0.0.1", 50051)
+# What a request holds beyond its document: the collection, the doc_id (512 bytes each at
+# most) and the message's framing, with room to spare.
+MESSAGE_OVERHEAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,3 +31,15 @@ class ServeConfig:
     # Built from --tls-* with the rest of the configuration, so that a key that does not fit
     # its certificate is a start-up error like any bad value; None serves plaintext.
     tls: SSLContext | None = None
+    max_request_bytes: int = 64 * 1024 * 1024  # a WriteDocuments request; a connection's
+    max_message_bytes: int | None = None  # any other request; None: the document's, + overhead
+    max_inflight_request_bytes: int = 256 * 1024 * 1024
+
+    @property
+    def request_limits(self) -> RequestLimits:
+        return RequestLimits(
+            max_message_bytes=self.max_message_bytes
+            or self.node.max_document_bytes + MESSAGE_OVERHEAD_BYTES,
+            max_request_bytes=self.max_request_bytes,
+            max_inflight_bytes=self.max_inflight_request_bytes,
+        )

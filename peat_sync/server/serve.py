@@ -182,7 +182,7 @@ async def serve(
     _create_data_dir(config.node.data_dir)
     data_dir = config.node.data_dir.resolve()
     async with open_asyncio_loop():
-        service = SidecarService(config.node.node_id, str(bound))
+        service = SidecarService(config.node.node_id, str(bound), config.request_limits)
         health = Health(service_names([service]))
         services = [service, health, *reflection([service, health])]
         async with (

@@ -27,6 +27,8 @@ from peat_sync.node import (
 from peat_sync.node.validation import excerpt
 from peat_sync.server import typed
 from peat_sync.server.bridge import BatchPump, call_nowait, call_trio
+from peat_sync.server.request_limits import RequestAdmission, RequestLimits
+from peat_sync.server.stalled_streams import StreamStalled, cut_off, send_within
 from peat_sync.store import Mutation
 from peat_sync.wire import (
     GET_STATUS,
@@ -35,7 +37,6 @@ from peat_sync.wire import (
     SUBSCRIBE_BATCHED,
     WRITE_DOCUMENTS,
     message_class,
-    send_encoded,
 )
 
 log = logging.getLogger("peat_sync.service")
@@ -90,8 +91,9 @@ class SidecarService(pb.PeatSidecarBase):
     """The sidecar's RPCs. It is served before its node opens: until `attach`, GetStatus
     reports the `phase` and every other RPC fails with UNAVAILABLE."""
 
-    def __init__(self, node_id: str, endpoint_addr: str) -> None:
+    def __init__(self, node_id: str, endpoint_addr: str, limits: RequestLimits) -> None:
         self._node: Node | None = None
+        self.admission = RequestAdmission(limits)
         self._node_id = node_id
         self._endpoint_addr = endpoint_addr
         self.phase = pb.NodePhase.INITIALIZING
@@ -149,15 +151,30 @@ class SidecarService(pb.PeatSidecarBase):
             mapping[name] = mapping[name]._replace(
                 func=func, request_type=request_type, reply_type=reply_type
             )
+        limits = self.admission.limits
         return {
-            name: handler._replace(func=self._served(handler.func, needs_node=name != GET_STATUS))
+            name: handler._replace(
+                func=self._served(
+                    handler.func,
+                    needs_node=name != GET_STATUS,
+                    limit=(
+                        (limits.max_request_bytes, "--max-request-bytes")
+                        if name == WRITE_DOCUMENTS
+                        else (limits.max_message_bytes, "--max-message-bytes")
+                    ),
+                )
+            )
             for name, handler in mapping.items()
         }
 
-    def _served(self, handler: StreamHandler, *, needs_node: bool) -> StreamHandler:
-        """`handler`, counted while under way, with the node's request errors turned into
-        gRPC statuses with the node's message; if it `needs_node` (whether or not the RPC
-        uses it), failing with UNAVAILABLE until the node is attached and once it drains."""
+    def _served(
+        self, handler: StreamHandler, *, needs_node: bool, limit: tuple[int, str]
+    ) -> StreamHandler:
+        """`handler`, counted while under way, its request bytes admitted within `limit`
+        (bytes, and the flag that sets them) and the budgets, with the node's request errors
+        turned into gRPC statuses with the node's message; if it `needs_node` (whether or
+        not the RPC uses it), failing with UNAVAILABLE until the node is attached and once
+        it drains."""
 
         @functools.wraps(handler)
         async def served(stream: grpclib.server.Stream[Any, Any]) -> None:
@@ -166,14 +183,23 @@ class SidecarService(pb.PeatSidecarBase):
             if needs_node and self._draining:
                 raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
             self._calls += 1
+            failure: GRPCError | None = None
             try:
-                await handler(stream)
+                async with self.admission.admitting(stream, *limit):
+                    await handler(stream)
             except RequestError as exc:
-                raise GRPCError(_STATUS_OF[type(exc)], str(exc)) from None
+                failure = GRPCError(_STATUS_OF[type(exc)], str(exc))
+            except GRPCError as exc:
+                failure = GRPCError(exc.status, exc.message, exc.details)
             finally:
                 self._calls -= 1
                 if self._draining and self._calls == 0:
                     self._drained.set()
+            if failure is not None:
+                # Raised afresh, outside the handler's except: the original's traceback, with
+                # the frames that held the request's bytes, goes now, not when grpclib drops
+                # its finished handler tasks.
+                raise failure
 
         return served
 
@@ -339,6 +365,9 @@ class SidecarService(pb.PeatSidecarBase):
             )
             await stream.send_initial_metadata()  # then each message is only its bytes
             pump = BatchPump(functools.partial(subscription.next_batch, SEND_BATCH))
+            stalled_after = self.node.config.stalled_stream_timeout
+            # Where the client resumes once every batch sent so far has arrived.
+            resume_point = subscription.resume_point
             # Few streams: the server has CPU to spare, and readers take paced messages
             # faster; many: messages share frames, at a tenth of the server's CPU each.
             feed = self.node.feed
@@ -347,7 +376,10 @@ class SidecarService(pb.PeatSidecarBase):
                     while True:
                         events = await pump.next()
                         paced = frame is _one_per_message and feed.subscriber_count <= PACED_STREAMS
-                        await send_encoded(stream, frame(events), paced=paced)
+                        await send_within(
+                            stream, frame(events), paced=paced, stalled_after=stalled_after
+                        )
+                        resume_point = subscription.resume_point
             except NodeClosed:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
@@ -356,16 +388,30 @@ class SidecarService(pb.PeatSidecarBase):
                     raise asyncio.CancelledError from None
                 # Sent here, inside the subscription's block, so the trailers are on their
                 # way before the server, seeing every subscription closed, stops.
-                resume_point = subscription.resume_point
-                advice = (
-                    "resubscribe with snapshot=true: the snapshot was not complete"
-                    if resume_point is None
-                    else f"resubscribe with since_sequence={resume_point}"
-                    f" and epoch={self.node.epoch}"
-                )
                 await stream.send_trailing_metadata(
                     status=Status.UNAVAILABLE,
-                    status_message=f"the server is shutting down; {advice}",
+                    status_message="the server is shutting down; "
+                    + self._resume_advice(subscription.resume_point),
+                )
+            except StreamStalled as stall:
+                self.node.stats.stalled_streams += 1
+                log.warning(
+                    "subscriber %s stalled: no send completed for %.1fs (--stalled-stream-timeout"
+                    " %gs), its client reading nothing; cutting the stream off (%s; it resumes"
+                    " from %s)",
+                    subscription.name,
+                    stall.stalled_for,
+                    stalled_after,
+                    "RST_STREAM mid-message" if stall.mid_message else "UNAVAILABLE",
+                    "a new snapshot" if resume_point is None else f"sequence {resume_point}",
+                )
+                # Inside the subscription's block: the slot is freed once the client is told.
+                await cut_off(
+                    stream,
+                    stall,
+                    f"cut off: the stream sent nothing for {stall.stalled_for:.1f}s because the"
+                    " client did not read it (--stalled-stream-timeout); "
+                    + self._resume_advice(resume_point),
                 )
             finally:
                 log.info(
@@ -373,6 +419,12 @@ class SidecarService(pb.PeatSidecarBase):
                     subscription.name,
                     subscription.position,
                 )
+
+    def _resume_advice(self, resume_point: int | None) -> str:
+        """What a subscriber whose stream ends at `resume_point` resubscribes with."""
+        if resume_point is None:
+            return "resubscribe with snapshot=true: the snapshot was not complete"
+        return f"resubscribe with since_sequence={resume_point} and epoch={self.node.epoch}"
 
 
 async def _committed(

@@ -21,6 +21,8 @@ from peat_sync.generated.peat.sidecar import v1 as pb
 from peat_sync.node import Node, NodeConfig, QueueFull, open_node
 from peat_sync.server.bridge import call_asyncio, enter_asyncio, open_asyncio_loop
 from peat_sync.server.codec import RequestCodec
+from peat_sync.server.config import ServeConfig
+from peat_sync.server.request_limits import RequestLimits
 from peat_sync.server.service import NODE_STARTING, SHUTTING_DOWN, SidecarService
 
 T = TypeVar("T")
@@ -39,12 +41,17 @@ class Served:
 
 
 @asynccontextmanager
-async def served(tmp_path: Path, *, attach: bool = True, **config: Any) -> AsyncIterator[Served]:
-    async with (
-        open_node(NodeConfig(data_dir=tmp_path / "data", **config)) as node,
-        open_asyncio_loop(),
-    ):
-        service = SidecarService(node.node_id, "in-process")
+async def served(
+    tmp_path: Path,
+    *,
+    attach: bool = True,
+    limits: RequestLimits | None = None,
+    **config: Any,
+) -> AsyncIterator[Served]:
+    node_config = NodeConfig(data_dir=tmp_path / "data", **config)
+    async with open_node(node_config) as node, open_asyncio_loop():
+        limits = limits or ServeConfig(node_config).request_limits
+        service = SidecarService(node.node_id, "in-process", limits)
         if attach:
             service.attach(node)
         async with enter_asyncio(ChannelFor([service], codec=RequestCodec())) as channel:

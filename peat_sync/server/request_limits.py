@@ -1,0 +1,125 @@
+"""How many request bytes the server holds: a limit per message, enforced while it is received,
+and budgets of bytes in flight, per connection and in all. Asyncio-flavoured.
+
+A request's bytes are held from the moment its length is admitted until its call ends: the
+body as grpclib buffers it, then the decoded message and its writes. A message over its RPC's
+limit is refused with RESOURCE_EXHAUSTED as soon as its length prefix announces it, and
+nothing of it is read; one within the limit waits until the budgets have room for it, its body
+unread meanwhile, so HTTP/2 flow control holds the client back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpclib.server
+from grpclib import GRPCError
+from grpclib.const import Status
+
+from peat_sync.wire import on_request_length
+
+
+class ByteBudget:
+    """A semaphore of bytes, first come first served."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    @property
+    def idle(self) -> bool:
+        return self.used == 0 and not self._waiters
+
+    async def acquire(self, size: int) -> None:
+        """Wait until `size` bytes fit, then take them; `size` is at most the capacity."""
+        if not self._waiters and self.used + size <= self.capacity:
+            self.used += size
+            return
+        granted = asyncio.get_running_loop().create_future()
+        waiter = (size, granted)
+        self._waiters.append(waiter)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release(size)  # granted just as it was cancelled
+            else:
+                self._waiters.remove(waiter)
+                self._grant()  # a smaller waiter behind it may fit now
+            raise
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self.used + self._waiters[0][0] <= self.capacity:
+            size, granted = self._waiters.popleft()
+            self.used += size
+            granted.set_result(None)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """`max_message_bytes` bounds a request of any RPC but WriteDocuments, which
+    `max_request_bytes` bounds; a connection holds at most `max_request_bytes` of requests at
+    once, and the server at most `max_inflight_bytes`."""
+
+    max_message_bytes: int
+    max_request_bytes: int
+    max_inflight_bytes: int
+
+
+class RequestAdmission:
+    """The budgets of one server, and the admission of each call's request bytes."""
+
+    def __init__(self, limits: RequestLimits) -> None:
+        self.limits = limits
+        self.total = ByteBudget(limits.max_inflight_bytes)
+        self._per_connection: weakref.WeakKeyDictionary[Any, ByteBudget] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @property
+    def inflight_bytes(self) -> int:
+        return self.total.used
+
+    @asynccontextmanager
+    async def admitting(
+        self, stream: grpclib.server.Stream[Any, Any], limit: int, flag: str
+    ) -> AsyncIterator[None]:
+        """For the call on `stream`: refuse request messages over `limit` bytes (`flag` is the
+        option that sets it), admit the others within the budgets, and give their bytes
+        back when the block ends."""
+        connection = stream._stream.connection
+        held: list[tuple[ByteBudget, int]] = []
+
+        async def admit(length: int) -> None:
+            if length > limit:
+                raise GRPCError(
+                    Status.RESOURCE_EXHAUSTED,
+                    f"the request is {length:,} bytes; the limit is {limit:,} ({flag}): send"
+                    " less in one request",
+                )
+            budget = self._per_connection.get(connection)
+            if budget is None:
+                budget = self._per_connection[connection] = ByteBudget(
+                    self.limits.max_request_bytes
+                )
+            for each in (budget, self.total):
+                await each.acquire(length)
+                held.append((each, length))
+
+        on_request_length(stream, admit)
+        try:
+            yield
+        finally:
+            for budget, size in held:
+                budget.release(size)
