@@ -53,6 +53,9 @@ class NodeConfig:
     max_batch: int = 1000
     heartbeat_interval: float = 10.0  # seconds of silence before an idle stream gets one
     tombstone_retention: float = 24 * 3600.0  # seconds a delete stays available to catch-ups
+    # Seconds a send on a Subscribe stream may make no progress (its client reads nothing)
+    # before the server cuts the stream off; longer than `heartbeat_interval`.
+    stalled_stream_timeout: float = 60.0
 
 
 class Node:

@@ -36,4 +36,5 @@ class NodeStats:
     events_delivered: int = 0  # events handed to subscribers' streams, control events too
     catch_ups: int = 0  # catch-ups from the store begun
     resyncs: collections.Counter[str] = field(default_factory=collections.Counter)  # by reason
+    stalled_streams: int = 0  # Subscribe streams cut off because their client did not read
     commits: Histogram = field(default_factory=lambda: Histogram(COMMIT_BUCKETS))  # seconds

@@ -77,6 +77,12 @@ class NodeCollector(Collector):
         yield CounterMetricFamily(
             "peat_catch_ups", "catch-ups from the store begun", value=stats.catch_ups
         )
+        yield CounterMetricFamily(
+            "peat_stalled_streams",
+            "Subscribe streams cut off because a send made no progress for"
+            " --stalled-stream-timeout (their client did not read)",
+            value=stats.stalled_streams,
+        )
         resyncs = CounterMetricFamily(
             "peat_resyncs", "RESYNC events sent, by reason", labels=["reason"]
         )
