@@ -4,31 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
-import urllib.request
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from peat_sync.bench.launcher import ServerProcess
 from peat_sync.generated.peat.sidecar import v1 as pb
 from tests.helpers.clients import GrpcioApi, GrpcioClient, put
+from tests.helpers.metrics import scrape
 from tests.helpers.servers import StartServer
 from tests.helpers.streams import grpcio_subscription, wait_for_subscribers
 from tests.helpers.waiting import CALL_TIMEOUT
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(server: ServerProcess) -> Samples:
-    """Every sample of the server's /metrics, keyed by name and labels."""
-    match = server.wait_for_log(r"metrics on (http://\S+/metrics)")
-    with urllib.request.urlopen(match[1], timeout=10) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def test_the_metrics_endpoint_counts_what_the_node_does(

@@ -7,6 +7,7 @@
 - `copies`: a client's copy of the store, from the events it read.
 - `cli`: the `peat-sync` command as users run it.
 - `servers`: the type of the `start_server` fixture, and restarts.
+- `metrics`: scraping a server's Prometheus metrics.
 - `links`: a network path that a test cuts and restores.
 - `client_library`: the client library (`peat_sync.client`) against a real server.
 - `grpc_js`: the grpc-js client of the interop tests.

@@ -53,6 +53,7 @@ def test_defaults() -> None:
     assert config.node.max_document_bytes == MiB
     assert config.node.heartbeat_interval == 10.0
     assert config.node.tombstone_retention == 24 * 3600.0
+    assert config.node.stalled_stream_timeout == 60.0
     assert config.log_level == "info"
     assert config.log_format == "text"
     assert config.drain_timeout == 10.0
@@ -125,6 +126,13 @@ OPTIONS: list[tuple[str, str, str, Callable[[ServeConfig], Any], Any]] = [
         "500ms",
         lambda c: c.node.heartbeat_interval,
         pytest.approx(0.5),
+    ),
+    (
+        "--stalled-stream-timeout",
+        "PEAT_SIDECAR_STALLED_STREAM_TIMEOUT",
+        "2m",
+        lambda c: c.node.stalled_stream_timeout,
+        120.0,
     ),
     (
         "--tombstone-retention",
@@ -353,6 +361,33 @@ def test_bad_heartbeat_intervals(text: str, complaint: str) -> None:
     """Shorter heartbeat intervals would make idle streams cost real CPU."""
     with pytest.raises(ValueError, match=complaint):
         heartbeat_interval(text)
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "shown"),
+    [
+        (
+            ("--stalled-stream-timeout", "10s"),
+            {},
+            "(10s) must be longer than --heartbeat-interval (10s)",
+        ),
+        (("--heartbeat-interval", "2m"), {}, "(1m) must be longer than --heartbeat-interval (2m)"),
+        (
+            ("--heartbeat-interval", "1s"),
+            {"PEAT_SIDECAR_STALLED_STREAM_TIMEOUT": "500ms"},
+            "(500ms) must be longer than --heartbeat-interval (1s)",
+        ),
+    ],
+)
+def test_a_stalled_stream_timeout_within_a_heartbeat_interval_is_refused(
+    flags: tuple[str, ...], env: dict[str, str], shown: str
+) -> None:
+    """A client is told to wait a few heartbeat intervals for a silent stream; the server
+    must not cut off one that reads nothing for less than one."""
+    with pytest.raises(ConfigError) as raised:
+        configure(*flags, env=env)
+
+    assert str(raised.value).startswith(f"--stalled-stream-timeout {shown}")
 
 
 def test_bad_value_on_the_command_line_exits_2_without_a_traceback(tmp_path: Path) -> None:
