@@ -65,7 +65,7 @@ class Node:
         self.config = config
         self._store = store
         self.stats = NodeStats()
-        self._producer = Producer(store, config.max_batch, self.stats.commits)
+        self._producer = Producer(store, config.max_batch, self.stats)
         self._read_limiter = trio.CapacityLimiter(READ_THREADS)
         self._retention_scope = trio.CancelScope()
         self._feed = ChangeFeed(

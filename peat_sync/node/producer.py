@@ -17,7 +17,7 @@ import trio
 
 from peat_sync.node.errors import NodeClosed, QueueFull, StoreUnavailable
 from peat_sync.node.events import ChangeEvent
-from peat_sync.node.stats import Histogram
+from peat_sync.node.stats import NodeStats
 from peat_sync.store import Change, Mutation, Store
 
 log = logging.getLogger("peat_sync.producer")
@@ -38,10 +38,10 @@ class _QueuedWrite:
 
 
 class Producer:
-    def __init__(self, store: Store, max_batch: int, commit_times: Histogram) -> None:
+    def __init__(self, store: Store, max_batch: int, stats: NodeStats) -> None:
         self._store = store
         self._max_batch = max_batch
-        self._commit_times = commit_times
+        self._stats = stats
         self._send, self._receive = trio.open_memory_channel[_QueuedWrite](QUEUE_CAPACITY)
 
     async def write(self, mutations: Sequence[Mutation]) -> list[Change | None]:
@@ -114,7 +114,7 @@ class Producer:
             # never leaves a half-written batch behind.
             started = time.perf_counter()
             changes = await trio.to_thread.run_sync(self._store.commit, mutations)
-            self._commit_times.add(time.perf_counter() - started)
+            self._stats.commits.add(time.perf_counter() - started)
         except Exception as exc:
             # The transaction rolled back, so nothing of the batch is stored. Retry each
             # write alone, so one write the store refuses cannot fail the others; then fail
@@ -124,6 +124,7 @@ class Producer:
                 for queued in batch:
                     await self._commit([queued], publish)
                 return
+            self._stats.commit_failures += 1
             log.error("commit of %d changes failed, none stored: %s", len(mutations), exc)
             batch[0].done(StoreUnavailable(f"the store could not commit the write: {exc}"))
             return

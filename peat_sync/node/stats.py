@@ -38,3 +38,4 @@ class NodeStats:
     resyncs: collections.Counter[str] = field(default_factory=collections.Counter)  # by reason
     stalled_streams: int = 0  # Subscribe streams cut off because their client did not read
     commits: Histogram = field(default_factory=lambda: Histogram(COMMIT_BUCKETS))  # seconds
+    commit_failures: int = 0  # write requests failed because the store could not commit them

@@ -97,6 +97,12 @@ class NodeCollector(Collector):
             "open live subscribers by the share of their buffer they hold unread",
             fill,
         )
+        yield CounterMetricFamily(
+            "peat_commit_failures",
+            "write requests that failed because the store could not commit them (a full disk,"
+            " an I/O error); the log says why",
+            value=stats.commit_failures,
+        )
         yield _family(
             "peat_commit_seconds",
             "time to commit a batch of writes to the store, fsync included",

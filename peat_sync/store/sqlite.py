@@ -17,13 +17,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Self
 
 from peat_sync.store._types import Change, HistoryPage, Mutation, StoreClosed, StoredDocument
 
 DATABASE_FILE = "peat.sqlite3"
+WAL_FILE = f"{DATABASE_FILE}-wal"
 LOCK_FILE = "peat.lock"
 SCHEMA_VERSION = "1"
 
@@ -48,6 +49,60 @@ CREATE INDEX IF NOT EXISTS tombstones_by_sequence ON documents (sequence)
 
 class StoreError(Exception):
     """The data dir cannot be used; the message says why and what to do."""
+
+
+class StoreWriteError(StoreError):
+    """SQLite refused a write (a full disk, an I/O error, a read-only file): nothing of it
+    was stored. The message names the file, what happened and what to do."""
+
+
+# What SQLite's errors of the file or the disk mean, by primary result code: what happened
+# to the store file {path}, and what to do about it.
+_SQLITE_FAILURES: dict[int, tuple[str, str]] = {
+    sqlite3.SQLITE_FULL: (
+        "the disk holding {path} is full",
+        "free space on it; writes succeed again once there is room, without a restart",
+    ),
+    sqlite3.SQLITE_IOERR: (
+        "an I/O error on {path}",
+        "check the disk, its file system and the kernel log (dmesg), then retry",
+    ),
+    sqlite3.SQLITE_READONLY: (
+        "{path} cannot be written",
+        "make it, its data dir and their file system writable by the server's user",
+    ),
+    sqlite3.SQLITE_PERM: (
+        "{path} may not be written",
+        "make it, its data dir and their file system writable by the server's user",
+    ),
+    sqlite3.SQLITE_CANTOPEN: (
+        "{path} or a file beside it (its -wal or -shm) cannot be opened",
+        "make the data dir readable and writable by the server's user",
+    ),
+    sqlite3.SQLITE_BUSY: (
+        "another process holds {path} locked",
+        "stop whatever else has the store open (a sqlite3 shell, a backup tool)",
+    ),
+    sqlite3.SQLITE_NOMEM: ("the server ran out of memory writing {path}", "give it more memory"),
+    sqlite3.SQLITE_CORRUPT: (
+        "{path} is damaged",
+        "stop the server and restore the store from a backup",
+    ),
+    sqlite3.SQLITE_NOTADB: (
+        "{path} is not a SQLite database",
+        "stop the server and restore the store from a backup",
+    ),
+}
+
+
+def _explained(exc: sqlite3.Error, path: Path) -> str | None:
+    """What SQLite's error `exc` on the store file `path` means and what to do, or None for
+    an error that is not the file's or the disk's (a bug, such as a value it cannot bind)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in _SQLITE_FAILURES:
+        return None
+    happened, remedy = _SQLITE_FAILURES[code & 0xFF]
+    return f"{happened.format(path=path)} ({exc.sqlite_errorname}: {exc}): {remedy}"
 
 
 # A put: insert the document, or replace it (and revive it, if it was deleted).
@@ -84,12 +139,16 @@ class SQLiteStore:
             dir_lock = _lock_data_dir(data_dir)
         except OSError as exc:
             raise StoreError(f"cannot open the store in {data_dir}: {exc}") from exc
+        path = (data_dir / DATABASE_FILE).absolute()
         try:
-            return cls(data_dir / DATABASE_FILE, dir_lock)
+            return cls(path, dir_lock)
         except BaseException as exc:
             os.close(dir_lock)
-            if isinstance(exc, OSError | sqlite3.Error):
+            if isinstance(exc, StoreWriteError | OSError):
                 raise StoreError(f"cannot open the store in {data_dir}: {exc}") from exc
+            if isinstance(exc, sqlite3.Error):
+                why = _explained(exc, path) or exc
+                raise StoreError(f"cannot open the store in {data_dir}: {why}") from exc
             raise
 
     @property
@@ -107,9 +166,13 @@ class SQLiteStore:
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in commit).
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=FULL")
-        connection.execute("PRAGMA busy_timeout=5000")
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA busy_timeout=5000")
+        except BaseException:
+            connection.close()
+            raise
         with self._lock:
             self._connections.append(connection)
         return connection
@@ -138,17 +201,26 @@ class SQLiteStore:
     @contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
         """The writer connection inside one transaction, committed when the block ends and
-        rolled back if it raises."""
+        rolled back if it raises. SQLite's errors of the file or the disk are raised as
+        `StoreWriteError`, which says what happened and what to do."""
         # Commits and tombstone purges share the writer connection, from different threads.
         with self._write_lock:
             db = self._writer
-            db.execute("BEGIN IMMEDIATE")
             try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+                if db.in_transaction:  # a ROLLBACK that failed before
+                    db.execute("ROLLBACK")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    _roll_back(db)
+                    raise
+            except sqlite3.Error as exc:
+                explained = _explained(exc, self.path)
+                if explained is None:
+                    raise
+                raise StoreWriteError(explained) from exc
 
     def _initialise(self) -> tuple[str, int, int]:
         with self._writing() as db:
@@ -298,6 +370,16 @@ class SQLiteStore:
             if self._dir_lock >= 0:
                 os.close(self._dir_lock)  # lets another server open the store
                 self._dir_lock = -1
+
+
+def _roll_back(db: sqlite3.Connection) -> None:
+    """Roll back the transaction under way, if SQLite has not already: after some errors (a
+    full disk, an I/O error) it has, and a ROLLBACK would only fail with "cannot rollback -
+    no transaction is active". A ROLLBACK that fails is left to the next transaction to retry:
+    the error the caller sees is the one that failed the write."""
+    if db.in_transaction:
+        with suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
 
 
 def _lock_data_dir(data_dir: Path) -> int:

@@ -12,6 +12,7 @@
 - `client_library`: the client library (`peat_sync.client`) against a real server.
 - `grpc_js`: the grpc-js client of the interop tests.
 - `nodes`: the node embedded in a unit test.
+- `stores`: a store whose disk is full, and freed again.
 - `paths`: where the repository's files are.
 
 pytest rewrites the asserts of test modules and conftest files only. These modules are

@@ -1,12 +1,15 @@
 """The producer, the node's single writer: concurrent writers get distinct sequences in one
-order, and a write the store refuses fails alone, not with the writes batched with it."""
+order, a write the store refuses fails alone, not with the writes batched with it, and a
+full disk fails each writer with an error that says so."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -15,13 +18,15 @@ from peat_sync.node import (
     StoreUnavailable,
 )
 from peat_sync.node.producer import Producer
-from peat_sync.node.stats import COMMIT_BUCKETS, Histogram
+from peat_sync.node.stats import NodeStats
 from peat_sync.store import Change, Mutation, SQLiteStore
+from peat_sync.store.sqlite import DATABASE_FILE
 from tests.helpers.nodes import (
     DEADLINE,
     read_until,
     running_node,
 )
+from tests.helpers.stores import fill_the_disk, free_space
 
 
 class PoisonedStore(SQLiteStore):
@@ -38,7 +43,7 @@ async def test_one_bad_write_does_not_fail_the_writes_batched_with_it(tmp_path: 
     """Writers queued together are committed in one batch; a write the store refuses must
     fail alone, not take the good ones of its batch down with it."""
     store = PoisonedStore.open(tmp_path)
-    producer = Producer(store, max_batch=100, commit_times=Histogram(COMMIT_BUCKETS))
+    producer = Producer(store, max_batch=100, stats=NodeStats())
     publish, published = trio.open_memory_channel[list[ChangeEvent]](16)
     outcomes: dict[str, object] = {}
 
@@ -102,3 +107,46 @@ async def test_concurrent_writers_get_distinct_increasing_sequences(tmp_path: Pa
         assert len(set(mine)) == puts_each
     assert [c.sequence for c in changes] == list(range(1, total + 1))
     assert [c.doc_id for c in changes] == [doc_at[s] for s in range(1, total + 1)]
+
+
+async def test_a_full_disk_fails_each_writer_saying_so_and_writes_resume_once_freed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a full disk each writer gets StoreUnavailable saying the disk is full (not that a
+    ROLLBACK failed), the log names the store file, each failed write is counted for the
+    metrics, and the node writes again, numbering on, once there is room."""
+    big = '{"pad": "' + "x" * 100_000 + '"}'
+    failures: list[str] = []
+
+    async def write(doc: str) -> None:
+        try:
+            await node.put("c", doc, big)
+        except StoreUnavailable as exc:
+            failures.append(str(exc))
+
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            store = node._store
+            assert isinstance(store, SQLiteStore)
+            assert await node.put("c", "before", "{}") == 1
+            fill_the_disk(store)
+            async with trio.open_nursery() as writers:
+                for number in range(3):
+                    writers.start_soon(write, f"d{number}")
+            assert node.stats.commit_failures == 3
+            free_space(store)
+            assert await node.put("c", "after", "{}") == 2
+            assert await node.list_ids("c") == ["after", "before"]
+
+    path = (tmp_path / "data" / DATABASE_FILE).absolute()
+    full = (
+        f"the disk holding {path} is full (SQLITE_FULL: database or disk is full): free space"
+        " on it; writes succeed again once there is room, without a restart"
+    )
+    assert failures == [f"the store could not commit the write: {full}"] * 3
+    logged = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "peat_sync.producer" and record.levelno == logging.ERROR
+    ]
+    assert logged == [f"commit of 1 changes failed, none stored: {full}"] * 3

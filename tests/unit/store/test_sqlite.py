@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from peat_sync.store import Change, Mutation, SQLiteStore, StoreClosed, StoredDocument
-from peat_sync.store.sqlite import DATABASE_FILE, StoreError
+from peat_sync.store.sqlite import DATABASE_FILE, StoreError, StoreWriteError
+from tests.helpers.stores import fill_the_disk, free_space
 
 
 def put(collection: str, doc_id: str, json_data: str = "{}") -> Mutation:
@@ -173,6 +174,53 @@ def test_a_failing_batch_stores_nothing(store: SQLiteStore, data_dir: Path) -> N
         assert reopened.list_ids("c") == ["after", "before"]
     finally:
         reopened.close()
+
+
+def test_a_full_disk_fails_the_commit_with_its_own_error_and_writes_resume_once_freed(
+    store: SQLiteStore, data_dir: Path
+) -> None:
+    """The error says the disk is full and names the store file, not the "cannot rollback"
+    of a ROLLBACK after SQLite rolled back already; nothing is stored; and once there is
+    room the same store commits again, numbering on from the last commit."""
+    store.commit([put("c", "before")])
+    fill_the_disk(store)
+
+    with pytest.raises(StoreWriteError) as raised:
+        store.commit([put("c", "big", '{"pad": "' + "x" * 100_000 + '"}'), delete("c", "before")])
+
+    path = (data_dir / DATABASE_FILE).absolute()
+    assert str(raised.value) == (
+        f"the disk holding {path} is full (SQLITE_FULL: database or disk is full): free space"
+        " on it; writes succeed again once there is room, without a restart"
+    )
+    assert "rollback" not in str(raised.value)
+    assert store.head_sequence == 1
+    assert store.get("c", "big") is None
+    assert store.get("c", "before") is not None
+
+    free_space(store)
+    assert store.commit([put("c", "after")]) == [Change(2, "c", "after", "{}")]
+    store.close()
+    with closing(SQLiteStore.open(data_dir)) as reopened:
+        assert reopened.head_sequence == 2
+        assert reopened.list_ids("c") == ["after", "before"]
+
+
+def test_a_read_only_store_fails_the_commit_saying_so(store: SQLiteStore, data_dir: Path) -> None:
+    """Other errors of the file get the same care: a store that cannot be written says so,
+    names the file and says what to do; the store writes again once it can."""
+    store._writer.execute("PRAGMA query_only = 1")  # SQLite then answers as for a read-only file
+
+    with pytest.raises(StoreWriteError) as raised:
+        store.commit([put("c", "d")])
+
+    assert str(raised.value) == (
+        f"{(data_dir / DATABASE_FILE).absolute()} cannot be written (SQLITE_READONLY: attempt"
+        " to write a readonly database): make it, its data dir and their file system writable"
+        " by the server's user"
+    )
+    store._writer.execute("PRAGMA query_only = 0")
+    assert store.commit([put("c", "d")]) == [Change(1, "c", "d", "{}")]
 
 
 def test_data_dir_that_is_a_regular_file_gives_a_clear_error(tmp_path: Path) -> None:
