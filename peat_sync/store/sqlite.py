@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Self
 
@@ -25,6 +25,8 @@ from peat_sync.store._types import Change, HistoryPage, Mutation, StoreClosed, S
 
 DATABASE_FILE = "peat.sqlite3"
 WAL_FILE = f"{DATABASE_FILE}-wal"
+# A new store is made under this name and renamed to DATABASE_FILE once complete.
+NEW_DATABASE_FILE = f"{DATABASE_FILE}.new"
 LOCK_FILE = "peat.lock"
 SCHEMA_VERSION = "1"
 
@@ -105,6 +107,14 @@ def _explained(exc: sqlite3.Error, path: Path) -> str | None:
     return f"{happened.format(path=path)} ({exc.sqlite_errorname}: {exc}): {remedy}"
 
 
+def _not_a_store(path: Path, why: str) -> StoreError:
+    return StoreError(
+        f"the store file {path} {why}, so the server will not start on it: a new store is"
+        " created only where there is no store file. To start over with an empty store, move"
+        " the file out of the way; to keep its documents, restore it from a backup"
+    )
+
+
 # A put: insert the document, or replace it (and revive it, if it was deleted).
 _UPSERT = (
     "INSERT INTO documents (collection, doc_id, json_data, sequence) VALUES (?, ?, ?, ?)"
@@ -127,13 +137,22 @@ class SQLiteStore:
         self._reads = 0
         self._reads_done = threading.Condition(self._lock)
         self._closed = False
+        if os.path.lexists(path):
+            _check_holds_a_store(path)
+        else:
+            _create(path)
         self._writer = self._connect()
         self._write_lock = threading.Lock()
-        self._epoch, self._head, self._catch_up_floor = self._initialise()
+        try:
+            self._epoch, self._head, self._catch_up_floor = self._initialise()
+        except BaseException:
+            self._writer.close()
+            raise
 
     @classmethod
     def open(cls, data_dir: Path) -> Self:
-        """Open the store in `data_dir`, creating the directory and the store if needed."""
+        """Open the store in `data_dir`, creating the directory and the store if there is no
+        store file. An existing store file that is not a store is refused, never replaced."""
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
             dir_lock = _lock_data_dir(data_dir)
@@ -223,10 +242,9 @@ class SQLiteStore:
                 raise StoreWriteError(explained) from exc
 
     def _initialise(self) -> tuple[str, int, int]:
+        """Check the store's schema version, bring its indexes up to date, and return its
+        epoch, head and floor."""
         with self._writing() as db:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             version = meta.get("schema_version", SCHEMA_VERSION)
             if version != SCHEMA_VERSION:
@@ -234,13 +252,7 @@ class SQLiteStore:
                     f"{self.path} has schema version {version}; this peat-sync reads version "
                     f"{SCHEMA_VERSION}. Use a peat-sync release that matches the data dir."
                 )
-            if "epoch" not in meta:
-                meta = {
-                    "schema_version": SCHEMA_VERSION,
-                    "epoch": secrets.token_hex(8),
-                    "head_sequence": "0",
-                }
-                db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
+            _create_schema(db)  # what stores made by older releases lack
         # Stores made before tombstone retention existed have purged nothing.
         return meta["epoch"], int(meta["head_sequence"]), int(meta.get("catch_up_floor", "0"))
 
@@ -380,6 +392,72 @@ def _roll_back(db: sqlite3.Connection) -> None:
     if db.in_transaction:
         with suppress(sqlite3.Error):
             db.execute("ROLLBACK")
+
+
+def _check_holds_a_store(path: Path) -> None:
+    """Raise a StoreError unless the file at `path` holds a store, without changing the file:
+    the writer's connection would turn a SQLite database of another kind to WAL mode."""
+    if path.stat().st_size == 0:
+        raise _not_a_store(path, "is empty (0 bytes)")
+    try:
+        with closing(sqlite3.connect(path, isolation_level=None)) as db:
+            has_meta = db.execute(
+                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta'"
+            ).fetchone()
+            has_epoch = has_meta and db.execute("SELECT 1 FROM meta WHERE key = 'epoch'").fetchone()
+    except sqlite3.DatabaseError as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_NOTADB:
+            raise _not_a_store(path, f"is not a SQLite database ({exc})") from exc
+        if code == sqlite3.SQLITE_CORRUPT:
+            raise _not_a_store(path, f"is damaged ({exc})") from exc
+        if code == sqlite3.SQLITE_ERROR:  # a table named meta, but not the store's
+            raise _not_a_store(path, f"holds no peat-sync store ({exc})") from exc
+        raise
+    if not has_epoch:
+        raise _not_a_store(path, "holds no peat-sync store (it has no epoch)")
+
+
+def _create_schema(db: sqlite3.Connection) -> None:
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _create(path: Path) -> None:
+    """Make a new, empty store at `path`, with its epoch.
+
+    It is made under another name and renamed once committed, so that the file at `path`
+    always holds a whole store: a crash midway leaves no store file, and the next start makes
+    a new one, while a store file that is empty or holds no store is refused, never replaced.
+    """
+    wal = path.with_name(WAL_FILE)
+    if os.path.lexists(wal) and wal.stat().st_size > 0:
+        raise StoreError(
+            f"{wal} is left from a store file that is gone ({path}), so the server will not"
+            " create a new store beside it. To start over with an empty store, move it out of"
+            f" the way; to keep its documents, restore {path} from a backup"
+        )
+    new = path.with_name(NEW_DATABASE_FILE)
+    for leftover in (new, new.with_name(f"{NEW_DATABASE_FILE}-journal")):
+        leftover.unlink(missing_ok=True)  # of a creation that a crash cut short
+    with closing(sqlite3.connect(new, isolation_level=None)) as db:
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("BEGIN IMMEDIATE")
+        _create_schema(db)
+        meta = [
+            ("schema_version", SCHEMA_VERSION),
+            ("epoch", secrets.token_hex(8)),
+            ("head_sequence", "0"),
+        ]
+        db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta)
+        db.execute("COMMIT")
+    os.rename(new, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename survives a crash
+    finally:
+        os.close(directory)
 
 
 def _lock_data_dir(data_dir: Path) -> int:

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from peat_sync import wire
 from peat_sync.bench.launcher import START_TIMEOUT, ServerProcess
 from peat_sync.generated.peat.sidecar import v1 as pb
+from peat_sync.store import SQLiteStore
 from peat_sync.store.sqlite import DATABASE_FILE
 from tests.helpers.clients import GrpcioApi, GrpcioClient, RpcFailure, failure_of, get, put, status
 from tests.helpers.waiting import CALL_TIMEOUT
@@ -88,9 +89,8 @@ def lock_store(data_dir: Path) -> sqlite3.Connection:
     """Hold the store's write lock, as another process might: the server's store cannot open
     until the transaction ends. The store waits up to 5 s for the lock (its busy timeout);
     the caller releases it within that."""
-    data_dir.mkdir()
+    SQLiteStore.open(data_dir).close()  # the server opens a store; it creates none in a file
     connection = sqlite3.connect(data_dir / DATABASE_FILE, isolation_level=None)
-    connection.execute("PRAGMA journal_mode=WAL")  # as the store's, so it can read meanwhile
     connection.execute("BEGIN IMMEDIATE")
     return connection
 

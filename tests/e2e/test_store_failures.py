@@ -1,6 +1,6 @@
-"""A store the server cannot write, end to end: a full disk and an I/O error while it serves
+"""A store the server cannot use, end to end: a full disk and an I/O error while it serves
 (the writers are told what happened, it is logged and counted, and writes resume once it is
-fixed)."""
+fixed), and a store file that holds no store at start-up (refused, never replaced)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 
 from peat_sync.bench.launcher import ServerProcess
 from peat_sync.store.sqlite import DATABASE_FILE, WAL_FILE
+from tests.helpers.cli import run_cli
 from tests.helpers.clients import CallFailed, GrpcioApi, GrpcioClient, get, put
 from tests.helpers.metrics import scrape
 from tests.helpers.servers import StartServer
@@ -156,3 +157,28 @@ def test_an_io_error_is_reported_as_such_counted_and_writes_resume_once_fixed(
     (line,) = error_lines(server)
     assert line.endswith(f"commit of 1 changes failed, none stored: {failed}")
     assert "rollback" not in server.log
+
+
+def test_an_empty_store_file_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    """A store file left at 0 bytes (a crash, a bad restore, a mistake) is not turned into a
+    new, empty store: the server exits 1 with one error line that names the file and says how
+    to start over, and leaves the file as it is."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    store_file = data_dir / DATABASE_FILE
+    store_file.touch()
+
+    result = run_cli("serve", "--listen", "tcp://127.0.0.1:0", "--data-dir", str(data_dir))
+
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    (line,) = [line for line in output.splitlines() if " ERROR " in line]
+    assert line.endswith(
+        f"the store file {store_file} is empty (0 bytes), so the server will not start on it:"
+        " a new store is created only where there is no store file. To start over with an"
+        " empty store, move the file out of the way; to keep its documents, restore it from a"
+        " backup"
+    )
+    assert store_file.stat().st_size == 0
+    assert not (data_dir / WAL_FILE).exists()

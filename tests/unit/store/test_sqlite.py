@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import gc
 import os
+import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from peat_sync.store import Change, Mutation, SQLiteStore, StoreClosed, StoredDocument
-from peat_sync.store.sqlite import DATABASE_FILE, StoreError, StoreWriteError
+from peat_sync.store.sqlite import DATABASE_FILE, WAL_FILE, StoreError, StoreWriteError
 from tests.helpers.stores import fill_the_disk, free_space
 
 
@@ -246,13 +247,103 @@ def test_data_dir_below_a_regular_file_gives_a_clear_error(tmp_path: Path) -> No
     assert str(data_dir) in str(raised.value)
 
 
-def test_a_database_file_that_is_not_sqlite_gives_a_clear_error(data_dir: Path) -> None:
-    """A corrupt or foreign database file is refused with a StoreError, not a raw sqlite error."""
-    data_dir.mkdir()
-    (data_dir / DATABASE_FILE).write_bytes(b"this is not a database" * 100)
+def sqlite_database(*statements: str) -> Callable[[Path], None]:
+    """Writes a SQLite database made by `statements` at the path it is given."""
 
-    with pytest.raises(StoreError, match="cannot open the store in"):
+    def write(path: Path) -> None:
+        with closing(sqlite3.connect(path)) as db, db:
+            for statement in statements:
+                db.execute(statement)
+
+    return write
+
+
+@pytest.mark.parametrize(
+    ("write", "why"),
+    [
+        (lambda path: path.write_bytes(b""), "is empty (0 bytes)"),
+        (
+            lambda path: path.write_bytes(b"this is not a database" * 100),
+            "is not a SQLite database (file is not a database)",
+        ),
+        (
+            sqlite_database("CREATE TABLE notes (text TEXT)"),
+            "holds no peat-sync store (it has no epoch)",
+        ),
+        (
+            sqlite_database(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                "INSERT INTO meta VALUES ('schema_version', '1')",
+            ),
+            "holds no peat-sync store (it has no epoch)",
+        ),
+        (
+            sqlite_database("CREATE TABLE meta (name TEXT)"),
+            "holds no peat-sync store (no such column: key)",
+        ),
+    ],
+    ids=["empty", "not-sqlite", "another-database", "no-epoch", "another-meta"],
+)
+def test_a_store_file_that_holds_no_store_is_refused_not_replaced(
+    data_dir: Path, write: Callable[[Path], None], why: str
+) -> None:
+    """Only a data dir without a store file gets a new store. A store file left empty (by a
+    crash, a bad restore, a mistake) or holding something else is refused, left as it is,
+    with a message that names it and says how to start over: move it away."""
+    data_dir.mkdir()
+    path = data_dir / DATABASE_FILE
+    write(path)
+    before = path.read_bytes()
+
+    with pytest.raises(StoreError) as raised:
         SQLiteStore.open(data_dir)
+
+    message = str(raised.value)
+    assert message.startswith(f"the store file {path.absolute()} {why}, "), message
+    assert "To start over with an empty store, move the file out of the way" in message
+    assert path.read_bytes() == before
+    path.rename(data_dir / "moved-away")
+    with closing(SQLiteStore.open(data_dir)) as store:  # as the message says
+        assert store.head_sequence == 0
+
+
+def test_a_wal_file_left_without_its_store_file_is_refused(data_dir: Path) -> None:
+    """A store file moved away without its WAL leaves changes behind that SQLite would apply
+    to a new store: the WAL is refused, named, until it is moved away too."""
+    with closing(SQLiteStore.open(data_dir)) as store:
+        store.commit([put("c", "d")])
+        # Taken while the WAL holds the commit, as a backup tool or a crash might leave it.
+        wal = (data_dir / WAL_FILE).read_bytes()
+    assert wal
+    (data_dir / DATABASE_FILE).unlink()
+    (data_dir / WAL_FILE).write_bytes(wal)
+
+    with pytest.raises(StoreError, match=f"{data_dir.absolute() / WAL_FILE} is left from a"):
+        SQLiteStore.open(data_dir)
+
+    assert (data_dir / WAL_FILE).read_bytes() == wal
+    assert not (data_dir / DATABASE_FILE).exists()
+
+
+def test_a_start_cut_short_while_creating_the_store_leaves_no_store_file(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new store appears under its name only once complete, so a crash while it is made
+    leaves no store file behind (which the next start would refuse), and the next start
+    creates the store."""
+
+    def crash(nbytes: int) -> str:
+        raise KeyboardInterrupt  # stands for the process dying
+
+    with monkeypatch.context() as patched:
+        patched.setattr(secrets, "token_hex", crash)
+        with pytest.raises(KeyboardInterrupt):
+            SQLiteStore.open(data_dir)
+
+    assert not (data_dir / DATABASE_FILE).exists()
+    with closing(SQLiteStore.open(data_dir)) as store:
+        assert store.head_sequence == 0
+        assert store.commit([put("c", "d")]) == [Change(1, "c", "d", "{}")]
 
 
 def test_a_store_of_another_schema_version_is_refused(data_dir: Path) -> None:
