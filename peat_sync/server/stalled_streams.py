@@ -25,8 +25,8 @@ from peat_sync.wire import send_encoded
 
 # Moving an asyncio deadline costs about 5 microseconds, as much as sending a few events, so
 # the deadline moves at most once per 1/DEADLINE_SLACK of the timeout, and lies that much
-# further out: a send gets at least the timeout, and at most 1/16 more.
-DEADLINE_SLACK = 16
+# further out: a send gets at least the timeout, and at most 1/64 more (60.9 s of 60).
+DEADLINE_SLACK = 64
 # How long the trailers of a stalled stream may wait for the connection to take them. They
 # wait only when the client does not even read its socket, which the next send would not
 # change either.
@@ -54,13 +54,14 @@ async def send_within(
     """`send_encoded(stream, payloads, paced=paced)`, each of whose sends must complete
     within `stalled_after` seconds; raises `StreamStalled` when one does not.
 
-    `send_encoded` asks for its next message only once every send before it has completed,
-    so each time it asks is progress, and the deadline is counted from the last time.
+    `send_encoded` asks for its next message only while no send is under way. When it asks
+    and the stream has written bytes since it last asked, sends have completed: that is
+    progress, and the deadline is counted from the last progress (or the start).
     """
     loop = asyncio.get_running_loop()
     slack = stalled_after / DEADLINE_SLACK
     # The HTTP/2 stream counts the bytes it wrote (a private API of grpclib, like the one
-    # `send_encoded` writes through; tests/unit/server/test_stalled_streams.py pins both).
+    # `send_encoded` writes through; tests/unit/server/test_stalled_streams.py covers both).
     http2_stream = stream._stream
     progress_at = moved_at = loop.time()
     sent_at_progress = http2_stream.data_sent
@@ -74,10 +75,13 @@ async def send_within(
             moved_at = progress_at
 
     def counted(payloads: Iterable[bytes]) -> Iterator[bytes]:
+        # Most messages join a send with no write between them: one comparison each.
         for payload in payloads:
-            progress()
+            if http2_stream.data_sent != sent_at_progress:
+                progress()
             yield payload
-        progress()
+        if http2_stream.data_sent != sent_at_progress:
+            progress()
 
     try:
         async with asyncio.timeout_at(moved_at + stalled_after + slack) as deadline:
