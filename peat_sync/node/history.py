@@ -47,7 +47,12 @@ class History:
         return self._store.catch_up_floor
 
     async def changes_after(
-        self, since: int, collections: frozenset[str] | None, limit: int, tombstones_after: int
+        self,
+        since: int,
+        collections: frozenset[str] | None,
+        limit: int,
+        tombstones_after: int,
+        max_bytes: int,
     ) -> HistoryPage:
         """Trio-flavoured: the next page of a catch-up (see `Store.changes_after`)."""
         return await read_store(
@@ -56,5 +61,6 @@ class History:
             collections,
             limit,
             tombstones_after,
+            max_bytes,
             limiter=self._limiter,
         )

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("peat_sync.subscription")
 
+# JSON bytes of one page of a catch-up or snapshot, read from the store, encoded and held until
+# it is sent: a subscriber that stops reading holds one page (and its encoding), however large
+# the store (a page holds one document at least, whatever its size).
+PAGE_BYTES = 2 * 1024 * 1024
+
 
 @dataclass(slots=True)
 class _StoreRead:
@@ -171,7 +176,7 @@ class Subscription:
         read = self._store_read
         assert read is not None
         page = await self._history.changes_after(
-            read.cursor, self.collections, limit, read.tombstones_after
+            read.cursor, self.collections, limit, read.tombstones_after, PAGE_BYTES
         )
         if page.catch_up_floor > max(read.cursor, read.tombstones_after):
             # Tombstones this read still needed were purged while it ran.
@@ -191,7 +196,7 @@ class Subscription:
             if not read.snapshot:
                 # Pages come in sequence order, so a partial catch-up is a valid resume point.
                 self.position = read.cursor
-        if len(page.changes) < limit:
+        if page.complete:
             self._store_read = None
             self.position = page.head_sequence
             log.info(

@@ -49,6 +49,7 @@ class HistoryPage:
     changes: list[Change]  # latest state of each document, tombstones as deletes
     head_sequence: int
     catch_up_floor: int
+    complete: bool  # no further change matched: the read is done at this page
 
 
 class Store(Protocol):
@@ -79,10 +80,16 @@ class Store(Protocol):
     def list_documents(self, collection: str) -> list[StoredDocument]: ...
 
     def changes_after(
-        self, since: int, collections: frozenset[str] | None, limit: int, tombstones_after: int
+        self,
+        since: int,
+        collections: frozenset[str] | None,
+        limit: int,
+        tombstones_after: int,
+        max_bytes: int,
     ) -> HistoryPage:
         """Up to `limit` documents of `collections` (None: all) last changed after `since`, in
-        sequence order, with the head and floor read in the same transaction.
+        sequence order, with the head and floor read in the same transaction: no more than
+        reach `max_bytes` of JSON, and at least one.
 
         A tombstone is included only if it is newer than `tombstones_after`.
         """

@@ -320,7 +320,12 @@ class SQLiteStore:
         return [StoredDocument(collection, *row) for row in rows]
 
     def changes_after(
-        self, since: int, collections: frozenset[str] | None, limit: int, tombstones_after: int
+        self,
+        since: int,
+        collections: frozenset[str] | None,
+        limit: int,
+        tombstones_after: int,
+        max_bytes: int,
     ) -> HistoryPage:
         query = (
             "SELECT sequence, collection, doc_id, json_data FROM documents WHERE sequence > ?"
@@ -336,7 +341,13 @@ class SQLiteStore:
             # One read transaction: the rows, the head and the floor come from one snapshot.
             db.execute("BEGIN")
             try:
-                changes = [Change(*row) for row in db.execute(query, parameters)]
+                changes: list[Change] = []
+                size = 0
+                rows = db.execute(query, parameters)
+                while size < max_bytes and (row := rows.fetchone()) is not None:
+                    changes.append(Change(*row))
+                    size += len(row[3] or "")
+                complete = size < max_bytes and len(changes) < limit
                 meta = dict(
                     db.execute(
                         "SELECT key, value FROM meta"
@@ -346,7 +357,7 @@ class SQLiteStore:
             finally:
                 db.execute("COMMIT")
         return HistoryPage(
-            changes, int(meta["head_sequence"]), int(meta.get("catch_up_floor", "0"))
+            changes, int(meta["head_sequence"]), int(meta.get("catch_up_floor", "0")), complete
         )
 
     def purge_tombstones(self, deleted_before: float, limit: int) -> int:

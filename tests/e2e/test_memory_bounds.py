@@ -17,6 +17,11 @@ from peat_sync import wire
 from peat_sync.bench.launcher import ServerProcess
 from peat_sync.generated.peat.sidecar import v1 as pb
 from tests.helpers.servers import StartServer
+from tests.helpers.streams import (
+    grpclib_subscribe,
+    small_window_config,
+    wait_for_subscribers_async,
+)
 from tests.helpers.waiting import run_scenario
 
 MiB = 1024 * 1024
@@ -151,3 +156,50 @@ def test_legal_large_requests_wait_for_room_and_all_commit(start_server: StartSe
     assert sorted(s for each in sequences for s in each) == list(range(1, 49))
     # Each request is parsed into Python objects beside its bytes: count it twice.
     assert rss(server) < before + 2 * inflight + replay_log + SLACK
+
+
+def test_snapshot_subscribers_that_stop_reading_hold_a_page_each(
+    start_server: StartServer,
+) -> None:
+    """Four subscribers ask for a snapshot of 160 documents of 1 MiB and read nothing. Before,
+    each held a page of up to 512 documents until it was sent (about 570 MiB each); now a
+    page holds about 2 MiB of documents (docs/operations.md): each costs a page and its
+    encoding."""
+    server = start_server("--replay-log-bytes", "8MiB")
+
+    async def load() -> None:
+        async with grpclib.client.Channel(*host_port(server)) as channel:
+            stub = pb.PeatSidecarStub(channel)
+            for batch in range(4):
+                await stub.write_documents(big_writes(40, MiB, f"b{batch}"))
+
+    run_scenario(load, timeout=120)
+    before = rss(server)
+
+    async def stalled_snapshots() -> int:
+        channels = [
+            grpclib.client.Channel(*host_port(server), config=small_window_config())
+            for _ in range(4)
+        ]
+        try:
+            async with contextlib.AsyncExitStack() as streams:
+                for channel in channels:
+                    await streams.enter_async_context(
+                        grpclib_subscribe(channel, pb.SubscribeRequest(snapshot=True))
+                    )
+                await wait_for_subscribers_async(pb.PeatSidecarStub(channels[0]), 4)
+                # Each stream's first page is read and encoded, then its send blocks.
+                peak = 0
+                for _ in range(20):
+                    peak = max(peak, rss(server))
+                    await asyncio.sleep(0.1)
+                return peak
+        finally:
+            for channel in channels:
+                channel.close()
+
+    peak = run_scenario(stalled_snapshots)
+
+    # A page: 2 MiB of documents and one more that crosses the bound, and their encoding.
+    page_in_memory = 2 * (2 * MiB + MiB)
+    assert peak < before + 4 * page_in_memory + SLACK

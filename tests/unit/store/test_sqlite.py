@@ -17,6 +17,8 @@ from peat_sync.store import Change, Mutation, SQLiteStore, StoreClosed, StoredDo
 from peat_sync.store.sqlite import DATABASE_FILE, WAL_FILE, StoreError, StoreWriteError
 from tests.helpers.stores import fill_the_disk, free_space
 
+MiB = 1024 * 1024
+
 
 def put(collection: str, doc_id: str, json_data: str = "{}") -> Mutation:
     return Mutation(collection, doc_id, json_data)
@@ -366,7 +368,7 @@ def test_changes_after_gives_the_latest_state_of_each_changed_document_in_sequen
     head it was read at."""
     store.commit([put("c", "a", "1"), put("c", "b"), put("o", "x")])  # 1..3
     store.commit([put("c", "a", "2"), delete("c", "b"), put("c", "n")])  # 4..6
-    page = store.changes_after(1, None, 100, tombstones_after=1)
+    page = store.changes_after(1, None, 100, tombstones_after=1, max_bytes=MiB)
     assert page.changes == [
         Change(3, "o", "x", "{}"),
         Change(4, "c", "a", "2"),
@@ -379,13 +381,31 @@ def test_changes_after_gives_the_latest_state_of_each_changed_document_in_sequen
 def test_changes_after_filters_collections_pages_and_old_tombstones(store: SQLiteStore) -> None:
     """The collection filter, the page limit and `tombstones_after` all narrow the read."""
     store.commit([put("c", "a"), put("o", "x"), put("c", "b"), delete("c", "a"), put("p", "y")])
-    only_c = store.changes_after(0, frozenset({"c"}), 100, tombstones_after=0)
+    only_c = store.changes_after(0, frozenset({"c"}), 100, tombstones_after=0, max_bytes=MiB)
     assert [(c.sequence, c.doc_id) for c in only_c.changes] == [(3, "b"), (4, "a")]
-    first_page = store.changes_after(0, None, 2, tombstones_after=0)
+    first_page = store.changes_after(0, None, 2, tombstones_after=0, max_bytes=MiB)
     assert [c.sequence for c in first_page.changes] == [2, 3]
     # A snapshot has no use for tombstones older than its start.
-    snapshot = store.changes_after(0, None, 100, tombstones_after=4)
+    snapshot = store.changes_after(0, None, 100, tombstones_after=4, max_bytes=MiB)
     assert [c.sequence for c in snapshot.changes] == [2, 3, 5]
+
+
+def test_a_page_stops_at_its_byte_bound_and_says_whether_the_read_is_done(
+    store: SQLiteStore,
+) -> None:
+    """A page holds documents until their JSON reaches `max_bytes`, one at least; only a page
+    that found every remaining change is complete."""
+    kib = "x" * 1024
+    store.commit([put("c", f"d{n}", f'{{"pad": "{kib}"}}') for n in range(5)])  # 1..5
+    pages = [store.changes_after(0, None, 100, tombstones_after=0, max_bytes=2500)]
+    while not pages[-1].complete:
+        cursor = pages[-1].changes[-1].sequence
+        pages.append(store.changes_after(cursor, None, 100, tombstones_after=0, max_bytes=2500))
+    assert [[c.sequence for c in page.changes] for page in pages] == [[1, 2, 3], [4, 5]]
+    one = store.changes_after(0, None, 100, tombstones_after=0, max_bytes=1)
+    assert ([c.sequence for c in one.changes], one.complete) == ([1], False)
+    counted = store.changes_after(0, None, 5, tombstones_after=0, max_bytes=MiB)
+    assert (len(counted.changes), counted.complete) == (5, False), "a full page may have more"
 
 
 def test_purging_removes_only_expired_tombstones_and_raises_the_floor(
@@ -401,7 +421,7 @@ def test_purging_removes_only_expired_tombstones_and_raises_the_floor(
     assert store.catch_up_floor == 4, "the oldest tombstone goes first"
     assert store.purge_tombstones(deleted_before=float("inf"), limit=100) == 1
     assert store.catch_up_floor == 5
-    page = store.changes_after(0, None, 100, tombstones_after=0)
+    page = store.changes_after(0, None, 100, tombstones_after=0, max_bytes=MiB)
     assert [c.doc_id for c in page.changes] == ["keep"]
     assert page.catch_up_floor == 5
     store.close()
@@ -428,7 +448,7 @@ def test_reads_from_ever_new_threads_do_not_leak_connections(store: SQLiteStore)
 
     def read() -> None:
         assert store.get("c", "a") is not None
-        store.changes_after(0, None, 10, tombstones_after=0)
+        store.changes_after(0, None, 10, tombstones_after=0, max_bytes=MiB)
 
     def open_files() -> int:
         return len(list(Path("/proc/self/fd").iterdir()))
@@ -456,7 +476,7 @@ def test_close_waits_for_reads_under_way_and_refuses_later_ones(data_dir: Path) 
         try:
             while True:
                 started.set()
-                page = store.changes_after(0, None, 20_000, tombstones_after=0)
+                page = store.changes_after(0, None, 20_000, tombstones_after=0, max_bytes=MiB)
                 outcomes.append(len(page.changes))
         except StoreClosed as exc:
             outcomes.append(exc)
