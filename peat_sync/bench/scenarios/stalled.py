@@ -98,21 +98,25 @@ def stalled(bench: Bench) -> ScenarioResult:
             [replace(reader, window=HTTP2_WINDOW), *[reader] * readers], "subscriber"
         )
         stalled_one, others = subscribers[0], subscribers[1:]
-        # The writers go on for one stall longer than the phases take: on a loaded machine
-        # the wait for the others to reach the head before the stall takes seconds, and a
-        # stall without writes would measure no growth at all.
-        total = sizes.stall_warmup + 2 * sizes.stall_seconds + sizes.stall_after
         with workers(*subscribers):
-            writers = start_writers(paced(bench, server, total))
-            with workers(*writers):
-                for worker in writers:
+            # Writers of each phase. Those of the stall start when it does: on a loaded
+            # machine, writers of one schedule fall behind during the warm-up and catch up in
+            # a burst, which could land every write before the stall and leave it none to
+            # measure growth by.
+            warming = start_writers(paced(bench, server, sizes.stall_warmup))
+            stalling = start_writers(paced(bench, server, sizes.stall_seconds + sizes.stall_after))
+            with workers(*warming, *stalling):
+                for worker in warming:
                     worker.send("go")
                 bench.progress(f"all {readers + 1} reading for {sizes.stall_warmup:g} s")
                 start, _ = head(server)
                 reading = _sample_rss(server, sizes.stall_warmup, start)
-                stall_start, _ = head(server)
-                before = collect(others, stall_start)
+                warm = Written.merge([w.expect("report")["report"] for w in warming])
+                before = collect(others, warm.last_sequence)
                 stalled_one.signal(signal.SIGSTOP)
+                stall_start, _ = head(server)
+                for worker in stalling:
+                    worker.send("go")
                 bench.progress(f"subscriber 1 stopped for {sizes.stall_seconds:g} s")
                 stopped = _sample_rss(server, sizes.stall_seconds, stall_start)
                 stall_end, _ = head(server)
@@ -120,7 +124,7 @@ def stalled(bench: Bench) -> ScenarioResult:
                 stalled_one.signal(signal.SIGCONT)
                 resumed_ns = time.monotonic_ns()
                 bench.progress("subscriber 1 resumed")
-                written = Written.merge([w.expect("report")["report"] for w in writers])
+                written = Written.merge([w.expect("report")["report"] for w in stalling])
             collect(others, written.last_sequence)
             back = collect([stalled_one], written.last_sequence)
             if _catching_up(back.controls):  # it is at the head: the catch-up ends next
@@ -139,7 +143,7 @@ def stalled(bench: Bench) -> ScenarioResult:
     kind = resume_kind(back.controls)
     back_seconds = _recovered_ns(back, resumed_ns) / 1e9
     result.rows += [
-        Row(f"{readers} others, all reading", written.rate, Latency.of(before.latency)),
+        Row(f"{readers} others, all reading", warm.rate, Latency.of(before.latency)),
         Row(
             f"{readers} others, one stopped",
             None,
@@ -170,7 +174,7 @@ def stalled(bench: Bench) -> ScenarioResult:
         stalled_events=back.data,
         stalled_recovery_seconds=back_seconds,
         lag_events=lag_events,
-        writer_rate=written.rate,
+        writer_rate=warm.rate,
     )
     result.notes += [
         f"per s: PutDocument/s the writer achieved (asked: {rate:,}); / base: the others' p99"
@@ -183,7 +187,7 @@ def stalled(bench: Bench) -> ScenarioResult:
         "server RSS while one is stopped (MiB at events produced since): "
         + ", ".join(_rss_text(e, r) for e, r in _thinned(stopped, PRINTED_SAMPLES)),
     ]
-    result.notes += shortfall(rate, written.rate)
+    result.notes += shortfall(rate, warm.rate)
     if bench.addr is None:
         result.notes.append(
             f"the server runs with --replay-log-size {log} (filled first), so that the stall"
