@@ -314,6 +314,7 @@ SERVE_OPTIONS = (
         " is cut off with its resume point, freeing its slot; longer than --heartbeat-interval"
         " (30s, 1m ...)",
         show=show_duration,
+        unset="1m, or 3 heartbeat intervals if longer",
     ),
     _node(
         "--tombstone-retention",
@@ -618,10 +619,11 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
 
 def _check_stalled_stream_timeout(node: NodeConfig) -> None:
     """A client is told to wait a few heartbeat intervals before it gives up on a silent
-    stream; the server gives a client that reads nothing no less than one."""
-    if node.stalled_stream_timeout <= node.heartbeat_interval:
+    stream; the server gives a client that reads nothing no less than one. (The default
+    follows the heartbeat interval.)"""
+    if node.stalled_stream_timeout is not None and node.stalled_after <= node.heartbeat_interval:
         raise ConfigError(
-            f"--stalled-stream-timeout ({show_duration(node.stalled_stream_timeout)}) must be"
+            f"--stalled-stream-timeout ({show_duration(node.stalled_after)}) must be"
             f" longer than --heartbeat-interval ({show_duration(node.heartbeat_interval)}):"
             " raise the first, or lower the second"
         )

@@ -54,8 +54,16 @@ class NodeConfig:
     heartbeat_interval: float = 10.0  # seconds of silence before an idle stream gets one
     tombstone_retention: float = 24 * 3600.0  # seconds a delete stays available to catch-ups
     # Seconds a send on a Subscribe stream may make no progress (its client reads nothing)
-    # before the server cuts the stream off; longer than `heartbeat_interval`.
-    stalled_stream_timeout: float = 60.0
+    # before the server cuts the stream off; longer than `heartbeat_interval`. None: a minute,
+    # or three heartbeat intervals if that is longer (see `stalled_after`).
+    stalled_stream_timeout: float | None = None
+
+    @property
+    def stalled_after(self) -> float:
+        """The stalled-stream timeout in effect."""
+        if self.stalled_stream_timeout is not None:
+            return self.stalled_stream_timeout
+        return max(60.0, 3 * self.heartbeat_interval)
 
 
 class Node:

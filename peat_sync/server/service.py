@@ -365,7 +365,7 @@ class SidecarService(pb.PeatSidecarBase):
             )
             await stream.send_initial_metadata()  # then each message is only its bytes
             pump = BatchPump(functools.partial(subscription.next_batch, SEND_BATCH))
-            stalled_after = self.node.config.stalled_stream_timeout
+            stalled_after = self.node.config.stalled_after
             # Where the client resumes once every batch sent so far has arrived.
             resume_point = subscription.resume_point
             # Few streams: the server has CPU to spare, and readers take paced messages
