@@ -23,7 +23,7 @@ from peat_sync.address import ListenAddress
 from peat_sync.bench.sizes import QUICK, SCENARIO_SUMMARIES, Sizes
 from peat_sync.client.client import DEFAULT_ADDRESS, DEFAULT_TIMEOUT
 from peat_sync.node import NodeConfig
-from peat_sync.server.config import ServeConfig
+from peat_sync.server.config import MESSAGE_OVERHEAD_BYTES, ServeConfig
 
 ENV_PREFIX = "PEAT_SIDECAR_"
 
@@ -200,7 +200,7 @@ class Option:
 
     @property
     def dest(self) -> str:
-        return self.flag.removeprefix("--").replace("-", "_")
+        return _dest(self.flag)
 
     def describe(self) -> str:
         """The help line, with the default and the variable."""
@@ -214,8 +214,13 @@ class Option:
         return f"{self.help}{default}{env}"
 
 
+def _dest(flag: str) -> str:
+    """The name of a flag's value: its configuration field, and its variable's suffix."""
+    return flag.removeprefix("--").replace("-", "_")
+
+
 def _env(flag: str) -> str:
-    return ENV_PREFIX + flag.removeprefix("--").replace("-", "_").upper()
+    return ENV_PREFIX + _dest(flag).upper()
 
 
 def _defaults(config: type[Any]) -> dict[str, Any]:
@@ -233,7 +238,7 @@ def _configured(config: type[Any]) -> Callable[..., Option]:
     names = {field.name for field in dataclasses.fields(config)}
 
     def option(flag: str, parse: Callable[[str], Any], help: str, **extra: Any) -> Option:
-        dest = flag.removeprefix("--").replace("-", "_")
+        dest = _dest(flag)
         if dest not in names:  # a typo would otherwise pass silently
             raise AssertionError(f"{config.__name__} has no field {dest} for {flag}")
         return Option(flag, parse, help, defaults.get(dest), _env(flag), **extra)
@@ -242,6 +247,8 @@ def _configured(config: type[Any]) -> Callable[..., Option]:
 
 
 _node = _configured(NodeConfig)
+# What --max-message-bytes is unless given (`ServeConfig.request_limits`).
+DERIVED_MESSAGE_LIMIT = f"--max-document-bytes + {show_byte_size(MESSAGE_OVERHEAD_BYTES)}"
 _serve = _configured(ServeConfig)
 
 SERVE_OPTIONS = (
@@ -336,7 +343,7 @@ SERVE_OPTIONS = (
         byte_size,
         "largest request of any other RPC, refused the same way",
         show=show_byte_size,
-        unset="--max-document-bytes + 64KiB",
+        unset=DERIVED_MESSAGE_LIMIT,
     ),
     _serve(
         "--max-inflight-request-bytes",
@@ -641,7 +648,7 @@ def _check_request_limits(config: ServeConfig) -> None:
     if limits.max_message_bytes > limits.max_request_bytes:
         raise ConfigError(
             f"the largest single request ({limits.max_message_bytes:,} bytes: --max-message-bytes,"
-            " or --max-document-bytes + 64KiB) is more than --max-request-bytes"
+            f" or {DERIVED_MESSAGE_LIMIT}) is more than --max-request-bytes"
             f" ({limits.max_request_bytes:,}), the most one connection may hold: raise"
             " --max-request-bytes"
         )
