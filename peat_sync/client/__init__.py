@@ -1,5 +1,5 @@
 """The peat-sync client library (asyncio-flavoured; from trio, cross with
-`peat_sync.server.bridge`).
+`peat_sync.bridge`).
 
     async with Client("127.0.0.1:50051") as client:
         sequence = await client.put("commands", "c1", {"status": "pending"})

@@ -18,7 +18,7 @@ import trio
 from peat_sync import tls
 from peat_sync.address import ListenAddress
 from peat_sync.node import open_node
-from peat_sync.server.bridge import call_asyncio, open_asyncio_loop
+from peat_sync.bridge import call_asyncio, open_asyncio_loop
 from peat_sync.server.config import ServeConfig
 from peat_sync.server.grpc_server import GrpcServer
 from peat_sync.server.metrics import serving_metrics

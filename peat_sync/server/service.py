@@ -26,7 +26,7 @@ from peat_sync.node import (
 )
 from peat_sync.node.validation import excerpt
 from peat_sync.server import typed
-from peat_sync.server.bridge import BatchPump, call_nowait, call_trio
+from peat_sync.bridge import BatchPump, call_nowait, call_trio
 from peat_sync.server.request_limits import RequestAdmission, RequestLimits
 from peat_sync.server.stalled_streams import StreamStalled, cut_off, send_within
 from peat_sync.store import Mutation

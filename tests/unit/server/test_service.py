@@ -19,7 +19,7 @@ from grpclib.testing import ChannelFor
 
 from peat_sync.generated.peat.sidecar import v1 as pb
 from peat_sync.node import Node, NodeConfig, QueueFull, open_node
-from peat_sync.server.bridge import call_asyncio, enter_asyncio, open_asyncio_loop
+from peat_sync.bridge import call_asyncio, enter_asyncio, open_asyncio_loop
 from peat_sync.server.codec import RequestCodec
 from peat_sync.server.config import ServeConfig
 from peat_sync.server.request_limits import RequestLimits

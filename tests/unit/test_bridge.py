@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio_asyncio
 
-from peat_sync.server.bridge import BatchPump, call_asyncio, call_trio
+from peat_sync.bridge import BatchPump, call_asyncio, call_trio
 
 DEADLINE = 10
 
