@@ -40,6 +40,11 @@ PUT_DOCUMENT = rpc_path("PutDocument")
 WRITE_DOCUMENTS = rpc_path("WriteDocuments")
 SUBSCRIBE = rpc_path("Subscribe")
 SUBSCRIBE_BATCHED = rpc_path("SubscribeBatched")
+DELETE_DOCUMENT = rpc_path("DeleteDocument")
+
+# The trailing metadata of a write refused with FAILED_PRECONDITION (its expected_sequence
+# did not hold): the document's current sequence, 0 when it does not exist.
+CURRENT_SEQUENCE_TRAILER = "peat-current-sequence"
 
 
 @functools.cache

@@ -21,18 +21,21 @@ from typing import Any
 from peat_sync.cli.options import (
     CLIENT_OPTIONS,
     WATCH_OPTIONS,
+    WRITE_OPTIONS,
     ConfigError,
+    Option,
     add_options,
     client_tls,
     resolve,
 )
-from peat_sync.client import ChangeType, Client, Rejected, Unavailable
+from peat_sync.client import ChangeType, Client, PreconditionFailed, Rejected, Unavailable
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_REJECTED = 4
+EXIT_CHANGED = 5
 EXIT_INTERRUPTED = 130  # as shells report a command that Ctrl-C stopped
 
 EXIT_CODES = f"""exit codes:
@@ -41,6 +44,7 @@ EXIT_CODES = f"""exit codes:
   {EXIT_USAGE}  bad command line
   {EXIT_UNAVAILABLE}  the server cannot be reached or cannot serve now; retrying may work
   {EXIT_REJECTED}  the server rejected the request (the message says why)
+  {EXIT_CHANGED}  --expected-sequence did not hold: the document changed since
   {EXIT_INTERRUPTED}  interrupted by Ctrl-C (watch: 0, its normal end)"""
 
 HELP_WIDTH = 79
@@ -64,7 +68,9 @@ async def put(client: Client, args: argparse.Namespace) -> int:
         text = sys.stdin.read()
     else:
         text = args.json
-    sequence = await client.put(args.collection, args.doc_id, text)
+    sequence = await client.put(
+        args.collection, args.doc_id, text, expected_sequence=args.expected_sequence
+    )
     _print_json({"collection": args.collection, "doc_id": args.doc_id, "sequence": sequence})
     return EXIT_OK
 
@@ -79,7 +85,9 @@ async def get(client: Client, args: argparse.Namespace) -> int:
 
 
 async def delete(client: Client, args: argparse.Namespace) -> int:
-    sequence = await client.delete(args.collection, args.doc_id)
+    sequence = await client.delete(
+        args.collection, args.doc_id, expected_sequence=args.expected_sequence
+    )
     _print_json({"collection": args.collection, "doc_id": args.doc_id, "sequence": sequence})
     return EXIT_OK
 
@@ -157,6 +165,7 @@ def add_client_commands(commands: argparse._SubParsersAction[Any]) -> None:
     )
     add_document_arguments(parser)
     parser.add_argument("json", nargs="?", metavar="JSON", help="the document, as a JSON object")
+    add_options(parser, WRITE_OPTIONS)
 
     parser = add("get", get, "print a document", "Print a document's JSON as it was stored.")
     add_document_arguments(parser)
@@ -169,6 +178,7 @@ def add_client_commands(commands: argparse._SubParsersAction[Any]) -> None:
         " does not exist succeeds and prints sequence 0.",
     )
     add_document_arguments(parser)
+    add_options(parser, WRITE_OPTIONS)
 
     parser = add("list", list_ids, "list a collection's doc_ids", "Print one doc_id per line.")
     parser.add_argument("collection", help="the collection")
@@ -196,6 +206,14 @@ def add_client_commands(commands: argparse._SubParsersAction[Any]) -> None:
     add_options(parser, WATCH_OPTIONS)
 
 
+# The options of a command besides CLIENT_OPTIONS.
+_COMMAND_OPTIONS: dict[Command, tuple[Option, ...]] = {
+    put: WRITE_OPTIONS,
+    delete: WRITE_OPTIONS,
+    watch: WATCH_OPTIONS,
+}
+
+
 async def _run(command: Command, client: Client, args: argparse.Namespace) -> int:
     async with client:
         return await command(client, args)
@@ -203,9 +221,7 @@ async def _run(command: Command, client: Client, args: argparse.Namespace) -> in
 
 def run_client_command(command: Command, args: argparse.Namespace) -> int:
     """Run a client command; returns the exit code. ConfigError for a bad option."""
-    values = resolve(
-        (*CLIENT_OPTIONS, *(WATCH_OPTIONS if command is watch else ())), args, os.environ
-    )
+    values = resolve((*CLIENT_OPTIONS, *_COMMAND_OPTIONS.get(command, ())), args, os.environ)
     args = argparse.Namespace(**{**vars(args), **values})
     try:
         client = Client(args.addr, timeout=args.timeout, ssl=client_tls(values))
@@ -215,6 +231,8 @@ def run_client_command(command: Command, args: argparse.Namespace) -> int:
         return asyncio.run(_run(command, client, args))
     except Unavailable as exc:
         return _fail(str(exc), EXIT_UNAVAILABLE)
+    except PreconditionFailed as exc:
+        return _fail(f"precondition failed: {exc}", EXIT_CHANGED)
     except Rejected as exc:
         return _fail(f"rejected: {exc}", EXIT_REJECTED)
     except (KeyboardInterrupt, asyncio.CancelledError):

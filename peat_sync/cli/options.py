@@ -444,6 +444,19 @@ WATCH_OPTIONS = (
     Option("--heartbeats", bool, "print heartbeat lines too (idle streams)", switch=True),
 )
 
+# put and delete: a compare-and-set. No variable: a precondition belongs to one call.
+WRITE_OPTIONS = (
+    Option(
+        "--expected-sequence",
+        sequence_number,
+        "only if the document's last change is at sequence N (as put, delete or watch printed"
+        " it); 0: only if it does not exist. Otherwise nothing changes, and the command exits"
+        " 5 naming the current sequence",
+        metavar="N",
+        unset="unconditional",
+    ),
+)
+
 BENCH_OPTIONS = (
     Option(
         "--addr",

@@ -16,7 +16,7 @@ from peat_sync.client.client import (
     default_address,
 )
 from peat_sync.client.copy import AppliedChange, ConsistentCopy
-from peat_sync.client.errors import ClientError, Rejected, Unavailable
+from peat_sync.client.errors import ClientError, PreconditionFailed, Rejected, Unavailable
 from peat_sync.client.events import ChangeType, Event, ResyncReason
 from peat_sync.client.mirror import Mirror
 from peat_sync.client.subscription import Backoff, ResilientSubscription
@@ -33,6 +33,7 @@ __all__ = [
     "Document",
     "Event",
     "Mirror",
+    "PreconditionFailed",
     "Rejected",
     "ResilientSubscription",
     "ResyncReason",

@@ -12,12 +12,15 @@ from typing import Any, TypeVar
 
 import grpclib.client
 import grpclib.config
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError
 
 from peat_sync.address import ListenAddress
-from peat_sync.client.errors import CALL_FAILURES, client_error
+from peat_sync.client.errors import CALL_FAILURES, PreconditionFailed, client_error
 from peat_sync.client.mirror import Mirror
 from peat_sync.client.subscription import Backoff, ResilientSubscription
 from peat_sync.generated.peat.sidecar import v1 as pb
+from peat_sync.wire import CURRENT_SEQUENCE_TRAILER, DELETE_DOCUMENT, PUT_DOCUMENT
 
 T = TypeVar("T")
 
@@ -129,6 +132,34 @@ class Client:
         except CALL_FAILURES as exc:
             raise client_error(exc, self.address) from exc
 
+    async def _write(
+        self,
+        path: str,
+        request: pb.PutDocumentRequest | pb.DeleteDocumentRequest,
+        reply_type: type[T],
+    ) -> T:
+        """A unary write to the RPC at `path`; a failed expected_sequence raises
+        `PreconditionFailed` with the current sequence from the call's trailing metadata,
+        which the generated stub does not expose."""
+        stream = self.channel.request(
+            path, Cardinality.UNARY_UNARY, type(request), reply_type, timeout=self.timeout
+        )
+        try:
+            async with stream:
+                await stream.send_message(request, end=True)
+                reply = await stream.recv_message()
+        except GRPCError as exc:
+            if exc.status is Status.FAILED_PRECONDITION and request.expected_sequence is not None:
+                raise PreconditionFailed(
+                    exc.message or "the document changed: re-read it and retry",
+                    _current_sequence(stream.trailing_metadata),
+                ) from exc
+            raise client_error(exc, self.address) from exc
+        except CALL_FAILURES as exc:
+            raise client_error(exc, self.address) from exc
+        assert reply is not None
+        return reply
+
     # Lifecycle ---------------------------------------------------------------------------
 
     async def status(self) -> pb.GetStatusResponse:
@@ -137,13 +168,26 @@ class Client:
 
     # Documents ---------------------------------------------------------------------------
 
-    async def put(self, collection: str, doc_id: str, document: Mapping[str, Any] | str) -> int:
+    async def put(
+        self,
+        collection: str,
+        doc_id: str,
+        document: Mapping[str, Any] | str,
+        *,
+        expected_sequence: int | None = None,
+    ) -> int:
         """Store a JSON object (a mapping, or JSON text); returns the sequence it was
-        committed at, once it is durable."""
+        committed at, once it is durable.
+
+        With `expected_sequence`, only if the document's last change is at that sequence (0:
+        only if it does not exist); else `PreconditionFailed`, and nothing is stored."""
         request = pb.PutDocumentRequest(
-            collection=collection, doc_id=doc_id, json_data=encode_document(document)
+            collection=collection,
+            doc_id=doc_id,
+            json_data=encode_document(document),
+            expected_sequence=expected_sequence,
         )
-        return (await self._call(self.stub.put_document, request)).sequence
+        return (await self._write(PUT_DOCUMENT, request, pb.PutDocumentResponse)).sequence
 
     async def get(self, collection: str, doc_id: str) -> Document | None:
         """The document, or None when there is none."""
@@ -153,11 +197,18 @@ class Client:
             return None
         return Document(collection, doc_id, response.json_data, response.sequence)
 
-    async def delete(self, collection: str, doc_id: str) -> int:
+    async def delete(
+        self, collection: str, doc_id: str, *, expected_sequence: int | None = None
+    ) -> int:
         """Delete a document; returns the sequence of the delete, or 0 when there was
-        nothing to delete."""
-        request = pb.DeleteDocumentRequest(collection=collection, doc_id=doc_id)
-        return (await self._call(self.stub.delete_document, request)).sequence
+        nothing to delete.
+
+        With `expected_sequence`, only if the document's last change is at that sequence (0:
+        only if it does not exist, which deletes nothing); else `PreconditionFailed`."""
+        request = pb.DeleteDocumentRequest(
+            collection=collection, doc_id=doc_id, expected_sequence=expected_sequence
+        )
+        return (await self._write(DELETE_DOCUMENT, request, pb.DeleteDocumentResponse)).sequence
 
     async def list_ids(self, collection: str) -> list[str]:
         """The doc_ids of a collection, sorted."""
@@ -272,3 +323,11 @@ class Client:
     ) -> Mirror:
         """A local copy of `collections`, kept equal to the store; see `Mirror`."""
         return Mirror(self, collections, backoff=backoff, silence_timeout=silence_timeout)
+
+
+def _current_sequence(trailers: Mapping[str, str | bytes] | None) -> int | None:
+    """The current sequence a refused write's trailers carry, None when they do not."""
+    value = None if trailers is None else trailers.get(CURRENT_SEQUENCE_TRAILER)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None

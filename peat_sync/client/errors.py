@@ -39,6 +39,16 @@ class Rejected(ClientError):
         self.status = status
 
 
+class PreconditionFailed(Rejected):
+    """A put or delete with `expected_sequence` found the document changed since: re-read it
+    and retry. `current_sequence` is the document's sequence now (0: it does not exist), or
+    None when the server did not say."""
+
+    def __init__(self, message: str, current_sequence: int | None) -> None:
+        super().__init__(Status.FAILED_PRECONDITION, message)
+        self.current_sequence = current_sequence
+
+
 def client_error(exc: BaseException, address: str) -> ClientError:
     """The `ClientError` that stands for a grpclib or socket failure of a call to `address`."""
     if isinstance(exc, GRPCError):

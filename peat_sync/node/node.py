@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import trio
 
-from peat_sync.node.errors import LimitExceeded, RequestError
+from peat_sync.node.errors import InvalidRequest, LimitExceeded, RequestError
 from peat_sync.node.events import ChangeEvent
 from peat_sync.node.feed import ChangeFeed
 from peat_sync.node.history import History, read_store
@@ -116,15 +116,23 @@ class Node:
     def feed(self) -> ChangeFeed:
         return self._feed
 
-    async def put(self, collection: str, doc_id: str, json_data: str) -> int:
-        """Store a JSON object; returns the sequence it was committed at."""
-        return _only_sequence(
-            await self._producer.write([self._checked(collection, doc_id, json_data)])
-        )
+    async def put(
+        self, collection: str, doc_id: str, json_data: str, *, expected_sequence: int | None = None
+    ) -> int:
+        """Store a JSON object; returns the sequence it was committed at. With
+        `expected_sequence`, only if the document is still at it (see `Mutation`), else
+        `PreconditionFailed`."""
+        mutation = self._checked(collection, doc_id, json_data, expected_sequence)
+        return _only_sequence(await self._producer.write([mutation]))
 
-    async def delete(self, collection: str, doc_id: str) -> int:
-        """Delete a document; returns the sequence of the delete, or 0 if it did not exist."""
-        return _only_sequence(await self._producer.write([self._checked(collection, doc_id, None)]))
+    async def delete(
+        self, collection: str, doc_id: str, *, expected_sequence: int | None = None
+    ) -> int:
+        """Delete a document; returns the sequence of the delete, or 0 if it did not exist.
+        With `expected_sequence`, only if the document is still at it (see `Mutation`), else
+        `PreconditionFailed`."""
+        mutation = self._checked(collection, doc_id, None, expected_sequence)
+        return _only_sequence(await self._producer.write([mutation]))
 
     async def write(self, mutations: Sequence[Mutation]) -> list[int]:
         """Commit puts and deletes atomically, in order: all of them or none. Returns the
@@ -146,14 +154,21 @@ class Node:
         doc_id: str,
         json_data: str,
         done: Callable[[int | BaseException], None],
+        *,
+        expected_sequence: int | None = None,
     ) -> None:
-        mutation = self._checked(collection, doc_id, json_data)
+        mutation = self._checked(collection, doc_id, json_data, expected_sequence)
         self._producer.write_nowait([mutation], _then(done, _only_sequence))
 
     def delete_nowait(
-        self, collection: str, doc_id: str, done: Callable[[int | BaseException], None]
+        self,
+        collection: str,
+        doc_id: str,
+        done: Callable[[int | BaseException], None],
+        *,
+        expected_sequence: int | None = None,
     ) -> None:
-        mutation = self._checked(collection, doc_id, None)
+        mutation = self._checked(collection, doc_id, None, expected_sequence)
         self._producer.write_nowait([mutation], _then(done, _only_sequence))
 
     def write_nowait(
@@ -165,15 +180,21 @@ class Node:
             return
         self._producer.write_nowait(mutations, _then(done, _sequences))
 
-    def _checked(self, collection: str, doc_id: str, json_data: str | None) -> Mutation:
+    def _checked(
+        self, collection: str, doc_id: str, json_data: str | None, expected_sequence: int | None
+    ) -> Mutation:
         """The write, once it passed the checks; a delete when `json_data` is None."""
-        mutation = Mutation(collection, doc_id, json_data)
+        mutation = Mutation(collection, doc_id, json_data, expected_sequence)
         self._check(mutation)
         return mutation
 
     def _check(self, mutation: Mutation) -> None:
         check_name("collection", mutation.collection)
         check_name("doc_id", mutation.doc_id)
+        if mutation.expected_sequence is not None and mutation.expected_sequence < 0:
+            raise InvalidRequest(
+                f"expected_sequence is {mutation.expected_sequence}: a sequence is 0 or more"
+            )
         if mutation.json_data is not None:
             check_document(mutation.json_data, self.config.max_document_bytes)
 

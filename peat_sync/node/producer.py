@@ -18,7 +18,7 @@ import trio
 from peat_sync.node.errors import NodeClosed, QueueFull, StoreUnavailable
 from peat_sync.node.events import ChangeEvent
 from peat_sync.node.stats import NodeStats
-from peat_sync.store import Change, Mutation, Store
+from peat_sync.store import Change, Mutation, PreconditionFailed, Store
 
 log = logging.getLogger("peat_sync.producer")
 
@@ -123,6 +123,11 @@ class Producer:
             if len(batch) > 1:
                 for queued in batch:
                     await self._commit([queued], publish)
+                return
+            if isinstance(exc, PreconditionFailed):
+                # The writer's own expected_sequence, not a failure of the store: it is
+                # told, to re-read and retry, and nothing is logged or counted.
+                batch[0].done(exc)
                 return
             self._stats.commit_failures += 1
             log.error("commit of %d changes failed, none stored: %s", len(mutations), exc)

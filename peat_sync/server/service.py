@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -12,6 +13,7 @@ import grpclib.const
 import grpclib.server
 from grpclib import GRPCError
 from grpclib.const import Status
+from h2.exceptions import StreamClosedError
 
 from peat_sync.generated.peat.sidecar import v1 as pb
 from peat_sync.node import (
@@ -29,8 +31,9 @@ from peat_sync.server import typed
 from peat_sync.bridge import BatchPump, call_nowait, call_trio
 from peat_sync.server.request_limits import RequestAdmission, RequestLimits
 from peat_sync.server.stalled_streams import StreamStalled, cut_off, send_within
-from peat_sync.store import Mutation
+from peat_sync.store import Mutation, PreconditionFailed
 from peat_sync.wire import (
+    CURRENT_SEQUENCE_TRAILER,
     GET_STATUS,
     PUT_DOCUMENT,
     SUBSCRIBE,
@@ -62,6 +65,9 @@ _STATUS_OF: dict[type[RequestError], Status] = {
     NodeClosed: Status.UNAVAILABLE,
     StoreUnavailable: Status.UNAVAILABLE,
 }
+# And the store's PreconditionFailed (a write's expected_sequence did not hold) is
+# FAILED_PRECONDITION, with the document's current sequence in the trailers: see
+# `_refuse_stale_write`.
 
 NODE_STARTING = "the node is starting (opening the store); retry shortly"
 SHUTTING_DOWN = "the server is shutting down; retry against the restarted server"
@@ -172,9 +178,9 @@ class SidecarService(pb.PeatSidecarBase):
     ) -> StreamHandler:
         """`handler`, counted while under way, its request bytes admitted within `limit`
         (bytes, and the flag that sets them) and the budgets, with the node's request errors
-        turned into gRPC statuses with the node's message; if it `needs_node` (whether or
-        not the RPC uses it), failing with UNAVAILABLE until the node is attached and once
-        it drains."""
+        turned into gRPC statuses with the node's message (a failed precondition, too); if it
+        `needs_node` (whether or not the RPC uses it), failing with UNAVAILABLE until the
+        node is attached and once it drains."""
 
         @functools.wraps(handler)
         async def served(stream: grpclib.server.Stream[Any, Any]) -> None:
@@ -189,6 +195,8 @@ class SidecarService(pb.PeatSidecarBase):
                     await handler(stream)
             except RequestError as exc:
                 failure = GRPCError(_STATUS_OF[type(exc)], str(exc))
+            except PreconditionFailed as exc:
+                await _refuse_stale_write(stream, exc)
             except GRPCError as exc:
                 failure = GRPCError(exc.status, exc.message, exc.details)
             finally:
@@ -260,7 +268,10 @@ class SidecarService(pb.PeatSidecarBase):
     async def delete_document(self, message: pb.DeleteDocumentRequest) -> pb.DeleteDocumentResponse:
         node = self.node
         sequence = await _committed(
-            node.delete_nowait, node.delete, message.collection, message.doc_id
+            functools.partial(node.delete_nowait, expected_sequence=message.expected_sequence),
+            functools.partial(node.delete, expected_sequence=message.expected_sequence),
+            message.collection,
+            message.doc_id,
         )
         return pb.DeleteDocumentResponse(sequence=sequence)
 
@@ -274,9 +285,14 @@ class SidecarService(pb.PeatSidecarBase):
     async def _put_document(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         request = await stream.recv_message()
         assert request is not None
+        expected = request.expected_sequence if request.HasField("expected_sequence") else None
         node = self.node
         sequence = await _committed(
-            node.put_nowait, node.put, request.collection, request.doc_id, request.json_data
+            functools.partial(node.put_nowait, expected_sequence=expected),
+            functools.partial(node.put, expected_sequence=expected),
+            request.collection,
+            request.doc_id,
+            request.json_data,
         )
         await stream.send_message(PutDocumentResponse(sequence=sequence))
 
@@ -425,6 +441,23 @@ class SidecarService(pb.PeatSidecarBase):
         if resume_point is None:
             return "resubscribe with snapshot=true: the snapshot was not complete"
         return f"resubscribe with since_sequence={resume_point} and epoch={self.node.epoch}"
+
+
+async def _refuse_stale_write(
+    stream: grpclib.server.Stream[Any, Any], refused: PreconditionFailed
+) -> None:
+    """Asyncio-flavoured: end the call with FAILED_PRECONDITION, its message, and the
+    document's current sequence as trailing metadata (`CURRENT_SEQUENCE_TRAILER`).
+
+    Sent here rather than raised: grpclib turns a raised GRPCError into trailers of its
+    status, message and details only (`grpclib.server.Stream.__aexit__`), so custom trailing
+    metadata goes through `send_trailing_metadata`, as the handler's own non-OK end."""
+    with contextlib.suppress(StreamClosedError):  # reset by the client: nobody to tell
+        await stream.send_trailing_metadata(
+            status=Status.FAILED_PRECONDITION,
+            status_message=str(refused),
+            metadata={CURRENT_SEQUENCE_TRAILER: str(refused.current)},
+        )
 
 
 async def _committed(

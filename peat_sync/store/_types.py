@@ -11,17 +11,40 @@ class StoreClosed(Exception):
     """A read came after `Store.close`."""
 
 
+class PreconditionFailed(Exception):
+    """A mutation's `expected_sequence` did not hold: the document changed since the caller
+    read it. Nothing of the commit was stored; re-read the document and retry."""
+
+    def __init__(self, collection: str, doc_id: str, expected: int, current: int) -> None:
+        where = f"document {collection!r}/{doc_id!r}"
+        if current == 0:
+            state = f"{where} does not exist, so it is not at sequence {expected}"
+        else:
+            state = f"{where} is at sequence {current}, not {expected}"
+        super().__init__(f"{state}: re-read it and retry")
+        self.collection = collection
+        self.doc_id = doc_id
+        self.expected = expected
+        self.current = current  # the sequence of the live document, 0 when absent or deleted
+
+
 # Mutation and Change are made for every document written, so they are not frozen: a frozen
 # dataclass's __init__ costs three times as much. Treat them as immutable all the same.
 
 
 @dataclass(slots=True)
 class Mutation:
-    """One requested change: a put when `json_data` is set, a delete when it is None."""
+    """One requested change: a put when `json_data` is set, a delete when it is None.
+
+    With `expected_sequence`, the change is made only if the document's last change is at
+    that sequence; 0 means only if the document does not exist (absent, or deleted at any
+    sequence). Otherwise the commit raises `PreconditionFailed`: compare-and-set, so that a
+    read-modify-write cannot overwrite a change it did not see."""
 
     collection: str
     doc_id: str
     json_data: str | None
+    expected_sequence: int | None = None
 
 
 @dataclass(slots=True)
@@ -71,6 +94,8 @@ class Store(Protocol):
 
         Returns, for each mutation, its committed change, or None when it changed nothing (a
         delete of an absent document). When this returns, the changes survive a crash.
+        Raises `PreconditionFailed`, storing nothing, when a mutation's `expected_sequence`
+        does not hold (checked in order: a mutation sees the earlier ones of the commit).
         """
 
     def get(self, collection: str, doc_id: str) -> StoredDocument | None: ...

@@ -21,7 +21,14 @@ from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Self
 
-from peat_sync.store._types import Change, HistoryPage, Mutation, StoreClosed, StoredDocument
+from peat_sync.store._types import (
+    Change,
+    HistoryPage,
+    Mutation,
+    PreconditionFailed,
+    StoreClosed,
+    StoredDocument,
+)
 
 DATABASE_FILE = "peat.sqlite3"
 WAL_FILE = f"{DATABASE_FILE}-wal"
@@ -263,15 +270,13 @@ class SQLiteStore:
             changes: list[Change | None] = []
             puts: list[tuple[str, str, str, int]] = []  # written in one executemany
             for mutation in mutations:
-                if mutation.json_data is None:
+                if mutation.json_data is None or mutation.expected_sequence is not None:
+                    # The document as the earlier mutations of this commit left it.
                     db.executemany(_UPSERT, puts)
                     puts.clear()
-                    existing = db.execute(
-                        "SELECT 1 FROM documents WHERE collection = ? AND doc_id = ?"
-                        " AND json_data IS NOT NULL",
-                        (mutation.collection, mutation.doc_id),
-                    ).fetchone()
-                    if existing is None:
+                    live = _live_sequence(db, mutation)
+                if mutation.json_data is None:
+                    if live is None:
                         changes.append(None)
                         continue
                     head += 1
@@ -393,6 +398,25 @@ class SQLiteStore:
             if self._dir_lock >= 0:
                 os.close(self._dir_lock)  # lets another server open the store
                 self._dir_lock = -1
+
+
+def _live_sequence(db: sqlite3.Connection, mutation: Mutation) -> int | None:
+    """The sequence of the live document `mutation` changes, None when it is absent or
+    deleted; raises `PreconditionFailed` when the mutation's `expected_sequence` does not
+    hold."""
+    row = db.execute(
+        "SELECT json_data IS NOT NULL, sequence FROM documents WHERE collection = ? AND doc_id = ?",
+        (mutation.collection, mutation.doc_id),
+    ).fetchone()
+    live = row is not None and bool(row[0])
+    current = row[1] if live else 0
+    expected = mutation.expected_sequence
+    # A tombstone keeps the sequence of its delete: expecting it holds, as expecting 0 does,
+    # so that whoever saw the delete may put the document back.
+    tombstone = row[1] if row is not None and not live else None
+    if expected is not None and expected not in (current, tombstone):
+        raise PreconditionFailed(mutation.collection, mutation.doc_id, expected, current)
+    return current if live else None
 
 
 def _roll_back(db: sqlite3.Connection) -> None:

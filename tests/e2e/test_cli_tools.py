@@ -2,7 +2,8 @@
 real subprocess against a real server.
 
 Covered: each command's help and exit codes (0 done, 1 no such document, 2 bad command line,
-3 server unreachable, 4 rejected), errors as one line without a traceback, the server address
+3 server unreachable, 4 rejected, 5 --expected-sequence did not hold), errors as one line
+without a traceback, the server address
 from --addr or PEAT_SIDECAR_ADDR (tcp and unix), what each command prints, and `watch`: its
 filter, exact replay after --since/--epoch, snapshots, the RESYNC of a wrong epoch, signals, a
 reader that goes away, and a server killed with kill -9 and restarted mid-stream, after which
@@ -46,9 +47,9 @@ Line = dict[str, Any]
 
 # Each client command: its positional arguments, and its options besides --addr and --timeout.
 CLIENT_COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "put": (("collection", "DOC_ID", "JSON"), ()),
+    "put": (("collection", "DOC_ID", "JSON"), ("--expected-sequence",)),
     "get": (("collection", "DOC_ID"), ()),
-    "delete": (("collection", "DOC_ID"), ()),
+    "delete": (("collection", "DOC_ID"), ("--expected-sequence",)),
     "list": (("collection",), ()),
     "status": ((), ()),
     "watch": ((), ("--collection", "--since", "--epoch", "--snapshot", "--heartbeats")),
@@ -67,6 +68,7 @@ EXIT_CODES = {
     "2": "bad command line",
     "3": "cannot be reached",
     "4": "rejected",
+    "5": "--expected-sequence did not hold",
 }
 SIGNALS = [signal.SIGINT, signal.SIGTERM]
 
@@ -336,6 +338,11 @@ def test_put_get_delete_list_and_status_print_what_the_store_holds(
         (["get", "c"], {}, "the following arguments are required: DOC_ID"),
         (["watch", "--since", "-1"], {}, "--since='-1': a sequence is 0 or more"),
         (["watch", "--since", "soon"], {}, "--since='soon': 'soon' is not a whole number"),
+        (
+            ["put", "c", "d", "{}", "--expected-sequence", "-1"],
+            {},
+            "--expected-sequence='-1': a sequence is 0 or more",
+        ),
         (["status", "--timeout", "0"], {}, "--timeout='0': must be more than 0 seconds"),
         (["watch", "--addr", "http://127.0.0.1:1"], {}, "--addr='http://127.0.0.1:1': expected"),
         (["delete", "c", "d", "--addr", "tcp://nowhere"], {}, "--addr='tcp://nowhere': expected"),
@@ -346,6 +353,7 @@ def test_put_get_delete_list_and_status_print_what_the_store_holds(
         "missing-argument",
         "since-negative",
         "since-not-a-number",
+        "expected-sequence-negative",
         "timeout-zero",
         "addr-scheme",
         "addr-without-port",
@@ -403,6 +411,38 @@ def test_a_rejected_request_exits_4(server: ServerProcess, grpcio_client: Grpcio
         assert result.returncode == 4, (args, result.stderr)
         assert_one_line_error(result, f"peat-sync: rejected: {fragment}")
     assert status(grpcio_client)["head_sequence"] == 0
+
+
+def test_a_write_whose_expected_sequence_does_not_hold_exits_5(
+    server: ServerProcess, grpcio_client: GrpcioClient
+) -> None:
+    """put and delete with --expected-sequence write only at that sequence (0: only a
+    document that does not exist); otherwise the one line says where the document is, and
+    nothing is written."""
+    addr = ("--addr", server.address)
+    expect = "--expected-sequence"
+    assert printed_json(run_cli("put", "c", "d", '{"v": 1}', expect, "0", *addr)) == committed(
+        "c", "d", 1
+    )
+    result = run_cli("put", "c", "d", '{"v": 2}', expect, "0", *addr)
+    assert result.returncode == 5, result.stderr
+    assert_one_line_error(
+        result,
+        "peat-sync: precondition failed: document 'c'/'d' is at sequence 1, not 0: re-read it"
+        " and retry",
+    )
+    assert printed_json(run_cli("put", "c", "d", '{"v": 2}', expect, "1", *addr)) == committed(
+        "c", "d", 2
+    )
+    result = run_cli("delete", "c", "d", expect, "1", *addr)
+    assert result.returncode == 5, result.stderr
+    assert_one_line_error(result, "is at sequence 2, not 1")
+    assert get(grpcio_client, "c", "d") == ('{"v": 2}', 2)
+    assert printed_json(run_cli("delete", "c", "d", expect, "2", *addr)) == committed("c", "d", 3)
+    result = run_cli("put", "c", "d", "{}", expect, "2", *addr)
+    assert result.returncode == 5, result.stderr
+    assert_one_line_error(result, "document 'c'/'d' does not exist, so it is not at sequence 2")
+    assert status(grpcio_client)["head_sequence"] == 3
 
 
 # ---------------------------------------------------------------------------------------------

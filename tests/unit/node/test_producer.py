@@ -1,9 +1,10 @@
 """The producer, the node's single writer: concurrent writers get distinct sequences in one
-order, a write the store refuses fails alone, not with the writes batched with it, and a
-full disk fails each writer with an error that says so."""
+order, a write the store refuses fails alone, not with the writes batched with it (a failed
+expected_sequence included), and a full disk fails each writer with an error that says so."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from collections.abc import Sequence
@@ -15,11 +16,12 @@ import trio.testing
 
 from peat_sync.node import (
     ChangeEvent,
+    InvalidRequest,
     StoreUnavailable,
 )
 from peat_sync.node.producer import Producer
 from peat_sync.node.stats import NodeStats
-from peat_sync.store import Change, Mutation, SQLiteStore
+from peat_sync.store import Change, Mutation, PreconditionFailed, SQLiteStore
 from peat_sync.store.sqlite import DATABASE_FILE
 from tests.helpers.nodes import (
     DEADLINE,
@@ -72,6 +74,105 @@ async def test_one_bad_write_does_not_fail_the_writes_batched_with_it(tmp_path: 
         except trio.EndOfChannel:
             break
     assert published_sequences == [1, 2, 3]
+
+
+class CountingStore(SQLiteStore):
+    """A real store that records how many mutations each commit was given."""
+
+    commits: list[int]
+
+    def commit(self, mutations: Sequence[Mutation]) -> list[Change | None]:
+        self.commits.append(len(mutations))
+        return super().commit(mutations)
+
+
+async def test_a_failed_precondition_reaches_only_its_own_writer_unchanged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Writers queued together share a commit; when one of them expected a sequence the
+    document is no longer at, the batch is retried a writer at a time: the others commit,
+    in their order, and that writer alone gets the store's PreconditionFailed, as the store
+    raised it. It is the writer's conflict, not the store's failure: nothing is logged, and
+    no commit failure is counted."""
+    store = CountingStore.open(tmp_path)
+    store.commits = []
+    stats = NodeStats()
+    producer = Producer(store, max_batch=100, stats=stats)
+    publish, published = trio.open_memory_channel[list[ChangeEvent]](16)
+    outcomes: dict[str, list[Change | None] | BaseException] = {}
+    writes = {
+        "first": Mutation("c", "first", "{}"),
+        # The document does not exist: the writer expected it at sequence 7.
+        "stale": Mutation("c", "doc", "{}", expected_sequence=7),
+        "create": Mutation("c", "doc", '{"v":1}', expected_sequence=0),
+        # Expected what "create" leaves it at, 2: "stale" took no sequence before it.
+        "update": Mutation("c", "doc", '{"v":2}', expected_sequence=2),
+        # Raced "create" for the same absent document, and lost.
+        "also_create": Mutation("c", "doc", '{"v":0}', expected_sequence=0),
+    }
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            # Queued before the producer runs: one batch, in this order.
+            for name, mutation in writes.items():
+                producer.write_nowait([mutation], functools.partial(outcomes.__setitem__, name))
+            await nursery.start(producer.run, publish)
+            producer.close()
+    store.close()
+
+    assert store.commits == [5, 1, 1, 1, 1, 1], "the batch, then each write alone"
+    stale, lost = outcomes.pop("stale"), outcomes.pop("also_create")
+    assert type(stale) is PreconditionFailed
+    assert (stale.collection, stale.doc_id, stale.expected, stale.current) == ("c", "doc", 7, 0)
+    assert type(lost) is PreconditionFailed
+    assert (lost.expected, lost.current) == (0, 3)
+    assert outcomes == {
+        "first": [Change(1, "c", "first", "{}")],
+        "create": [Change(2, "c", "doc", '{"v":1}')],
+        "update": [Change(3, "c", "doc", '{"v":2}')],
+    }
+    assert stats.commit_failures == 0
+    assert [r for r in caplog.records if r.name == "peat_sync.producer"] == []
+    published_sequences = []
+    while True:
+        try:
+            published_sequences += [event.sequence for event in published.receive_nowait()]
+        except trio.EndOfChannel:
+            break
+    assert published_sequences == [1, 2, 3]
+
+
+async def test_node_writes_take_an_expected_sequence(tmp_path: Path) -> None:
+    """put and delete, waiting or not, pass expected_sequence to the store; a delete of a
+    document that does not exist, expected to not exist, commits nothing, as a plain delete
+    of it does."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            assert await node.put("c", "d", "{}", expected_sequence=0) == 1
+            with pytest.raises(PreconditionFailed):
+                await node.put("c", "d", "{}", expected_sequence=0)
+            assert await node.put("c", "d", '{"v":2}', expected_sequence=1) == 2
+            with pytest.raises(PreconditionFailed):
+                await node.delete("c", "d", expected_sequence=1)
+            assert await node.delete("c", "d", expected_sequence=2) == 3
+            assert await node.delete("c", "d", expected_sequence=0) == 0
+            assert await node.delete("c", "never", expected_sequence=0) == 0
+            with pytest.raises(InvalidRequest, match="expected_sequence is -1"):
+                await node.put("c", "d", "{}", expected_sequence=-1)
+
+            outcomes: list[int | BaseException] = []
+            done = trio.Event()
+
+            def record(outcome: int | BaseException) -> None:
+                outcomes.append(outcome)
+                if len(outcomes) == 2:
+                    done.set()
+
+            node.put_nowait("c", "d", "{}", record, expected_sequence=2)
+            node.delete_nowait("c", "d", record, expected_sequence=1)
+            await done.wait()
+            assert node.head_sequence == 3
+    assert all(type(outcome) is PreconditionFailed for outcome in outcomes), outcomes
 
 
 async def test_concurrent_writers_get_distinct_increasing_sequences(tmp_path: Path) -> None:

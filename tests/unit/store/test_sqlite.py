@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from peat_sync.store import Change, Mutation, SQLiteStore, StoreClosed, StoredDocument
+from peat_sync.store import (
+    Change,
+    Mutation,
+    PreconditionFailed,
+    SQLiteStore,
+    StoreClosed,
+    StoredDocument,
+)
 from peat_sync.store.sqlite import DATABASE_FILE, WAL_FILE, StoreError, StoreWriteError
 from tests.helpers.stores import fill_the_disk, free_space
 
@@ -169,6 +176,146 @@ def test_a_failing_batch_stores_nothing(store: SQLiteStore, data_dir: Path) -> N
     assert store.head_sequence == 1
     assert store.get("c", "first") is None
     assert store.get("c", "before") is not None
+    assert store.commit([put("c", "after")]) == [Change(2, "c", "after", "{}")]
+    store.close()
+    reopened = SQLiteStore.open(data_dir)
+    try:
+        assert reopened.head_sequence == 2
+        assert reopened.list_ids("c") == ["after", "before"]
+    finally:
+        reopened.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# expected_sequence: compare-and-set
+
+
+def put_if(doc_id: str, expected: int, json_data: str = '{"new":true}') -> Mutation:
+    return Mutation("c", doc_id, json_data, expected_sequence=expected)
+
+
+def delete_if(doc_id: str, expected: int) -> Mutation:
+    return Mutation("c", doc_id, None, expected_sequence=expected)
+
+
+@pytest.fixture
+def documents(store: SQLiteStore) -> SQLiteStore:
+    """ "live" at sequence 2 (put at 1, put again at 2), "deleted" a tombstone at 4 (put at 3,
+    deleted at 4), "absent" never written; the head is 4."""
+    store.commit([put("c", "live"), put("c", "live", '{"v":2}')])
+    store.commit([put("c", "deleted"), delete("c", "deleted")])
+    assert store.head_sequence == 4
+    return store
+
+
+# (doc_id, expected_sequence, whether it holds, the current sequence a failure reports)
+PRECONDITIONS = [
+    ("live", 2, True, 2),
+    ("live", 1, False, 2),
+    ("live", 0, False, 2),
+    ("live", 3, False, 2),
+    ("deleted", 0, True, 0),
+    ("deleted", 4, True, 0),  # the tombstone's own sequence, as the delete event showed it
+    ("deleted", 3, False, 0),
+    ("deleted", 2, False, 0),
+    ("absent", 0, True, 0),
+    ("absent", 1, False, 0),
+]
+
+
+@pytest.mark.parametrize(("doc_id", "expected", "holds", "current"), PRECONDITIONS)
+def test_a_put_with_expected_sequence_commits_only_if_it_holds(
+    documents: SQLiteStore, doc_id: str, expected: int, holds: bool, current: int
+) -> None:
+    """A live document holds at its sequence only; a deleted one at 0 or its tombstone's
+    sequence; an absent one at 0. A failure stores nothing and names the current sequence
+    (0 for a document that does not exist)."""
+    before = documents.get("c", doc_id)
+    if holds:
+        assert documents.commit([put_if(doc_id, expected)]) == [
+            Change(5, "c", doc_id, '{"new":true}')
+        ]
+        assert documents.get("c", doc_id) == StoredDocument("c", doc_id, '{"new":true}', 5)
+        return
+    with pytest.raises(PreconditionFailed) as failed:
+        documents.commit([put_if(doc_id, expected)])
+    assert (failed.value.collection, failed.value.doc_id) == ("c", doc_id)
+    assert (failed.value.expected, failed.value.current) == (expected, current)
+    assert documents.head_sequence == 4
+    assert documents.get("c", doc_id) == before
+
+
+@pytest.mark.parametrize(("doc_id", "expected", "holds", "current"), PRECONDITIONS)
+def test_a_delete_with_expected_sequence_commits_only_if_it_holds(
+    documents: SQLiteStore, doc_id: str, expected: int, holds: bool, current: int
+) -> None:
+    """The same rule for deletes; one that holds on a document that does not exist deletes
+    nothing, as a plain delete of it does."""
+    if holds:
+        changes = documents.commit([delete_if(doc_id, expected)])
+        assert changes == ([Change(5, "c", doc_id, None)] if doc_id == "live" else [None])
+        assert documents.get("c", doc_id) is None
+        return
+    with pytest.raises(PreconditionFailed) as failed:
+        documents.commit([delete_if(doc_id, expected)])
+    assert (failed.value.expected, failed.value.current) == (expected, current)
+    assert documents.head_sequence == 4
+    assert documents.get("c", "live") == StoredDocument("c", "live", '{"v":2}', 2)
+
+
+def test_a_failed_precondition_says_where_the_document_is(documents: SQLiteStore) -> None:
+    with pytest.raises(PreconditionFailed) as live:
+        documents.commit([put_if("live", 1)])
+    assert str(live.value) == "document 'c'/'live' is at sequence 2, not 1: re-read it and retry"
+    with pytest.raises(PreconditionFailed) as deleted:
+        documents.commit([delete_if("deleted", 3)])
+    assert str(deleted.value) == (
+        "document 'c'/'deleted' does not exist, so it is not at sequence 3: re-read it and retry"
+    )
+
+
+def test_each_precondition_of_a_commit_sees_the_mutations_before_it(store: SQLiteStore) -> None:
+    """Checked in order, inside the transaction: a mutation's expected sequence may be one
+    that an earlier mutation of the same commit made."""
+    changes = store.commit(
+        [
+            put_if("d", 0, '{"v":1}'),
+            put_if("d", 1, '{"v":2}'),
+            delete_if("d", 2),
+            put_if("d", 3, '{"v":3}'),
+            put_if("e", 0),
+            delete_if("absent", 0),
+        ]
+    )
+    assert changes == [
+        Change(1, "c", "d", '{"v":1}'),
+        Change(2, "c", "d", '{"v":2}'),
+        Change(3, "c", "d", None),
+        Change(4, "c", "d", '{"v":3}'),
+        Change(5, "c", "e", '{"new":true}'),
+        None,
+    ]
+    assert store.get("c", "d") == StoredDocument("c", "d", '{"v":3}', 4)
+
+    with pytest.raises(PreconditionFailed) as failed:
+        store.commit([put("c", "f"), put_if("f", 0)])
+    assert (failed.value.expected, failed.value.current) == (0, 6)
+    assert store.get("c", "f") is None
+
+
+def test_a_failed_precondition_rolls_back_the_whole_commit(
+    store: SQLiteStore, data_dir: Path
+) -> None:
+    """The mutations before the one that fails, puts and deletes alike, are not stored, and
+    the head does not move."""
+    store.commit([put("c", "before")])
+
+    with pytest.raises(PreconditionFailed):
+        store.commit([put("c", "first"), delete_if("before", 1), put_if("before", 1)])
+
+    assert store.head_sequence == 1
+    assert store.get("c", "first") is None
+    assert store.get("c", "before") == StoredDocument("c", "before", "{}", 1)
     assert store.commit([put("c", "after")]) == [Change(2, "c", "after", "{}")]
     store.close()
     reopened = SQLiteStore.open(data_dir)
