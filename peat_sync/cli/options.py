@@ -24,6 +24,7 @@ from peat_sync.bench.sizes import QUICK, SCENARIO_SUMMARIES, Sizes
 from peat_sync.client.client import DEFAULT_ADDRESS, DEFAULT_TIMEOUT
 from peat_sync.node import NodeConfig
 from peat_sync.server.config import MESSAGE_OVERHEAD_BYTES, ServeConfig
+from peat_sync.shared.config import STREAM_NAME, SharedConfig
 
 ENV_PREFIX = "PEAT_SIDECAR_"
 
@@ -162,6 +163,48 @@ def subscriber_counts(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1 or values[0] != 1 or list(values) != sorted(set(values)):
         raise ValueError("expected increasing counts from 1, like 1,10,100")
     return values
+
+
+NATS_SCHEMES = ("nats://", "tls://", "ws://", "wss://")
+
+
+def nats_urls(text: str) -> tuple[str, ...]:
+    """NATS servers of one cluster: URL[,URL...], each nats://HOST:PORT (or tls://, ws://,
+    wss://); a bare HOST:PORT means nats://."""
+    urls = []
+    for part in text.split(","):
+        url = part.strip()
+        if not url:
+            raise ValueError(f"{text!r} has an empty URL; write nats://HOST:PORT[,nats://...]")
+        if "://" not in url:
+            url = "nats://" + url
+        if not url.startswith(NATS_SCHEMES):
+            raise ValueError(f"{part.strip()!r} is not a NATS URL: use nats://HOST:PORT")
+        urls.append(url)
+    return tuple(urls)
+
+
+def stream_name(text: str) -> str:
+    if not STREAM_NAME.fullmatch(text):
+        raise ValueError("a stream name is 1 to 64 letters, digits, - and _")
+    return text
+
+
+def readable_file(text: str) -> Path:
+    file = path(text)
+    try:
+        with file.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot read {file}: {exc.strerror or exc}") from None
+    return file
+
+
+def replica_count(text: str) -> int:
+    value = positive_int(text)
+    if value > 5:
+        raise ValueError(f"JetStream keeps at most 5 replicas, not {value}")
+    return value
 
 
 def scenario(text: str) -> str:
@@ -373,6 +416,87 @@ SERVE_OPTIONS = (
     ),
 )
 
+_SHARED_DEFAULTS = _defaults(SharedConfig)
+
+
+def _shared(flag: str, field: str, parse: Callable[[str], Any], help: str, **extra: Any) -> Option:
+    """An option of shared mode: it sets `field` of `SharedConfig`."""
+    return Option(flag, parse, help, _SHARED_DEFAULTS.get(field), _env(flag), **extra)
+
+
+# Shared mode: several sidecars, one document space, over NATS JetStream. --nats turns it on.
+SHARED_OPTIONS = (
+    Option(
+        "--nats",
+        nats_urls,
+        "shared mode: share documents with the other sidecars of --nats-stream through these"
+        " NATS servers (nats://HOST:PORT[,nats://...], one cluster), which this sidecar's store"
+        " then replicates",
+        env=ENV_PREFIX + "NATS_URL",
+        metavar="URLS",
+        unset="off: a single node",
+    ),
+    _shared(
+        "--nats-stream",
+        "stream",
+        stream_name,
+        "the JetStream stream that holds the document space; made on first use",
+        metavar="NAME",
+    ),
+    _shared(
+        "--nats-replicas",
+        "replicas",
+        replica_count,
+        "replicas of the stream when this sidecar makes it: 3 on a 3-node cluster",
+        metavar="N",
+    ),
+    _shared(
+        "--nats-creds",
+        "creds",
+        readable_file,
+        "a NATS credentials file (user JWT and NKey seed) to connect with",
+        metavar="PATH",
+    ),
+    _shared(
+        "--nats-tls-ca",
+        "tls_ca",
+        tls.certificates_file,
+        "connect to NATS over TLS, trusting the CA in this PEM file",
+        metavar="PATH",
+    ),
+    _shared(
+        "--nats-tls-cert",
+        "tls_cert",
+        tls.certificates_file,
+        "client certificate (PEM) for NATS servers that verify clients; needs --nats-tls-key",
+        metavar="PATH",
+    ),
+    _shared(
+        "--nats-tls-key",
+        "tls_key",
+        tls.private_key_file,
+        "the PEM private key of --nats-tls-cert",
+        metavar="PATH",
+    ),
+    _shared(
+        "--nats-write-timeout",
+        "write_timeout",
+        seconds,
+        "seconds a write waits for NATS (through a leader election or a reconnect) and to be"
+        " applied here before it fails with UNAVAILABLE",
+        show="{:g}".format,
+        metavar="SECONDS",
+    ),
+    _shared(
+        "--nats-presence-interval",
+        "presence_interval",
+        seconds,
+        "seconds between this sidecar's announcements to the others (ListPeers); one silent"
+        " for three intervals is gone",
+        show="{:g}".format,
+        metavar="SECONDS",
+    ),
+)
 # Every client command: where the server is, and how to reach it.
 CLIENT_OPTIONS = (
     Option(
@@ -625,8 +749,9 @@ def _fields_of(config: type[Any], values: Mapping[str, Any]) -> dict[str, Any]:
 
 def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeConfig:
     values = resolve(SERVE_OPTIONS, args, environ)
+    shared = shared_config(args, environ)
     config = ServeConfig(
-        node=NodeConfig(**_fields_of(NodeConfig, values)),
+        node=NodeConfig(**_fields_of(NodeConfig, values), shared=shared),
         tls=server_tls(
             values["tls_cert"], values["tls_key"], values["tls_client_ca"], values["listen"]
         ),
@@ -635,6 +760,33 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
     _check_request_limits(config)
     _check_stalled_stream_timeout(config.node)
     return config
+
+
+def shared_config(args: argparse.Namespace, environ: Mapping[str, str]) -> SharedConfig | None:
+    """Shared mode's configuration, or None without --nats."""
+    values = resolve(SHARED_OPTIONS, args, environ)
+    if values["nats"] is None:
+        given = [
+            option.flag if getattr(args, option.dest) is not None else str(option.env)
+            for option in SHARED_OPTIONS[1:]
+            if getattr(args, option.dest) is not None or option.env in environ
+        ]
+        if given:
+            raise ConfigError(f"{given[0]} is set without --nats: it configures shared mode")
+        return None
+    if (values["nats_tls_cert"] is None) != (values["nats_tls_key"] is None):
+        raise ConfigError("--nats-tls-cert and --nats-tls-key go together: give both, or neither")
+    return SharedConfig(
+        servers=values["nats"],
+        stream=values["nats_stream"],
+        creds=values["nats_creds"],
+        tls_ca=values["nats_tls_ca"],
+        tls_cert=values["nats_tls_cert"],
+        tls_key=values["nats_tls_key"],
+        replicas=values["nats_replicas"],
+        write_timeout=values["nats_write_timeout"],
+        presence_interval=values["nats_presence_interval"],
+    )
 
 
 def _check_stalled_stream_timeout(node: NodeConfig) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-from peat_sync.cli.options import SERVE_OPTIONS, add_options, serve_config
+from peat_sync.cli.options import SERVE_OPTIONS, SHARED_OPTIONS, add_options, serve_config
 from peat_sync.logs import configure_logging
 from peat_sync.server.config import ServeConfig
 from peat_sync.server.metrics import MetricsListenError
@@ -27,10 +27,19 @@ def add_serve_command(commands: argparse._SubParsersAction[Any]) -> None:
         "serve",
         help="run the sidecar server",
         description="Run the peat.sidecar.v1 gRPC server on a SQLite store in --data-dir."
-        " SIGINT or SIGTERM shuts it down cleanly. Each option can also be set with the"
-        " environment variable shown; a flag wins over its variable.",
+        " With --nats, several sidecars share one document space: each publishes its writes"
+        " to a NATS JetStream stream and applies the stream to its store. SIGINT or SIGTERM"
+        " shuts it down cleanly. Each option can also be set with the environment variable"
+        " shown; a flag wins over its variable.",
     )
     add_options(parser, SERVE_OPTIONS)
+    add_options(
+        parser.add_argument_group(
+            "shared mode",
+            "several sidecars, one document space, over NATS JetStream (docs/operations.md)",
+        ),
+        SHARED_OPTIONS,
+    )
     parser.set_defaults(run=run_serve)
 
 

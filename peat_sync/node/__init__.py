@@ -1,4 +1,6 @@
 """The trio node: storage, the single-writer producer, the replay log and the subscriptions.
+In shared mode (`NodeConfig.shared`), the replica of `peat_sync.shared` takes the producer's
+place.
 
 It can be embedded in any trio program without the gRPC server::
 
@@ -15,6 +17,7 @@ from peat_sync.node.errors import (
     QueueFull,
     RequestError,
     StoreUnavailable,
+    WriteRefused,
 )
 from peat_sync.node.events import ChangeEvent
 from peat_sync.node.node import Node, NodeConfig, open_node
@@ -31,5 +34,6 @@ __all__ = [
     "RequestError",
     "StoreUnavailable",
     "Subscription",
+    "WriteRefused",
     "open_node",
 ]

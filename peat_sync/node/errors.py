@@ -23,3 +23,7 @@ class QueueFull(Exception):
 
 class StoreUnavailable(RequestError):
     """The store failed to commit (a full disk, an I/O error); nothing of the write was stored."""
+
+
+class WriteRefused(RequestError):
+    """The node takes no writes in its present state (shared mode with sync stopped)."""

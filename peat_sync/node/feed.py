@@ -30,6 +30,20 @@ log = logging.getLogger("peat_sync.feed")
 
 
 @dataclass(slots=True)
+class Committed:
+    """What the feed is handed: changes committed to the store, in sequence order."""
+
+    events: list[ChangeEvent]
+    head: int  # the store's head after them: past the last event if later writes were no-ops
+    # Shared mode: the changes up to this sequence were never seen by this node (the stream
+    # no longer held them), so no subscriber can be replayed across them.
+    skipped_to: int | None = None
+    # Shared mode: the store was emptied to follow a new stream; every position before is
+    # void.
+    new_epoch: bool = False
+
+
+@dataclass(slots=True)
 class MissedRange:
     """What a detached subscriber has missed so far, for the lag warning."""
 
@@ -82,6 +96,9 @@ class ChangeFeed:
         self._next_id = 1
         self.closed = False
         self.lag_events = 0
+        # Counts the stores the feed has followed: a subscription that began on an earlier
+        # one gets a RESYNC (EPOCH_CHANGED).
+        self.generation = 0
 
     @property
     def subscriber_count(self) -> int:
@@ -168,7 +185,7 @@ class ChangeFeed:
 
     async def run(
         self,
-        committed: trio.MemoryReceiveChannel[list[ChangeEvent]],
+        committed: trio.MemoryReceiveChannel[Committed],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -176,11 +193,25 @@ class ChangeFeed:
         task_status.started()
         try:
             async with committed:
-                async for events in committed:
-                    self.replay_log.append(events)
-                    self._fan_out(events)
+                async for batch in committed:
+                    if batch.new_epoch:
+                        self.generation += 1
+                        self._restart_everyone(batch.head)
+                    elif batch.skipped_to is not None:
+                        self._restart_everyone(batch.skipped_to)
+                    self.replay_log.append(batch.events, batch.head)
+                    self._fan_out(batch.events)
         finally:
             self.close()
+
+    def _restart_everyone(self, sequence: int) -> None:
+        """The log cannot replay the changes up to `sequence`: every live subscription is
+        detached, to continue from the store (a catch-up across the changes it missed), or
+        with a RESYNC when the store it followed was replaced."""
+        self.replay_log.skip_to(sequence)
+        for send in self._live.values():
+            send.close()
+        self._live.clear()
 
     def _fan_out(self, events: list[ChangeEvent]) -> None:
         for subscription, missed in self._lagging.items():

@@ -28,9 +28,15 @@ async def read_store(read: Callable[..., T], *args: object, limiter: trio.Capaci
 class History:
     """Trio-flavoured access to what the store knows beyond the replay log."""
 
-    def __init__(self, store: Store, limiter: trio.CapacityLimiter) -> None:
+    def __init__(
+        self,
+        store: Store,
+        limiter: trio.CapacityLimiter,
+        stream_head: Callable[[], int] | None = None,
+    ) -> None:
         self._store = store
         self._limiter = limiter
+        self._stream_head = stream_head
 
     @property
     def epoch(self) -> str:
@@ -40,6 +46,19 @@ class History:
     def head(self) -> int:
         """The newest committed sequence; it can be ahead of the replay log for a moment."""
         return self._store.head_sequence
+
+    @property
+    def known_head(self) -> int:
+        """The newest sequence known to exist: in shared mode, the stream's head, which this
+        node's store reaches once it has applied the stream that far."""
+        if self._stream_head is None:
+            return self.head
+        return max(self.head, self._stream_head())
+
+    @property
+    def previous_epoch(self) -> str | None:
+        """Shared mode: the epoch of the stream the store followed before this one."""
+        return self._store.previous_epoch
 
     @property
     def catch_up_floor(self) -> int:

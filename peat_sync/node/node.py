@@ -8,13 +8,12 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import trio
 
 from peat_sync.node.errors import InvalidRequest, LimitExceeded, RequestError
-from peat_sync.node.events import ChangeEvent
-from peat_sync.node.feed import ChangeFeed
+from peat_sync.node.feed import ChangeFeed, Committed
 from peat_sync.node.history import History, read_store
 from peat_sync.node.producer import Producer, WriteCallback
 from peat_sync.node.replay_log import ReplayLog
@@ -22,7 +21,12 @@ from peat_sync.node.retention import purge_expired_tombstones, run_tombstone_ret
 from peat_sync.node.stats import NodeStats
 from peat_sync.node.subscription import Subscription
 from peat_sync.node.validation import check_document, check_name
+from peat_sync.shared.config import SharedConfig
 from peat_sync.store import Change, Mutation, SQLiteStore, Store, StoredDocument
+from peat_sync.store.sqlite import StoreError
+
+if TYPE_CHECKING:
+    from peat_sync.shared.replica import Replica
 
 log = logging.getLogger("peat_sync.node")
 
@@ -57,6 +61,9 @@ class NodeConfig:
     # before the server cuts the stream off; longer than `heartbeat_interval`. None: a minute,
     # or three heartbeat intervals if that is longer (see `stalled_after`).
     stalled_stream_timeout: float | None = None
+    # Shared mode: the NATS JetStream stream this node shares with other sidecars. None: a
+    # single node, its SQLite store the only copy of its documents.
+    shared: SharedConfig | None = None
 
     @property
     def stalled_after(self) -> float:
@@ -66,14 +73,39 @@ class NodeConfig:
         return max(60.0, 3 * self.heartbeat_interval)
 
 
+class Writer(Protocol):
+    """The node's single writer to its store, which feeds the change feed: the producer of a
+    single node, or in shared mode the replica of the stream."""
+
+    async def write(self, mutations: Sequence[Mutation]) -> list[Change | None]: ...
+
+    def write_nowait(
+        self,
+        mutations: Sequence[Mutation],
+        done: Callable[[list[Change | None] | BaseException], None],
+    ) -> None: ...
+
+    async def run(
+        self,
+        publish: trio.MemorySendChannel[Committed],
+        *,
+        task_status: trio.TaskStatus[None] = ...,
+    ) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Node:
     """A running node. Open it with `open_node`; every async method is trio-flavoured."""
 
-    def __init__(self, config: NodeConfig, store: Store) -> None:
+    def __init__(self, config: NodeConfig, store: Store, replica: Replica | None = None) -> None:
         self.config = config
         self._store = store
-        self.stats = NodeStats()
-        self._producer = Producer(store, config.max_batch, self.stats)
+        self.stats = NodeStats() if replica is None else replica.stats
+        self.replica = replica  # shared mode's link to the stream; None for a single node
+        self._producer: Writer = (
+            replica if replica is not None else Producer(store, config.max_batch, self.stats)
+        )
         self._read_limiter = trio.CapacityLimiter(READ_THREADS)
         self._retention_scope = trio.CancelScope()
         self._feed = ChangeFeed(
@@ -82,7 +114,11 @@ class Node:
                 max_bytes=config.replay_log_bytes,
                 head=store.head_sequence,
             ),
-            History(store, self._read_limiter),
+            History(
+                store,
+                self._read_limiter,
+                None if replica is None else lambda: replica.stream_head,
+            ),
             buffer_size=config.broadcast_buffer_size,
             max_subscribers=config.max_subscribers,
             stats=self.stats,
@@ -246,9 +282,7 @@ class Node:
         )
 
     async def _run(self, nursery: trio.Nursery) -> None:
-        publish_send, publish_receive = trio.open_memory_channel[list[ChangeEvent]](
-            PUBLISH_CAPACITY
-        )
+        publish_send, publish_receive = trio.open_memory_channel[Committed](PUBLISH_CAPACITY)
         await nursery.start(self._feed.run, publish_receive)
         await nursery.start(self._producer.run, publish_send)
         nursery.start_soon(self._run_tombstone_retention)
@@ -304,7 +338,14 @@ async def open_node(config: NodeConfig) -> AsyncIterator[Node]:
             store.epoch,
             store.head_sequence,
         )
-        node = Node(config, store)
+        replica = None if config.shared is None else await _join(config, config.shared, store)
+        if replica is None and store.stream is not None:
+            raise StoreError(
+                f"the store in {config.data_dir} is a replica of the NATS stream"
+                f" {store.stream}: serve it with --nats, or give this server another"
+                " --data-dir to start a single-node store"
+            )
+        node = Node(config, store, replica)
         async with trio.open_nursery() as nursery:
             await node._run(nursery)
             try:
@@ -316,3 +357,21 @@ async def open_node(config: NodeConfig) -> AsyncIterator[Node]:
         # worker threads: the store waits for them before it closes.
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(store.close)
+
+
+async def _join(config: NodeConfig, shared: SharedConfig, store: SQLiteStore) -> Replica:
+    """Shared mode: the replica that makes the store follow the stream. Call it inside the
+    asyncio loop of `peat_sync.bridge.open_asyncio_loop`, which nats-py runs on."""
+    from peat_sync.shared.replica import Replica  # only shared mode loads nats-py
+
+    replica = Replica(shared, store, node_id=config.node_id, max_batch=config.max_batch)
+    previous_epoch = await replica.join()
+    if previous_epoch is not None:
+        log.warning(
+            "the store followed another stream (epoch %s); it was emptied to follow stream %s"
+            " (epoch %s)",
+            previous_epoch,
+            shared.stream,
+            store.epoch,
+        )
+    return replica

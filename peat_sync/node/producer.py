@@ -17,6 +17,7 @@ import trio
 
 from peat_sync.node.errors import NodeClosed, QueueFull, StoreUnavailable
 from peat_sync.node.events import ChangeEvent
+from peat_sync.node.feed import Committed
 from peat_sync.node.stats import NodeStats
 from peat_sync.store import Change, Mutation, PreconditionFailed, Store
 
@@ -85,7 +86,7 @@ class Producer:
 
     async def run(
         self,
-        publish: trio.MemorySendChannel[list[ChangeEvent]],
+        publish: trio.MemorySendChannel[Committed],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -106,7 +107,7 @@ class Producer:
                 await self._commit(batch, publish)
 
     async def _commit(
-        self, batch: list[_QueuedWrite], publish: trio.MemorySendChannel[list[ChangeEvent]]
+        self, batch: list[_QueuedWrite], publish: trio.MemorySendChannel[Committed]
     ) -> None:
         mutations = [mutation for queued in batch for mutation in queued.mutations]
         try:
@@ -135,7 +136,7 @@ class Producer:
             return
         events = [ChangeEvent.from_change(change) for change in changes if change is not None]
         if events:
-            await publish.send(events)
+            await publish.send(Committed(events, events[-1].sequence))
         offset = 0
         for queued in batch:
             queued.done(changes[offset : offset + len(queued.mutations)])

@@ -2,66 +2,93 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable
 
 from peat_sync.node.events import ChangeEvent
 
+# Evicted events are dropped from the front of the list in one go once this many pile up,
+# so that eviction costs O(1) amortised.
+_COMPACT_AFTER = 1024
+
 
 class ReplayLog:
-    """Holds the contiguous run of events `first..head`, newest last.
+    """Holds every change after `floor` up to `head`, as events, newest last.
 
-    Sequences are store-wide and gap-free, so an event is found by its sequence in O(1). The
-    oldest events are evicted once either bound is passed; the newest event is always kept.
+    Sequences increase but may have holes: in shared mode a write that changed nothing (the
+    delete of an absent document) takes a sequence of the stream and makes no event. A hole
+    is never a change the log lacks: changes it cannot replay are dropped with `skip_to`,
+    which raises the floor past them. The oldest events are evicted once either bound is
+    passed; the newest event is always kept.
     """
 
     def __init__(self, *, max_entries: int, max_bytes: int, head: int) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._events: dict[int, ChangeEvent] = {}
-        self._first = head + 1  # the oldest sequence held; head + 1 when empty
+        self._events: list[ChangeEvent] = []  # in sequence order; evicted ones before _start
+        self._start = 0
+        self._floor = head
         self._head = head
         self._bytes = 0
 
     @property
     def head(self) -> int:
-        """The newest sequence appended."""
+        """The newest sequence the log has seen."""
         return self._head
 
     @property
     def floor(self) -> int:
-        """The oldest `since_sequence` that can be replayed exactly (one below the oldest event)."""
-        return self._first - 1
+        """The oldest `since_sequence` that can be replayed exactly."""
+        return self._floor
 
     @property
     def size_bytes(self) -> int:
         return self._bytes
 
     def __len__(self) -> int:
-        return len(self._events)
+        return len(self._events) - self._start
 
     def covers(self, since: int) -> bool:
-        """Whether every event after `since` up to the head is held."""
-        return self.floor <= since <= self._head
+        """Whether every change after `since` up to the head is held."""
+        return self._floor <= since <= self._head
 
-    def append(self, events: Iterable[ChangeEvent]) -> None:
+    def append(self, events: Iterable[ChangeEvent], head: int | None = None) -> None:
+        """Add `events`, newer than the head; then move the head to `head`, if given, past
+        sequences that changed nothing."""
         for event in events:
-            if event.sequence != self._head + 1:
+            if event.sequence <= self._head:
                 raise ValueError(
-                    f"replay log expected sequence {self._head + 1}, got {event.sequence}"
+                    f"replay log expected a sequence after {self._head}, got {event.sequence}"
                 )
-            self._events[event.sequence] = event
+            self._events.append(event)
             self._head = event.sequence
             self._bytes += len(event.encoded)
-        while len(self._events) > 1 and (
-            len(self._events) > self.max_entries or self._bytes > self.max_bytes
-        ):
-            evicted = self._events.pop(self._first)
+        if head is not None:
+            self._head = max(self._head, head)
+        while len(self) > 1 and (len(self) > self.max_entries or self._bytes > self.max_bytes):
+            evicted = self._events[self._start]
+            self._start += 1
             self._bytes -= len(evicted.encoded)
-            self._first += 1
+            self._floor = evicted.sequence
+        if self._start >= _COMPACT_AFTER and self._start * 2 >= len(self._events):
+            del self._events[: self._start]
+            self._start = 0
+
+    def skip_to(self, sequence: int) -> None:
+        """The changes up to `sequence` cannot be replayed (they were never seen, or belong
+        to a store that was replaced): empty the log, and resume it at `sequence`."""
+        self._events.clear()
+        self._start = 0
+        self._bytes = 0
+        self._floor = self._head = sequence
 
     def read_after(self, since: int, limit: int) -> list[ChangeEvent]:
         """Up to `limit` events after `since`; `covers(since)` must hold."""
         if not self.covers(since):
             raise ValueError(f"sequence {since} is outside the replay log")
-        stop = min(self._head, since + limit)
-        return [self._events[sequence] for sequence in range(since + 1, stop + 1)]
+        first = bisect_right(self._events, since, lo=self._start, key=_sequence)
+        return self._events[first : first + limit]
+
+
+def _sequence(event: ChangeEvent) -> int:
+    return event.sequence

@@ -79,15 +79,22 @@ class Subscription:
         self._store_read: _StoreRead | None = None
         self._pending: list[ChangeEvent] = []
         self._lagged = False
+        self._generation = feed.generation
         head = self._history.head
         self.position = head if since is None else since
-        if epoch is not None and epoch != self._history.epoch:
+        if epoch is not None and epoch == self._history.previous_epoch:
+            self._resync(
+                ResyncReason.EPOCH_CHANGED,
+                f"epoch {excerpt(epoch)} is the stream this sidecar followed before; it now"
+                f" follows a new one (epoch {self._history.epoch!r})",
+            )
+        elif epoch is not None and epoch != self._history.epoch:
             self._resync(
                 ResyncReason.UNKNOWN_EPOCH,
                 f"epoch {excerpt(epoch)} is not this store's epoch ({self._history.epoch!r}): your"
                 " position belongs to another store (a wiped data dir or another node)",
             )
-        elif since is not None and since > head:
+        elif since is not None and since > self._history.known_head:
             self._resync(
                 ResyncReason.SEQUENCE_AHEAD,
                 f"since_sequence {since} is ahead of the newest change ({head}), so this store"
@@ -142,6 +149,8 @@ class Subscription:
         while True:
             if self._feed.closed:
                 raise NodeClosed("the node is shutting down")
+            if self._generation != self._feed.generation:
+                self._follow_new_store()
             if self._pending:
                 batch, self._pending = self._pending, []
                 return batch
@@ -169,7 +178,8 @@ class Subscription:
             self._fall_back()
             return []
         events = replay_log.read_after(self.position, limit)
-        self.position = events[-1].sequence
+        # Fewer than asked: none is left up to the head (later sequences changed nothing).
+        self.position = events[-1].sequence if len(events) == limit else replay_log.head
         return [event for event in events if self.wants(event.collection)]
 
     async def _read_store(self, limit: int) -> list[ChangeEvent]:
@@ -286,6 +296,22 @@ class Subscription:
                 f" sequence {catch_up_floor} were purged after the tombstone retention)",
             )
         self._lagged = False
+
+    def _follow_new_store(self) -> None:
+        """The store was replaced under the subscription (shared mode: the stream it followed
+        was recreated): what the consumer has belongs to the old one."""
+        self._generation = self._feed.generation
+        self._store_read = None
+        self._lagged = False
+        self._pending.clear()
+        if self._receive is not None:
+            self._receive.close()
+            self._receive = None
+        self._resync(
+            ResyncReason.EPOCH_CHANGED,
+            "the stream this sidecar followed was recreated, or replaced by another; your copy"
+            f" belongs to the old one (the epoch is now {self._history.epoch!r})",
+        )
 
     def _resync(self, reason: ResyncReason, why: str, catch_up_floor: int = 0) -> None:
         head = self._history.head

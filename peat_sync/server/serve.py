@@ -17,8 +17,8 @@ import trio
 
 from peat_sync import tls
 from peat_sync.address import ListenAddress
-from peat_sync.node import open_node
 from peat_sync.bridge import call_asyncio, open_asyncio_loop
+from peat_sync.node import open_node
 from peat_sync.server.config import ServeConfig
 from peat_sync.server.grpc_server import GrpcServer
 from peat_sync.server.metrics import serving_metrics
@@ -193,6 +193,8 @@ async def serve(
             async with open_node(config.node) as node:
                 try:
                     service.attach(node)
+                    if node.replica is not None:
+                        node.replica.endpoint = str(bound)  # what ListPeers shows the others
                     await call_asyncio(health.set_serving, True)
                     log.info(
                         "serving peat.sidecar.v1 on %s (%s, node %s, data dir %s, head"

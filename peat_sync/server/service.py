@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpclib.const
 import grpclib.server
@@ -15,6 +15,7 @@ from grpclib import GRPCError
 from grpclib.const import Status
 from h2.exceptions import StreamClosedError
 
+from peat_sync.bridge import BatchPump, call_nowait, call_trio
 from peat_sync.generated.peat.sidecar import v1 as pb
 from peat_sync.node import (
     ChangeEvent,
@@ -25,10 +26,10 @@ from peat_sync.node import (
     QueueFull,
     RequestError,
     StoreUnavailable,
+    WriteRefused,
 )
 from peat_sync.node.validation import excerpt
 from peat_sync.server import typed
-from peat_sync.bridge import BatchPump, call_nowait, call_trio
 from peat_sync.server.request_limits import RequestAdmission, RequestLimits
 from peat_sync.server.stalled_streams import StreamStalled, cut_off, send_within
 from peat_sync.store import Mutation, PreconditionFailed
@@ -42,6 +43,9 @@ from peat_sync.wire import (
     message_class,
 )
 
+if TYPE_CHECKING:
+    from peat_sync.shared.replica import Replica
+
 log = logging.getLogger("peat_sync.service")
 
 T = TypeVar("T")
@@ -50,6 +54,9 @@ PutDocumentRequest = message_class("PutDocumentRequest")
 PutDocumentResponse = message_class("PutDocumentResponse")
 WriteDocumentsRequest = message_class("WriteDocumentsRequest")
 WriteDocumentsResponse = message_class("WriteDocumentsResponse")
+# Seconds a Subscribe waits to learn the stream's head (shared mode) before judging its
+# since_sequence on what it knows.
+STREAM_HEAD_WAIT = 2.0
 # Events taken from a subscription per crossing into trio.
 SEND_BATCH = 512
 # Subscribe streams are paced (see `send_encoded`) while the node has at most this many
@@ -64,6 +71,7 @@ _STATUS_OF: dict[type[RequestError], Status] = {
     LimitExceeded: Status.RESOURCE_EXHAUSTED,
     NodeClosed: Status.UNAVAILABLE,
     StoreUnavailable: Status.UNAVAILABLE,
+    WriteRefused: Status.FAILED_PRECONDITION,
 }
 # And the store's PreconditionFailed (a write's expected_sequence did not hold) is
 # FAILED_PRECONDITION, with the document's current sequence in the trailers: see
@@ -72,6 +80,10 @@ _STATUS_OF: dict[type[RequestError], Status] = {
 NODE_STARTING = "the node is starting (opening the store); retry shortly"
 SHUTTING_DOWN = "the server is shutting down; retry against the restarted server"
 
+SHARED_PEERS = (
+    "in shared mode the sidecars of a stream find each other through NATS, so {rpc} is not"
+    " needed: give every sidecar the same --nats and --nats-stream, and ListPeers shows them"
+)
 NO_MESH = (
     "peat-sync is a single-node sidecar with no peer mesh; {rpc} is not available."
     " Subscribe to the change feed to follow every change instead."
@@ -229,32 +241,77 @@ class SidecarService(pb.PeatSidecarBase):
             status.lag_events = node.feed.lag_events
             status.replay_floor = node.replay_floor
             status.catch_up_floor = node.catch_up_floor
+            replica = node.replica
+            if replica is not None:
+                status.shared = True
+                status.stream = replica.config.stream
+                status.connected = replica.connected
+                status.sync_active = replica.sync_active
+                status.connected_peers = len(replica.peers)
+                if self.phase == pb.NodePhase.READY and replica.catching_up:
+                    status.phase = pb.NodePhase.SYNCING
         return status
 
-    # Peers and sync: honest answers for a node without a mesh ----------------------------
+    # Peers and sync: over the shared stream in shared mode; honest answers for a single node
+
+    def _shared_mode(self, rpc: str) -> Replica:
+        replica = self.node.replica
+        if replica is None:
+            raise GRPCError(Status.UNIMPLEMENTED, NO_MESH.format(rpc=rpc))
+        return replica
 
     async def connect_peer(self, message: pb.ConnectPeerRequest) -> pb.ConnectPeerResponse:
+        if self.node.replica is not None:
+            raise GRPCError(Status.UNIMPLEMENTED, SHARED_PEERS.format(rpc="ConnectPeer"))
         raise GRPCError(Status.UNIMPLEMENTED, NO_MESH.format(rpc="ConnectPeer"))
 
     async def disconnect_peer(self, message: pb.DisconnectPeerRequest) -> pb.DisconnectPeerResponse:
+        how = NO_MESH.format(rpc="a peer")
+        if self.node.replica is not None:
+            how = SHARED_PEERS.format(rpc="DisconnectPeer")
         raise GRPCError(
             Status.FAILED_PRECONDITION,
-            f"no peer {excerpt(message.endpoint_id)} is connected: " + NO_MESH.format(rpc="a peer"),
+            f"no peer {excerpt(message.endpoint_id)} is connected: {how}",
         )
 
     async def list_peers(self, message: pb.ListPeersRequest) -> pb.ListPeersResponse:
-        return pb.ListPeersResponse(peers=[])
+        replica = self.node.replica
+        if replica is None:
+            return pb.ListPeersResponse(peers=[])
+        return pb.ListPeersResponse(
+            peers=[
+                pb.PeerInfo(endpoint_id=peer.node_id, addresses=[peer.endpoint], connected=True)
+                for peer in replica.peers
+            ]
+        )
 
     async def start_sync(self, message: pb.StartSyncRequest) -> pb.StartSyncResponse:
-        raise GRPCError(Status.UNIMPLEMENTED, NO_MESH.format(rpc="StartSync"))
+        self._shared_mode("StartSync").start_sync()
+        return pb.StartSyncResponse()
 
     async def stop_sync(self, message: pb.StopSyncRequest) -> pb.StopSyncResponse:
-        # Sync is never active, so it is already stopped.
+        replica = self.node.replica
+        if replica is not None:
+            replica.stop_sync()
+        # A single node never syncs, so it is already stopped.
         return pb.StopSyncResponse()
 
     async def get_sync_stats(self, message: pb.GetSyncStatsRequest) -> pb.GetSyncStatsResponse:
+        replica = self.node.replica
+        if replica is None:
+            return pb.GetSyncStatsResponse(
+                sync_active=False, connected_peers=0, bytes_sent=0, bytes_received=0
+            )
+        applied = replica.applied
+        stream_head = max(replica.stream_head, applied)
         return pb.GetSyncStatsResponse(
-            sync_active=False, connected_peers=0, bytes_sent=0, bytes_received=0
+            sync_active=replica.sync_active,
+            connected_peers=len(replica.peers),
+            bytes_sent=replica.link.bytes_sent,
+            bytes_received=replica.link.bytes_received,
+            applied_sequence=applied,
+            stream_head=stream_head,
+            lag=stream_head - applied,
         )
 
     # Documents ---------------------------------------------------------------------------
@@ -365,6 +422,7 @@ class SidecarService(pb.PeatSidecarBase):
         # Read the request before streaming: an unread request holds flow-control window.
         request = await stream.recv_message()
         assert request is not None
+        await self._learn_stream_head(request.since_sequence)
         with self.node.subscribe(
             request.collections,
             request.since_sequence,
@@ -435,6 +493,17 @@ class SidecarService(pb.PeatSidecarBase):
                     subscription.name,
                     subscription.position,
                 )
+
+    async def _learn_stream_head(self, since: int | None) -> None:
+        """Shared mode: a position from another sidecar can be ahead of what this one has
+        applied. Learn the stream's head before judging it, so that it is followed (once this
+        sidecar gets there) rather than refused as ahead."""
+        replica = self.node.replica
+        if replica is None or since is None or since <= replica.stream_head:
+            return
+        with contextlib.suppress(Exception):  # NATS away: judged by what is known
+            head = await asyncio.wait_for(replica.link.last_sequence(), STREAM_HEAD_WAIT)
+            replica.stream_head = max(replica.stream_head, head)
 
     def _resume_advice(self, resume_point: int | None) -> str:
         """What a subscriber whose stream ends at `resume_point` resubscribes with."""

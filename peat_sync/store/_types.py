@@ -81,6 +81,10 @@ class Store(Protocol):
         """A random id made when the store was created; it never changes afterwards."""
 
     @property
+    def previous_epoch(self) -> str | None:
+        """Shared mode: the epoch of the stream the store followed before; else None."""
+
+    @property
     def head_sequence(self) -> int:
         """The sequence of the newest committed change, 0 for an empty store."""
 

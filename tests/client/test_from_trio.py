@@ -6,8 +6,8 @@ import trio
 import trio_asyncio
 
 from peat_sync.bench.launcher import ServerProcess
-from peat_sync.client import ChangeType, Client
 from peat_sync.bridge import call_asyncio, enter_asyncio, iterate_asyncio
+from peat_sync.client import ChangeType, Client
 
 
 async def test_a_trio_program_writes_mirrors_and_follows_changes(server: ServerProcess) -> None:

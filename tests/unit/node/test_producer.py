@@ -15,10 +15,10 @@ import trio
 import trio.testing
 
 from peat_sync.node import (
-    ChangeEvent,
     InvalidRequest,
     StoreUnavailable,
 )
+from peat_sync.node.feed import Committed
 from peat_sync.node.producer import Producer
 from peat_sync.node.stats import NodeStats
 from peat_sync.store import Change, Mutation, PreconditionFailed, SQLiteStore
@@ -46,7 +46,7 @@ async def test_one_bad_write_does_not_fail_the_writes_batched_with_it(tmp_path: 
     fail alone, not take the good ones of its batch down with it."""
     store = PoisonedStore.open(tmp_path)
     producer = Producer(store, max_batch=100, stats=NodeStats())
-    publish, published = trio.open_memory_channel[list[ChangeEvent]](16)
+    publish, published = trio.open_memory_channel[Committed](16)
     outcomes: dict[str, object] = {}
 
     async def write(doc: str) -> None:
@@ -70,7 +70,7 @@ async def test_one_bad_write_does_not_fail_the_writes_batched_with_it(tmp_path: 
     published_sequences = []
     while True:
         try:
-            published_sequences += [event.sequence for event in published.receive_nowait()]
+            published_sequences += [event.sequence for event in published.receive_nowait().events]
         except trio.EndOfChannel:
             break
     assert published_sequences == [1, 2, 3]
@@ -98,7 +98,7 @@ async def test_a_failed_precondition_reaches_only_its_own_writer_unchanged(
     store.commits = []
     stats = NodeStats()
     producer = Producer(store, max_batch=100, stats=stats)
-    publish, published = trio.open_memory_channel[list[ChangeEvent]](16)
+    publish, published = trio.open_memory_channel[Committed](16)
     outcomes: dict[str, list[Change | None] | BaseException] = {}
     writes = {
         "first": Mutation("c", "first", "{}"),
@@ -136,7 +136,7 @@ async def test_a_failed_precondition_reaches_only_its_own_writer_unchanged(
     published_sequences = []
     while True:
         try:
-            published_sequences += [event.sequence for event in published.receive_nowait()]
+            published_sequences += [event.sequence for event in published.receive_nowait().events]
         except trio.EndOfChannel:
             break
     assert published_sequences == [1, 2, 3]

@@ -112,13 +112,13 @@ def test_read_after_refuses_a_position_outside_the_log() -> None:
         log.read_after(7, 10)
 
 
-@pytest.mark.parametrize("sequence", [5, 7, 4])
-def test_a_non_contiguous_append_is_rejected(sequence: int) -> None:
-    """The log holds a gap-free run: a skipped, repeated or older sequence is refused."""
+@pytest.mark.parametrize("sequence", [5, 4, 1])
+def test_an_append_that_is_not_newer_is_rejected(sequence: int) -> None:
+    """A repeated or older sequence is refused, and the log is left as it was."""
     log = ReplayLog(max_entries=10, max_bytes=10_000, head=0)
     log.append(events(1, 5))
 
-    with pytest.raises(ValueError, match=f"expected sequence 6, got {sequence}"):
+    with pytest.raises(ValueError, match=f"expected a sequence after 5, got {sequence}"):
         log.append([event(sequence)])
 
     assert log.head == 5
@@ -127,10 +127,56 @@ def test_a_non_contiguous_append_is_rejected(sequence: int) -> None:
 
 
 def test_the_first_append_must_follow_the_opening_head() -> None:
-    """A log opened at the store's head expects the very next sequence."""
+    """A log opened at the store's head takes only later sequences."""
     log = ReplayLog(max_entries=10, max_bytes=10_000, head=41)
 
-    with pytest.raises(ValueError, match="expected sequence 42, got 1"):
+    with pytest.raises(ValueError, match="expected a sequence after 41, got 1"):
         log.append([event(1)])
     log.append([event(42)])
     assert (log.floor, log.head) == (41, 42)
+
+
+def test_holes_of_writes_that_changed_nothing_are_replayed_across() -> None:
+    """Shared mode: sequences that made no event (a delete of an absent document) leave
+    holes, and a position inside a hole replays exactly what follows it."""
+    log = ReplayLog(max_entries=10, max_bytes=10_000, head=0)
+    log.append([event(2), event(5)], head=7)
+    log.append([event(9)])
+
+    assert (log.floor, log.head) == (0, 9)
+    assert sequences(log.read_after(0, 10)) == [2, 5, 9]
+    assert sequences(log.read_after(3, 10)) == [5, 9]
+    assert sequences(log.read_after(6, 10)) == [9]
+    assert log.read_after(9, 10) == []
+
+
+def test_eviction_across_holes_raises_the_floor_to_the_evicted_event() -> None:
+    log = ReplayLog(max_entries=2, max_bytes=10_000, head=0)
+    log.append([event(3), event(6), event(10)])
+
+    assert (log.floor, log.head, len(log)) == (3, 10, 2)
+    assert not log.covers(2)
+    assert sequences(log.read_after(3, 10)) == [6, 10]
+
+
+def test_skip_to_drops_what_cannot_be_replayed() -> None:
+    """Changes the node never saw: the log restarts after them, and a position before them
+    is no longer covered (that subscriber catches up from the store instead)."""
+    log = ReplayLog(max_entries=10, max_bytes=10_000, head=0)
+    log.append(events(1, 4))
+    log.skip_to(8)
+    log.append([event(9)])
+
+    assert (log.floor, log.head, len(log), log.size_bytes) == (8, 9, 1, 10)
+    assert not log.covers(4)
+    assert sequences(log.read_after(8, 10)) == [9]
+
+
+def test_many_evictions_keep_the_newest_events_readable() -> None:
+    """Evicted events are dropped in bulk now and then; reads stay correct across that."""
+    log = ReplayLog(max_entries=100, max_bytes=1 << 20, head=0)
+    for first in range(1, 5001, 50):
+        log.append(events(first, first + 49))
+
+    assert (log.floor, log.head, len(log)) == (4900, 5000, 100)
+    assert sequences(log.read_after(4990, 100)) == list(range(4991, 5001))

@@ -30,7 +30,7 @@ from peat_sync.node import (
     NodeClosed,
     Subscription,
 )
-from peat_sync.node.feed import ChangeFeed
+from peat_sync.node.feed import ChangeFeed, Committed
 from peat_sync.node.history import History
 from peat_sync.node.replay_log import ReplayLog
 from peat_sync.node.stats import NodeStats
@@ -90,7 +90,7 @@ class LoneFeed:
 
     store: SQLiteStore
     feed: ChangeFeed
-    publisher: trio.MemorySendChannel[list[ChangeEvent]]
+    publisher: trio.MemorySendChannel[Committed]
 
     def subscribe(self, collections: frozenset[str] | None = None) -> Subscription:
         return self.feed.subscribe(collections, since=None, epoch=None, snapshot=False, peer="test")
@@ -101,7 +101,7 @@ class LoneFeed:
         return [ChangeEvent.from_change(change) for change in changes if change is not None]
 
     async def publish(self, events: list[ChangeEvent]) -> None:
-        await self.publisher.send(events)
+        await self.publisher.send(Committed(events, events[-1].sequence))
 
 
 @asynccontextmanager
@@ -117,7 +117,7 @@ async def lone_feed(
         max_subscribers=100,
         stats=NodeStats(),
     )
-    publisher, published = trio.open_memory_channel[list[ChangeEvent]](4)
+    publisher, published = trio.open_memory_channel[Committed](4)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(feed.run, published)

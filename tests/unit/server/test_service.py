@@ -17,9 +17,9 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.testing import ChannelFor
 
+from peat_sync.bridge import call_asyncio, enter_asyncio, open_asyncio_loop
 from peat_sync.generated.peat.sidecar import v1 as pb
 from peat_sync.node import Node, NodeConfig, QueueFull, open_node
-from peat_sync.bridge import call_asyncio, enter_asyncio, open_asyncio_loop
 from peat_sync.server.codec import RequestCodec
 from peat_sync.server.config import ServeConfig
 from peat_sync.server.request_limits import RequestLimits
