@@ -186,7 +186,7 @@ class Replica:
             while delivered and not delivered[-1].ends_batch:
                 # Never end a transaction inside an atomic batch: take the rest of it.
                 delivered += await call_asyncio(self.link.take, self._max_batch, IDLE_CHECK)
-            if delivered:
+            if delivered and self.syncing:  # else dropped: resumed after `applied` later
                 await self._apply(delivered, feed)
 
     async def _refollow(self, feed: trio.MemorySendChannel[Committed]) -> bool:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+from grpclib.const import Status
+
 from peat_sync.bench.launcher import ServerProcess
 from peat_sync.bench.nats_servers import NatsServer
-from peat_sync.client import Client
+from peat_sync.client import ChangeType, Client, PreconditionFailed, Rejected
+from peat_sync.client.subscription import ResilientSubscription
 from tests.helpers.client_library import FAST_BACKOFF, Documents, store_documents
 from tests.helpers.waiting import run_scenario, within
 from tests.shared.conftest import StartSidecar
@@ -79,5 +83,169 @@ def test_writes_on_every_sidecar_reach_every_store_and_every_subscriber(
             await mirror.__aexit__(None, None, None)
         for client in clients:
             client.close()
+
+    run_scenario(scenario, timeout=60)
+
+
+async def events_until(
+    subscription: ResilientSubscription, sequence: int
+) -> list[tuple[int, ChangeType, str]]:
+    """The events of `subscription` up to and including `sequence`, controls left out."""
+    seen = []
+    async for event in subscription:
+        if event.type in (ChangeType.UPSERT, ChangeType.DELETE):
+            seen.append((event.sequence, event.type, event.doc_id))
+        assert event.type != ChangeType.RESYNC, event
+        if event.sequence >= sequence:
+            return seen
+    raise AssertionError("the subscription ended")
+
+
+def test_a_subscriber_moves_to_another_sidecar_without_gap_or_duplicate(
+    nats_server: NatsServer, start_sidecar: StartSidecar
+) -> None:
+    """A resume token `(since_sequence, epoch)` from one sidecar is valid on every other:
+    the stream's sequence and epoch are theirs."""
+    sidecars = three_sidecars(nats_server, start_sidecar)
+
+    async def scenario() -> None:
+        a, b, c = (Client(sidecar.address) for sidecar in sidecars)
+        first = [await b.put("fleet", f"d{i}", {"i": i}) for i in range(10)]
+        async with a.subscribe(["fleet"], since=0) as on_a:
+            before = await within(events_until(on_a, first[-1]))
+            resume = (on_a.position, on_a.epoch)
+        assert [sequence for sequence, _, _ in before] == first
+        later = [await c.put("fleet", f"d{i}", {"i": -i}) for i in range(5)]
+        later.append(await b.delete("fleet", "d7"))
+        since, epoch = resume
+        assert since == first[-1]
+        async with c.subscribe(["fleet"], since=since, epoch=epoch) as on_c:
+            after = await within(events_until(on_c, later[-1]))
+        assert [sequence for sequence, _, _ in after] == later
+        assert after[-1] == (later[-1], ChangeType.DELETE, "d7")
+        for client in (a, b, c):
+            client.close()
+
+    run_scenario(scenario, timeout=60)
+
+
+async def claim(
+    client: Client, document: dict[str, int], expected: int
+) -> int | PreconditionFailed:
+    try:
+        return await client.put("commands", "c1", document, expected_sequence=expected)
+    except PreconditionFailed as exc:
+        return exc
+
+
+def test_expected_sequence_races_between_sidecars_have_one_winner(
+    nats_server: NatsServer, start_sidecar: StartSidecar
+) -> None:
+    """Compare-and-set across the fleet: writers on two sidecars that expect the same
+    sequence of a document; exactly one wins, and the others learn its sequence."""
+    sidecars = three_sidecars(nats_server, start_sidecar)
+
+    async def scenario() -> None:
+        clients = [Client(sidecar.address) for sidecar in sidecars[:2]]
+        for round_ in range(5):
+            start = await clients[0].put("commands", "c1", {"round": round_, "state": "new"})
+
+            outcomes = await asyncio.gather(
+                *(
+                    claim(clients[who % 2], {"round": round_, "owner": who}, start)
+                    for who in range(6)
+                )
+            )
+            won = [outcome for outcome in outcomes if isinstance(outcome, int)]
+            lost = [outcome for outcome in outcomes if isinstance(outcome, PreconditionFailed)]
+            assert len(won) == 1, outcomes
+            assert {exc.current_sequence for exc in lost} <= {won[0]}
+            assert len(lost) == 5
+        # "Must not exist" holds for a deleted document, whose stream subject keeps a
+        # tombstone, and fails for a live one.
+        deleted = await clients[1].delete("commands", "c1")
+        assert deleted > 0
+        assert await clients[0].put("commands", "c1", {"back": 1}, expected_sequence=0) > deleted
+        with pytest.raises(PreconditionFailed) as refused:
+            await clients[1].put("commands", "c1", {"again": 1}, expected_sequence=0)
+        live = await clients[1].get("commands", "c1")
+        assert live is not None
+        assert refused.value.current_sequence == live.sequence
+        for client in clients:
+            client.close()
+
+    run_scenario(scenario, timeout=60)
+
+
+def test_peers_sync_stats_and_sync_control(
+    nats_server: NatsServer, start_sidecar: StartSidecar
+) -> None:
+    """ListPeers shows the other sidecars of the stream; GetSyncStats its progress;
+    StopSync pauses applying (and refuses writes, which could not be read back) until
+    StartSync, after which the sidecar catches up."""
+    sidecars = three_sidecars(nats_server, start_sidecar)
+
+    async def scenario() -> None:
+        a, b, _ = clients = [Client(sidecar.address) for sidecar in sidecars]
+
+        async def peers_of_a() -> set[tuple[str, str]]:
+            return {(peer.endpoint_id, peer.addresses[0]) for peer in await a.list_peers()}
+
+        expected = {("b", f"tcp://{sidecars[1].address}"), ("c", f"tcp://{sidecars[2].address}")}
+        for _ in range(200):
+            if await peers_of_a() == expected:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"a lists {await peers_of_a()}, not {expected}")
+        assert all(peer.connected for peer in await a.list_peers())
+        assert (await a.status()).connected_peers == 2
+
+        sequence = await b.put("fleet", "x", {"v": 1})
+        await within(converged(clients))
+        stats = await a.sync_stats()
+        assert stats.sync_active
+        assert (stats.applied_sequence, stats.stream_head, stats.lag) == (sequence, sequence, 0)
+        assert stats.bytes_received > 0
+
+        await a.stop_sync()
+        assert not (await a.sync_stats()).sync_active
+        with pytest.raises(Rejected, match="StartSync") as refused:
+            await a.put("fleet", "y", {"v": 2})
+        assert refused.value.status == Status.FAILED_PRECONDITION
+        later = await b.put("fleet", "x", {"v": 3})
+        await asyncio.sleep(0.5)
+        paused = await a.get("fleet", "x")
+        assert paused is not None
+        assert paused.data == {"v": 1}  # not applied
+        await a.start_sync()
+        await within(converged(clients))
+        document = await a.get("fleet", "x")
+        assert document is not None
+        assert (document.data, document.sequence) == ({"v": 3}, later)
+        for client in clients:
+            client.close()
+
+    run_scenario(scenario, timeout=60)
+
+
+def test_sidecars_that_start_empty_or_restart_after_kill_9_catch_up(
+    nats_server: NatsServer, start_sidecar: StartSidecar
+) -> None:
+    a, b = start_sidecar(nats_server.url, name="a"), start_sidecar(nats_server.url, name="b")
+
+    async def scenario() -> None:
+        async with Client(a.address) as on_a:
+            await on_a.write([("fleet", f"d{i}", {"i": i}) for i in range(300)])
+            b.kill()
+            for i in range(0, 300, 3):
+                await on_a.put("fleet", f"d{i}", {"i": i, "again": True})
+            await on_a.delete("fleet", "d1")
+            await asyncio.to_thread(b.start)
+            c = start_sidecar(nats_server.url, name="c")  # an empty data dir
+            async with Client(b.address) as on_b, Client(c.address) as on_c:
+                store = await within(converged([on_a, on_b, on_c]), 20)
+        assert len(store["fleet"]) == 299
+        assert store["fleet"]["d3"] == {"i": 3, "again": True}
 
     run_scenario(scenario, timeout=60)
