@@ -91,7 +91,7 @@ async def events_until(
     subscription: ResilientSubscription, sequence: int
 ) -> list[tuple[int, ChangeType, str]]:
     """The events of `subscription` up to and including `sequence`, controls left out."""
-    seen = []
+    seen: list[tuple[int, ChangeType, str]] = []
     async for event in subscription:
         if event.type in (ChangeType.UPSERT, ChangeType.DELETE):
             seen.append((event.sequence, event.type, event.doc_id))
