@@ -126,6 +126,7 @@ class JetStreamLink:
         self._write_prefix = secrets.token_hex(6)
         self._writes = 0
         self._following: Subscription | None = None
+        self._closing = False
         self._deliveries: asyncio.Queue[Delivered] = asyncio.Queue(DELIVERY_QUEUE)
         self._delivered = asyncio.Event()  # set when a message is put in `_deliveries`
 
@@ -199,6 +200,8 @@ class JetStreamLink:
         self.last_error = str(exc) or type(exc).__name__
 
     async def _on_disconnected(self) -> None:
+        if self._closing:
+            return
         if self.disconnected_since is None:
             self.disconnected_since = time.monotonic()
             log.warning("disconnected from NATS; reconnecting (writes wait or fail meanwhile)")
@@ -215,6 +218,7 @@ class JetStreamLink:
         return "?" if url is None else str(url.netloc)
 
     async def close(self) -> None:
+        self._closing = True
         if self._client is not None:
             await self._client.close()
 

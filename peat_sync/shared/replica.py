@@ -37,6 +37,8 @@ log = logging.getLogger("peat_sync.shared")
 
 # Seconds the replica waits for deliveries before it looks at the connection again.
 IDLE_CHECK = 1.0
+# Seconds the NATS connection gets to close (and flush) when the node stops.
+CLOSE_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,7 @@ class Replica:
         self.endpoint = ""
         self._following_since: float | None = None  # monotonic time of the last follow
         self._catch_up_target = 0  # the stream's head when the replica last followed it
+        self._running = trio.CancelScope()
 
     # Writes (see StreamWriter) -----------------------------------------------------------------
 
@@ -84,8 +87,9 @@ class Replica:
         return await call_asyncio(self.writer.write, mutations)
 
     def close(self) -> None:
-        """Take no new writes."""
+        """Take no new writes, and stop: `run` disconnects from NATS and returns."""
         self.writer.paused = True
+        self._running.cancel()
 
     # Sync control ------------------------------------------------------------------------------
 
@@ -158,11 +162,16 @@ class Replica:
     ) -> None:
         """Trio-flavoured: follow the stream and apply it until cancelled."""
         task_status.started()
-        async with feed, trio.open_nursery() as nursery:
-            if not self.link.connected:
-                await call_asyncio(self.link.connect)
-            nursery.start_soon(self._announce)
-            await self._apply_stream(feed)
+        try:
+            with self._running:
+                async with feed, trio.open_nursery() as nursery:
+                    if not self.link.connected:
+                        await call_asyncio(self.link.connect)
+                    nursery.start_soon(self._announce)
+                    await self._apply_stream(feed)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                await call_asyncio(self.link.close)
 
     async def _apply_stream(self, feed: trio.MemorySendChannel[Committed]) -> None:
         while True:

@@ -19,7 +19,7 @@ import grpclib.client
 import pytest
 
 from peat_sync.bench.launcher import ServerProcess
-from peat_sync.cli.options import SERVE_OPTIONS
+from peat_sync.cli.options import SERVE_OPTIONS, SHARED_OPTIONS
 from peat_sync.generated.peat.sidecar import v1 as pb
 from tests.helpers.cli import assert_one_line_error, help_entries, run_cli
 from tests.helpers.clients import (
@@ -453,8 +453,9 @@ def test_serve_help_names_every_flag_and_its_variable() -> None:
     assert result.returncode == 0
     assert result.stderr == ""
     entries = help_entries(result.stdout)
-    expected = {option.flag: option.env for option in SERVE_OPTIONS}
+    expected = {option.flag: option.env for option in (*SERVE_OPTIONS, *SHARED_OPTIONS)}
     assert DESIGNED_FLAGS.items() <= expected.items()
+    assert expected["--nats"] == "PEAT_SIDECAR_NATS_URL"
     assert "--max-document-bytes" in expected
     assert set(entries) == {"--help", *expected}
     for flag, env in expected.items():

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
+import nats
 import pytest
 from grpclib.const import Status
 
 from peat_sync.bench.launcher import ServerProcess
 from peat_sync.bench.nats_servers import NatsServer
-from peat_sync.client import ChangeType, Client, PreconditionFailed, Rejected
+from peat_sync.client import ChangeType, Client, PreconditionFailed, Rejected, ResyncReason
 from peat_sync.client.subscription import ResilientSubscription
 from tests.helpers.client_library import FAST_BACKOFF, Documents, store_documents
+from tests.helpers.servers import StartServer
 from tests.helpers.waiting import run_scenario, within
 from tests.shared.conftest import StartSidecar
 
@@ -249,3 +252,67 @@ def test_sidecars_that_start_empty_or_restart_after_kill_9_catch_up(
         assert store["fleet"]["d3"] == {"i": 3, "again": True}
 
     run_scenario(scenario, timeout=60)
+
+
+def test_a_recreated_stream_is_a_new_epoch(
+    nats_server: NatsServer, start_sidecar: StartSidecar
+) -> None:
+    """Deleting the stream and making it anew (here by a sidecar that finds it gone) gives it
+    a new epoch: the sidecars empty their stores to follow it, a live subscriber gets RESYNC
+    (EPOCH_CHANGED), and one resuming with the old epoch is told the same."""
+    sidecar = start_sidecar(nats_server.url)
+
+    async def scenario() -> None:
+        async with Client(sidecar.address) as client:
+            old = await client.put("fleet", "x", {"v": 1})
+            old_epoch = (await client.status()).epoch
+            async with client.subscribe(["fleet"], since=0) as live:
+                await within(events_until(live, old))
+                connection = await nats.connect(nats_server.url)
+                await connection.jetstream().delete_stream("PEAT")
+                await connection.close()
+                async for event in live:
+                    if event.type == ChangeType.RESYNC:
+                        assert event.resync_reason == ResyncReason.EPOCH_CHANGED, event
+                        assert event.epoch != old_epoch
+                        break
+            status = await client.status()
+            assert status.epoch != old_epoch
+            assert await client.list_ids("fleet") == []
+            async with client.subscribe(["fleet"], since=old, epoch=old_epoch) as resumed:
+                first = await within(anext(aiter(resumed)))
+            assert (first.type, first.resync_reason) == (
+                ChangeType.RESYNC,
+                ResyncReason.EPOCH_CHANGED,
+            )
+
+    run_scenario(scenario, timeout=60)
+
+
+def test_a_data_dir_serves_one_mode_only(
+    nats_server: NatsServer, start_sidecar: StartSidecar, start_server: StartServer, tmp_path: Path
+) -> None:
+    """A single node's store holds documents that exist nowhere else: shared mode refuses to
+    replace them with the stream's. A replica of a stream is refused without --nats: its
+    sequences are the stream's."""
+    single = start_server(data_dir=tmp_path / "single")
+
+    async def put_one() -> None:
+        async with Client(single.address) as client:
+            await client.put("fleet", "x", {"v": 1})
+
+    run_scenario(put_one, timeout=20)
+    single.stop()
+    refused = ServerProcess(tmp_path / "single", "--nats", nats_server.url).start(must_start=False)
+    assert refused.process is not None
+    assert refused.process.returncode == 1
+    assert "holds a single node's documents" in refused.log
+    assert "Traceback" not in refused.log
+
+    replica = start_sidecar(nats_server.url, name="r")
+    assert replica.stop() == 0, replica.log
+    refused = start_server(data_dir=replica.data_dir, must_start=False)
+    assert refused.process is not None
+    assert refused.process.returncode == 1
+    assert "replica of the NATS stream PEAT" in refused.log
+    assert "Traceback" not in refused.log
