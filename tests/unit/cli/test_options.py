@@ -59,6 +59,7 @@ def test_defaults() -> None:
     assert config.log_format == "text"
     assert config.drain_timeout == 10.0
     assert config.metrics_listen is None
+    assert config.node.shared is None
 
 
 def test_default_node_id_is_random() -> None:
@@ -195,12 +196,18 @@ def test_flag_wins_over_environment_variable(
         ("--heartbeat-interval", "0", "must be at least 100ms"),
         ("--heartbeat-interval", "often", "is not a duration"),
         ("--tombstone-retention", "-5", "is not a duration"),
+        ("--nats", "http://n1:4222", "is not a NATS URL"),
+        ("--nats", "nats://n1:4222,,nats://n2:4222", "has an empty URL"),
+        ("--nats-stream", "my.stream", "1 to 64 letters, digits, - and _"),
+        ("--nats-replicas", "7", "at most 5 replicas"),
+        ("--nats-creds", "/nonexistent/user.creds", "cannot read"),
+        ("--nats-write-timeout", "0", "must be more than 0 seconds"),
     ],
 )
 def test_bad_flag_value_names_the_flag(flag: str, value: str, complaint: str) -> None:
     """A bad flag value stops start-up with a message naming the flag and the value."""
     with pytest.raises(ConfigError) as raised:
-        configure(flag, value)
+        configure(flag, value, *(() if flag == "--nats" else ("--nats", "nats://n1:4222")))
 
     message = str(raised.value)
     assert message.startswith(f"{flag}={value!r}: ")
@@ -226,6 +233,38 @@ def test_bad_environment_value_names_the_variable(env: str, value: str, complain
     message = str(raised.value)
     assert message.startswith(f"{env}={value!r}: ")
     assert complaint in message
+
+
+def test_shared_mode_is_configured_by_the_nats_options() -> None:
+    config = configure(
+        "--nats",
+        "nats://n1:4222,n2:4222",
+        "--nats-stream",
+        "fleet-1",
+        "--nats-replicas",
+        "3",
+        env={"PEAT_SIDECAR_NATS_WRITE_TIMEOUT": "2.5"},
+    )
+
+    shared = config.node.shared
+    assert shared is not None
+    assert shared.servers == ("nats://n1:4222", "nats://n2:4222")
+    assert (shared.stream, shared.replicas, shared.write_timeout) == ("fleet-1", 3, 2.5)
+    assert configure(env={"PEAT_SIDECAR_NATS_URL": "n1:4222"}).node.shared is not None
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "complaint"),
+    [
+        (("--nats-stream", "S"), {}, "--nats-stream is set without --nats"),
+        ((), {"PEAT_SIDECAR_NATS_REPLICAS": "3"}, "PEAT_SIDECAR_NATS_REPLICAS is set without"),
+    ],
+)
+def test_shared_mode_options_that_do_not_fit_are_refused(
+    flags: tuple[str, ...], env: dict[str, str], complaint: str
+) -> None:
+    with pytest.raises(ConfigError, match=complaint):
+        configure(*flags, env=env)
 
 
 @pytest.mark.parametrize(
