@@ -76,6 +76,9 @@ class Replica:
         self._following_since: float | None = None  # monotonic time of the last follow
         self._catch_up_target = 0  # the stream's head when the replica last followed it
         self._running = trio.CancelScope()
+        # Sequences of the stream this replica never saw: superseded or purged before it read
+        # them.
+        self.skipped = 0
 
     # Writes (see StreamWriter) -----------------------------------------------------------------
 
@@ -193,8 +196,12 @@ class Replica:
                     continue
             delivered = await call_asyncio(self.link.take, self._max_batch, IDLE_CHECK)
             while delivered and not delivered[-1].ends_batch:
-                # Never end a transaction inside an atomic batch: take the rest of it.
-                delivered += await call_asyncio(self.link.take, self._max_batch, IDLE_CHECK)
+                # Never end a transaction inside an atomic batch: take the rest of it, unless
+                # it does not come (the connection went), to look at the connection again.
+                more = await call_asyncio(self.link.take, self._max_batch, IDLE_CHECK)
+                if not more:
+                    break
+                delivered += more
             if delivered and self.syncing:  # else dropped: resumed after `applied` later
                 await self._apply(delivered, feed)
 
@@ -237,14 +244,16 @@ class Replica:
     async def _apply(
         self, delivered: list[Delivered], feed: trio.MemorySendChannel[Committed]
     ) -> None:
+        """Apply `delivered` in one transaction, and hand the feed its events: one batch per
+        run of sequences the replica saw whole. Between runs, and before the first, the
+        stream may no longer hold sequences (superseded by a later change to the same
+        document, or purged): those changes were never seen here, so the feed's subscribers
+        catch up across them from the store."""
         head = self.applied
         fresh = [message for message in delivered if message.sequence > head]
         if not fresh:
             return
         self.stream_head = max(self.stream_head, fresh[-1].stream_head)
-        # The stream no longer holds what lies between the last sequence applied and the first
-        # delivered: those changes are superseded (or purged), never seen here.
-        skipped_to = fresh[0].sequence - 1 if fresh[0].sequence > head + 1 else None
         changes = [self._change(message) for message in fresh]
         started = time.perf_counter()
         applied = await trio.to_thread.run_sync(
@@ -254,15 +263,22 @@ class Replica:
         )
         self.stats.commits.add(time.perf_counter() - started)
         outcome = iter(applied)
-        events = []
+        runs: list[Committed] = []
         for message, change in zip(fresh, changes, strict=True):
+            if message.sequence != head + 1 or not runs:
+                skipped_to = message.sequence - 1 if message.sequence != head + 1 else None
+                if skipped_to is not None:
+                    self.skipped += skipped_to - head
+                runs.append(Committed([], message.sequence, skipped_to=skipped_to))
+            head = runs[-1].head = message.sequence
             result = None if change is None else next(outcome)
             if result is not None:
-                events.append(ChangeEvent.from_change(result))
+                runs[-1].events.append(ChangeEvent.from_change(result))
             if message.write_id is not None:
                 self.writer.applied(message.write_id, message.index, result)
-        self.writer.passed(fresh[-1].sequence)
-        await feed.send(Committed(events, fresh[-1].sequence, skipped_to=skipped_to))
+        self.writer.passed(head)
+        for run in runs:
+            await feed.send(run)
 
     def _change(self, message: Delivered) -> Change | None:
         """The change a delivered message makes, or None for one that is not a document's."""

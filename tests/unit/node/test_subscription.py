@@ -34,7 +34,7 @@ from peat_sync.node.feed import ChangeFeed, Committed
 from peat_sync.node.history import History
 from peat_sync.node.replay_log import ReplayLog
 from peat_sync.node.stats import NodeStats
-from peat_sync.store import Mutation, SQLiteStore
+from peat_sync.store import Change, Mutation, SQLiteStore
 from tests.helpers.nodes import (
     DEADLINE,
     decode,
@@ -553,3 +553,90 @@ async def test_closing_the_node_during_a_catch_up_ends_it_with_node_closed(
             subscription.close()
 
     assert len(outcome) == 1
+
+
+# Shared mode: sequences the stream numbered --------------------------------------------------
+
+
+def applied(lone: LoneFeed, changes: list[Change], head: int) -> Committed:
+    """Apply `changes` (numbered by a stream) to the store; the batch the feed then gets."""
+    results = lone.store.apply(changes, head)
+    events = [ChangeEvent.from_change(change) for change in results if change is not None]
+    return Committed(events, head)
+
+
+async def test_holes_of_writes_that_changed_nothing_are_not_gaps(tmp_path: Path) -> None:
+    """A delete of an absent document takes a stream sequence and makes no event: live and
+    replaying subscribers read across the hole without a catch-up."""
+    with trio.fail_after(DEADLINE):
+        async with lone_feed(tmp_path) as lone:
+            lone.store.follow("S", "e1")
+            with lone.subscribe() as live:
+                await lone.publisher.send(
+                    applied(lone, [Change(1, "c", "a", "{}"), Change(2, "c", "x", None)], 3)
+                )
+                await lone.publisher.send(applied(lone, [Change(4, "c", "b", "{}")], 4))
+                live_changes = await read_until(live, 4)
+            with lone.feed.subscribe(
+                None, since=2, epoch=None, snapshot=False, peer="test"
+            ) as resumed:
+                replayed = await read_until(resumed, 4)
+
+    assert kinds(live_changes) == [(ChangeType.UPSERT, "a", 1), (ChangeType.UPSERT, "b", 4)]
+    assert kinds(replayed) == [(ChangeType.UPSERT, "b", 4)]
+
+
+async def test_changes_the_node_never_saw_reach_live_subscribers_as_a_catch_up(
+    tmp_path: Path,
+) -> None:
+    """Sequences the stream no longer held when the node read it (superseded by a later
+    change to the same document) are never jumped silently: live subscribers are moved to a
+    catch-up from the store across them, and the replay log cannot replay across them."""
+    with trio.fail_after(DEADLINE):
+        async with lone_feed(tmp_path) as lone:
+            lone.store.follow("S", "e1")
+            with lone.subscribe() as live:
+                await lone.publisher.send(applied(lone, [Change(1, "c", "a", '{"v": 1}')], 1))
+                before = await read_until(live, 1)
+                # 2 (a) and 3 (b) were superseded by 5 and 6 before the node read the stream.
+                batch = applied(
+                    lone, [Change(5, "c", "a", '{"v": 5}'), Change(6, "c", "b", "{}")], 6
+                )
+                batch.skipped_to = 4
+                await lone.publisher.send(batch)
+                after = await read_until(live, 6)
+
+    assert kinds(before) == [(ChangeType.UPSERT, "a", 1)]
+    assert kinds(after) == [
+        (ChangeType.CATCH_UP_BEGIN, "", 1),
+        (ChangeType.UPSERT, "a", 5),
+        (ChangeType.UPSERT, "b", 6),
+        (ChangeType.CATCH_UP_END, "", 6),
+    ]
+    assert lone.feed.replay_log.floor == 4
+
+
+async def test_a_new_epoch_reaches_every_subscriber_as_a_resync(tmp_path: Path) -> None:
+    """The store was emptied to follow a recreated stream: each subscriber, live or not, gets
+    RESYNC (EPOCH_CHANGED) with the new epoch; one that resumes with the old epoch too."""
+    with trio.fail_after(DEADLINE):
+        async with lone_feed(tmp_path) as lone:
+            lone.store.follow("S", "old")
+            await lone.publisher.send(applied(lone, [Change(1, "c", "a", "{}")], 1))
+            with lone.subscribe() as live:
+                await stall_while_live(live)
+                lone.store.follow("S", "new")
+                await lone.publisher.send(Committed([], 0, new_epoch=True))
+                (resync,) = [decode(event) for event in await live.next_batch(10)]
+            with lone.feed.subscribe(
+                None, since=1, epoch="old", snapshot=False, peer="test"
+            ) as resumed:
+                (told,) = [decode(event) for event in await resumed.next_batch(10)]
+
+    for event in (resync, told):
+        assert (event.change_type, event.resync_reason) == (
+            ChangeType.RESYNC,
+            ResyncReason.EPOCH_CHANGED,
+        )
+        assert event.epoch == "new"
+        assert event.sequence == 0
