@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import trio
 from prometheus_client import start_http_server
@@ -26,6 +27,9 @@ from prometheus_client.registry import Collector
 from peat_sync.address import ListenAddress
 from peat_sync.node import Node
 from peat_sync.node.stats import Histogram
+
+if TYPE_CHECKING:
+    from peat_sync.shared.replica import Replica
 
 log = logging.getLogger("peat_sync.metrics")
 
@@ -108,6 +112,37 @@ class NodeCollector(Collector):
             "time to commit a batch of writes to the store, fsync included",
             stats.commits,
         )
+        if node.replica is not None:
+            yield from _shared_mode(node.replica)
+
+
+def _shared_mode(replica: Replica) -> Iterator[Metric]:
+    """The figures of shared mode: what to alert on (see docs/operations.md)."""
+    yield GaugeMetricFamily(
+        "peat_nats_connected",
+        "1 while connected to NATS (writes need it), 0 otherwise",
+        value=replica.connected,
+    )
+    yield GaugeMetricFamily(
+        "peat_sync_active", "1 while this sidecar applies the stream", value=replica.sync_active
+    )
+    applied = replica.applied
+    stream_head = max(replica.stream_head, applied)
+    yield GaugeMetricFamily(
+        "peat_stream_head_sequence", "the stream's newest sequence, as last seen", value=stream_head
+    )
+    yield GaugeMetricFamily(
+        "peat_stream_lag",
+        "sequences of the stream not applied here yet",
+        value=stream_head - applied,
+    )
+    yield GaugeMetricFamily("peat_peers", "other sidecars of the stream", value=len(replica.peers))
+    yield CounterMetricFamily(
+        "peat_stream_skipped",
+        "sequences the stream no longer held when this sidecar read it (superseded or purged);"
+        " its subscribers caught up across them",
+        value=replica.skipped,
+    )
 
 
 def _family(name: str, documentation: str, histogram: Histogram) -> HistogramMetricFamily:

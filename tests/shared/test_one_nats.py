@@ -15,6 +15,7 @@ from peat_sync.bench.nats_servers import NatsServer
 from peat_sync.client import ChangeType, Client, PreconditionFailed, Rejected, ResyncReason
 from peat_sync.client.subscription import ResilientSubscription
 from tests.helpers.client_library import FAST_BACKOFF, Documents, store_documents
+from tests.helpers.metrics import scrape
 from tests.helpers.servers import StartServer
 from tests.helpers.waiting import run_scenario, within
 from tests.shared.conftest import StartSidecar
@@ -316,3 +317,20 @@ def test_a_data_dir_serves_one_mode_only(
     assert refused.process.returncode == 1
     assert "replica of the NATS stream PEAT" in refused.log
     assert "Traceback" not in refused.log
+
+
+def test_metrics_of_shared_mode(nats_server: NatsServer, start_sidecar: StartSidecar) -> None:
+    """What to alert on is exported: the NATS connection, sync, and the stream's lag."""
+    sidecar = start_sidecar(nats_server.url, "--metrics-listen", "tcp://127.0.0.1:0")
+
+    async def scenario() -> None:
+        async with Client(sidecar.address) as client:
+            await client.put("fleet", "x", {"v": 1})
+            await within(converged([client]))
+
+    run_scenario(scenario, timeout=30)
+    metrics = scrape(sidecar)
+    assert metrics[("peat_nats_connected", ())] == 1
+    assert metrics[("peat_sync_active", ())] == 1
+    assert metrics[("peat_stream_head_sequence", ())] == 1
+    assert metrics[("peat_stream_lag", ())] == 0
