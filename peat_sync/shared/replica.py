@@ -73,7 +73,7 @@ class Replica:
         self._sync_resumed = trio.Event()
         self.peers: list[Peer] = []
         self.endpoint = ""
-        self._following_since: float | None = None  # monotonic time of the last follow
+        self._following = False  # a consumer of the stream delivers to `link.take`
         self._catch_up_target = 0  # the stream's head when the replica last followed it
         self._running = trio.CancelScope()
         # Sequences of the stream this replica never saw: superseded or purged before it read
@@ -179,13 +179,13 @@ class Replica:
     async def _apply_stream(self, feed: trio.MemorySendChannel[Committed]) -> None:
         while True:
             if not self.syncing:
-                if self._following_since is not None:
+                if self._following:
                     await call_asyncio(self.link.unfollow)
-                    self._following_since = None
+                    self._following = False
                 await self._sync_resumed.wait()
                 self._sync_resumed = trio.Event()
                 continue
-            if self._following_since is None or self._changed.is_set():
+            if not self._following or self._changed.is_set():
                 # Connected anew: resume after the last sequence applied, on the stream as it
                 # is now (it may have been recreated meanwhile).
                 self._changed = trio.Event()
@@ -211,12 +211,12 @@ class Replica:
         except Exception as exc:  # NATS went away again, or the stream cannot be read
             log.warning("cannot read stream %s: %s; retrying", self.config.stream, exc)
             await trio.sleep(IDLE_CHECK)
-            self._following_since = None
+            self._following = False
             return False
         if identity.epoch != self._store.epoch:
             await self._adopt(identity, feed)
         await call_asyncio(self.link.follow, self.applied)
-        self._following_since = time.monotonic()
+        self._following = True
         self._catch_up_target = identity.last_sequence
         log.info(
             "following stream %s after sequence %d (its head: %d)",

@@ -334,3 +334,24 @@ def test_metrics_of_shared_mode(nats_server: NatsServer, start_sidecar: StartSid
     assert metrics[("peat_sync_active", ())] == 1
     assert metrics[("peat_stream_head_sequence", ())] == 1
     assert metrics[("peat_stream_lag", ())] == 0
+
+
+def test_a_subscriber_resuming_on_a_sidecar_that_is_behind_waits_for_it(
+    nats_server: NatsServer, start_sidecar: StartSidecar
+) -> None:
+    """A position from a sidecar ahead is not refused as "ahead" by one that has not applied
+    it yet: that one learns the stream's head, and delivers from the position once there."""
+    a, b = start_sidecar(nats_server.url, name="a"), start_sidecar(nats_server.url, name="b")
+
+    async def scenario() -> None:
+        async with Client(a.address) as on_a, Client(b.address) as on_b:
+            await on_b.stop_sync()
+            written = [await on_a.put("fleet", f"d{i}", {"i": i}) for i in range(6)]
+            since, epoch = written[2], (await on_a.status()).epoch
+            assert (await on_b.status()).head_sequence < since
+            async with on_b.subscribe(["fleet"], since=since, epoch=epoch) as on_b_feed:
+                await on_b.start_sync()
+                events = await within(events_until(on_b_feed, written[-1]))
+        assert [sequence for sequence, _, _ in events] == written[3:]
+
+    run_scenario(scenario, timeout=30)
