@@ -114,6 +114,11 @@ async def status(client: Client, args: argparse.Namespace) -> int:
             "catch_up_floor": response.catch_up_floor,
             "sync_active": response.sync_active,
             "connected_peers": response.connected_peers,
+            **(
+                {"stream": response.stream, "nats_connected": response.connected}
+                if response.shared
+                else {}
+            ),
         }
     )
     return EXIT_OK

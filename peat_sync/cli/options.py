@@ -97,6 +97,13 @@ def show_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def positive_duration(text: str) -> float:
+    value = duration(text)
+    if value <= 0:
+        raise ValueError("must be more than 0")
+    return value
+
+
 def seconds(text: str) -> float:
     """A number of seconds above zero, such as 10 or 2.5."""
     try:
@@ -481,20 +488,18 @@ SHARED_OPTIONS = (
     _shared(
         "--nats-write-timeout",
         "write_timeout",
-        seconds,
-        "seconds a write waits for NATS (through a leader election or a reconnect) and to be"
-        " applied here before it fails with UNAVAILABLE",
-        show="{:g}".format,
-        metavar="SECONDS",
+        positive_duration,
+        "how long a write waits for NATS (through a leader election or a reconnect) and to be"
+        " applied here before it fails with UNAVAILABLE (500ms, 10s, 1m ...)",
+        show=show_duration,
     ),
     _shared(
         "--nats-presence-interval",
         "presence_interval",
-        seconds,
-        "seconds between this sidecar's announcements to the others (ListPeers); one silent"
-        " for three intervals is gone",
-        show="{:g}".format,
-        metavar="SECONDS",
+        positive_duration,
+        "time between this sidecar's announcements to the others (ListPeers); one silent for"
+        " three intervals is gone (500ms, 5s ...)",
+        show=show_duration,
     ),
 )
 # Every client command: where the server is, and how to reach it.
@@ -661,6 +666,13 @@ BENCH_SIZE_OPTIONS = tuple(
             "--write-count",
             positive_int,
             "documents per WriteDocuments run",
+            metavar="N",
+            show="{:,}".format,
+        ),
+        _size(
+            "--shared-documents",
+            positive_int,
+            "documents written to a sidecar, then joined by another, in the shared scenario",
             metavar="N",
             show="{:,}".format,
         ),

@@ -138,6 +138,12 @@ def _shared_mode(replica: Replica) -> Iterator[Metric]:
     )
     yield GaugeMetricFamily("peat_peers", "other sidecars of the stream", value=len(replica.peers))
     yield CounterMetricFamily(
+        "peat_stream_write_failures",
+        "writes that failed with UNAVAILABLE: NATS did not take them in --nats-write-timeout,"
+        " or this sidecar did not apply them in time; the log says why",
+        value=replica.writer.failures,
+    )
+    yield CounterMetricFamily(
         "peat_stream_skipped",
         "sequences the stream no longer held when this sidecar read it (superseded or purged);"
         " its subscribers caught up across them",

@@ -52,7 +52,12 @@ _BATCH_DUPLICATE_ID = 10201
 
 
 class Unavailable(Exception):
-    """NATS cannot take a write now; the message says why."""
+    """NATS did not take a write; the message says why. `maybe_stored`: the write was sent
+    and its answer lost, so NATS may have stored it."""
+
+    def __init__(self, message: str, *, maybe_stored: bool) -> None:
+        super().__init__(message)
+        self.maybe_stored = maybe_stored
 
 
 class WrongLastSequence(Exception):
@@ -256,6 +261,16 @@ class JetStreamLink:
             )
         return StreamIdentity(self.config.stream, epoch, info.state.last_seq)
 
+    async def renew_epoch(self, old: str) -> StreamIdentity:
+        """Give the stream a new epoch, unless another sidecar already replaced `old`."""
+        info = await self._js.stream_info(self.config.stream)
+        metadata = dict(info.config.metadata or {})
+        if metadata.get(EPOCH_KEY) == old:
+            metadata[EPOCH_KEY] = secrets.token_hex(8)
+            info.config.metadata = metadata
+            info = await self._js.update_stream(info.config)
+        return StreamIdentity(self.config.stream, metadata[EPOCH_KEY], info.state.last_seq)
+
     async def last_sequence(self) -> int:
         return (await self._js.stream_info(self.config.stream)).state.last_seq
 
@@ -281,7 +296,7 @@ class JetStreamLink:
         """
         client = self._client
         if client is None or not client.is_connected:
-            raise Unavailable(self.describe_outage())
+            raise Unavailable(self.describe_outage(), maybe_stored=False)
         last = len(messages) - 1
         try:
             if last == 0:
@@ -304,10 +319,11 @@ class JetStreamLink:
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
             raise Unavailable(
                 f"NATS did not acknowledge the write ({type(exc).__name__}): the stream has"
-                " no leader now, or no server of it is reachable"
+                " no leader now, or no server of it is reachable",
+                maybe_stored=True,
             ) from None
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
-            raise Unavailable(self.describe_outage()) from None
+            raise Unavailable(self.describe_outage(), maybe_stored=True) from None
         answer = json.loads(reply.data)
         error = answer.get("error")
         if error is None:
@@ -319,7 +335,9 @@ class JetStreamLink:
             # An earlier attempt of this batch was stored: its sequence is unknown here, but
             # the replica finds its messages by the write id.
             return 0
-        raise Unavailable(f"NATS refused the write: {error.get('description', error)}")
+        raise Unavailable(
+            f"NATS refused the write: {error.get('description', error)}", maybe_stored=False
+        )
 
     def _headers(self, message: Outgoing) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -409,9 +427,9 @@ class JetStreamLink:
         bucket = await self._bucket(ttl)
         await bucket.put(key, json.dumps(value).encode())
 
-    async def peers(self, ttl: float) -> list[dict[str, object]]:
-        """The entries of every sidecar announced within `ttl`."""
-        bucket = await self._bucket(ttl)
+    async def peers(self) -> list[dict[str, object]]:
+        """The entries of every sidecar announced within the bucket's time to live."""
+        bucket = await self._bucket(self.config.presence_interval * 3)
         try:
             keys = await bucket.keys()
         except nats.js.errors.NoKeysError:

@@ -15,6 +15,7 @@ the store across the hole instead of jumping it silently.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -139,20 +140,44 @@ class Replica:
         stream, or the same name recreated): the store was emptied to follow this one.
 
         A store that already follows the stream does not wait for NATS: it serves reads at
-        once, and `run` connects in the background.
+        once, and `run` connects in the background. Any other waits until it can read the
+        stream (NATS up, JetStream ready, the cluster with a leader).
         """
         if self._store.stream == self.config.stream:
             return None
         await call_asyncio(self.link.connect)
-        identity = await self._identity()
-        return await trio.to_thread.run_sync(self._store.follow, identity.name, identity.epoch)
+        for attempt in itertools.count():
+            try:
+                identity = await self._identity()
+                break
+            except StoreError:
+                raise
+            except Exception as exc:
+                if attempt % 10 == 0:
+                    log.warning(
+                        "cannot read or make stream %s (%s); retrying: does the NATS server run"
+                        " JetStream, and does its cluster have a leader?",
+                        self.config.stream,
+                        exc,
+                    )
+                await trio.sleep(IDLE_CHECK)
+        previous = await trio.to_thread.run_sync(self._store.follow, identity.name, identity.epoch)
+        self.stream_head = identity.last_sequence
+        log.info(
+            "the store follows stream %s (epoch %s, %d sequences to read)",
+            identity.name,
+            identity.epoch,
+            identity.last_sequence,
+        )
+        return previous
 
     async def _identity(self) -> StreamIdentity:
         try:
             identity = await call_asyncio(self.link.stream)
         except ForeignStream as exc:
             raise StoreError(str(exc)) from None
-        self.stream_head = max(self.stream_head, identity.last_sequence)
+        if identity.epoch == self._store.epoch:
+            self.stream_head = max(self.stream_head, identity.last_sequence)
         return identity
 
     # The apply loop ----------------------------------------------------------------------------
@@ -206,16 +231,25 @@ class Replica:
                 await self._apply(delivered, feed)
 
     async def _refollow(self, feed: trio.MemorySendChannel[Committed]) -> bool:
+        """Follow the stream after the last sequence applied, as the stream is now; False
+        (after a pause) if that failed, to be tried again."""
         try:
             identity = await self._identity()
-        except Exception as exc:  # NATS went away again, or the stream cannot be read
-            log.warning("cannot read stream %s: %s; retrying", self.config.stream, exc)
+            if identity.epoch == self._store.epoch and identity.last_sequence < self.applied:
+                identity = await self._renew_epoch(identity)
+            if identity.epoch != self._store.epoch:
+                await self._adopt(identity, feed)
+            await call_asyncio(self.link.follow, self.applied)
+        except Exception as exc:  # NATS went away again, or the stream has no leader yet
+            log.warning(
+                "cannot follow stream %s (%s); retrying in %g s",
+                self.config.stream,
+                exc,
+                IDLE_CHECK,
+            )
             await trio.sleep(IDLE_CHECK)
             self._following = False
             return False
-        if identity.epoch != self._store.epoch:
-            await self._adopt(identity, feed)
-        await call_asyncio(self.link.follow, self.applied)
         self._following = True
         self._catch_up_target = identity.last_sequence
         log.info(
@@ -226,12 +260,28 @@ class Replica:
         )
         return True
 
+    async def _renew_epoch(self, identity: StreamIdentity) -> StreamIdentity:
+        """The stream ends below what this sidecar applied: NATS lost acknowledged messages
+        (a server that restarted without them), and new writes would reuse their sequences
+        for other changes. The stream gets a new epoch, so that every sidecar reads it anew
+        and every subscriber is told."""
+        log.error(
+            "stream %s ends at sequence %d, below the %d this sidecar applied: NATS lost"
+            " acknowledged messages. The stream gets a new epoch: every sidecar empties its"
+            " store and reads the stream again, and subscribers get RESYNC (EPOCH_CHANGED)",
+            identity.name,
+            identity.last_sequence,
+            self.applied,
+        )
+        return await call_asyncio(self.link.renew_epoch, identity.epoch)
+
     async def _adopt(
         self, identity: StreamIdentity, feed: trio.MemorySendChannel[Committed]
     ) -> None:
         """The stream was recreated (or is another one) while the sidecar ran: empty the
         store, follow the new stream, and tell every subscriber."""
         old = await trio.to_thread.run_sync(self._store.follow, identity.name, identity.epoch)
+        self.stream_head = identity.last_sequence
         log.warning(
             "stream %s has epoch %s, not %s: it was recreated, so this sidecar's store was"
             " emptied to follow it; subscribers get RESYNC (EPOCH_CHANGED)",
@@ -305,16 +355,18 @@ class Replica:
                     await self._presence_round(ttl)
                 except Exception as exc:  # NATS went away; the next round tries again
                     log.debug("presence round failed: %s", exc)
+            else:
+                self.peers = []  # unknown until connected again
             await trio.sleep(interval)
 
     async def _presence_round(self, ttl: float) -> None:
         identity = await self._identity()
-        if identity.epoch != self._store.epoch:
-            self._changed.set()  # the apply loop follows the new stream
+        if identity.epoch != self._store.epoch or identity.last_sequence < self.applied:
+            self._changed.set()  # the apply loop follows the stream anew (see `_refollow`)
         entry = {"node_id": self._node_id, "endpoint": self.endpoint, "applied": self.applied}
         await call_asyncio(self.link.announce, encode_token(self._node_id), entry, ttl)
         self.peers = [
             Peer(str(entry["node_id"]), str(entry["endpoint"]), int(str(entry["applied"])))
-            for entry in await call_asyncio(self.link.peers, ttl)
+            for entry in await call_asyncio(self.link.peers)
             if entry.get("node_id") != self._node_id
         ]

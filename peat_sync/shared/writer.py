@@ -87,6 +87,7 @@ class StreamWriter:
         self._acknowledged: list[tuple[int, str]] = []
         self._room = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.paused = False  # sync stopped: this sidecar applies nothing, so writes wait forever
+        self.failures = 0  # writes that failed for want of NATS or of applying them in time
 
     def applied(self, write_id: str, index: int, change: Change | None) -> None:
         """Called by the replica for each message of a write it applied."""
@@ -156,6 +157,7 @@ class StreamWriter:
         messages = [self._outgoing(mutation) for mutation in mutations]
         deadline = time.monotonic() + self._timeout
         attempt = 0
+        maybe_stored = False  # an attempt was sent and its answer lost
         while True:
             remaining = deadline - time.monotonic()
             try:
@@ -171,10 +173,18 @@ class StreamWriter:
                         " holding, as other writers changed the document; retry it"
                     ) from None
             except Unavailable as exc:
+                maybe_stored = maybe_stored or exc.maybe_stored
                 outage = link.disconnected_since
                 if remaining <= RETRY_PAUSE or (
                     outage is not None and time.monotonic() - outage > self._timeout
                 ):
+                    self.failures += 1
+                    if maybe_stored:
+                        raise StoreUnavailable(
+                            f"the write may or may not be stored: {exc}. Read the document"
+                            " back before you retry; reads and subscriptions go on from this"
+                            " sidecar's store"
+                        ) from None
                     raise StoreUnavailable(
                         f"the write was not stored: {exc}. Reads and subscriptions go on from"
                         " this sidecar's store; retry the write later"

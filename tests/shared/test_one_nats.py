@@ -355,3 +355,37 @@ def test_a_subscriber_resuming_on_a_sidecar_that_is_behind_waits_for_it(
         assert [sequence for sequence, _, _ in events] == written[3:]
 
     run_scenario(scenario, timeout=30)
+
+
+def test_a_stream_that_lost_acknowledged_messages_gets_a_new_epoch(
+    nats_server: NatsServer, start_sidecar: StartSidecar
+) -> None:
+    """A stream that ends below what a sidecar applied (NATS lost acknowledged messages; here
+    it is made anew with the old epoch) would number new writes with sequences the sidecars
+    already gave other changes: it gets a new epoch, and every subscriber is told."""
+    sidecar = start_sidecar(nats_server.url)
+
+    async def scenario() -> None:
+        async with Client(sidecar.address) as client:
+            for i in range(3):
+                await client.put("fleet", f"d{i}", {"i": i})
+            old_epoch = (await client.status()).epoch
+            async with client.subscribe(["fleet"], since=0) as live:
+                await within(events_until(live, 3))
+                connection = await nats.connect(nats_server.url)
+                stream = await connection.jetstream().stream_info("PEAT")
+                await connection.jetstream().delete_stream("PEAT")
+                await connection.jetstream().add_stream(stream.config)
+                await connection.close()
+                async for event in live:
+                    if event.type == ChangeType.RESYNC:
+                        assert event.resync_reason == ResyncReason.EPOCH_CHANGED, event
+                        break
+            status = await client.status()
+            assert status.epoch != old_epoch
+            assert status.head_sequence == 0
+            assert await client.put("fleet", "after", {"v": 1}) == 1
+            assert await client.list_ids("fleet") == ["after"]
+        assert "NATS lost acknowledged messages" in sidecar.log
+
+    run_scenario(scenario, timeout=60)

@@ -201,7 +201,7 @@ def test_flag_wins_over_environment_variable(
         ("--nats-stream", "my.stream", "1 to 64 letters, digits, - and _"),
         ("--nats-replicas", "7", "at most 5 replicas"),
         ("--nats-creds", "/nonexistent/user.creds", "cannot read"),
-        ("--nats-write-timeout", "0", "must be more than 0 seconds"),
+        ("--nats-write-timeout", "0", "must be more than 0"),
     ],
 )
 def test_bad_flag_value_names_the_flag(flag: str, value: str, complaint: str) -> None:
