@@ -248,10 +248,13 @@ def target_lines(found: Sequence[Target]) -> list[str]:
         sign = ">=" if target.at_least else "<="
         met = {True: "met", False: "MISSED", None: "n/a"}[target.met]
         digits = 0 if target.goal >= 1000 else 2
+        shown = digits
+        if target.met is False and f"{target.measured:.{digits}f}" == f"{target.goal:.{digits}f}":
+            shown += 1  # "0.50 x ... >= 0.50 x  MISSED" would not say why
         cells.append(
             [
                 target.text,
-                fmt(target.measured, f",.{digits}f", f" {target.unit}".rstrip()),
+                fmt(target.measured, f",.{shown}f", f" {target.unit}".rstrip()),
                 f"{sign} {_number(target.goal, digits)} {target.unit}".strip(),
                 met,
             ]

@@ -15,6 +15,7 @@ from typing import Any
 
 from peat_sync.address import ListenAddress
 from peat_sync.bench import report
+from peat_sync.bench.nats_servers import NatsServerMissing, nats_server_binary
 from peat_sync.bench.scenarios import SCENARIOS, Bench
 from peat_sync.bench.servers import BenchError, get_status
 from peat_sync.bench.sizes import SCENARIO_SUMMARIES, Sizes
@@ -54,11 +55,18 @@ def run_bench(
             report.check_plotting()
         except report.PlotUnavailable as exc:
             return _fail(str(exc), EXIT_FAILED)
+    shared_problem = _shared_problem(target) if "shared" in selected else None
+    if shared_problem is not None and "shared" in scenarios:
+        return _fail(f"--scenario shared: {shared_problem}", EXIT_USAGE if target else EXIT_FAILED)
     if target is not None:
         try:
             get_status(target)
         except BenchError as exc:
             return _fail(str(exc), EXIT_UNAVAILABLE)
+    if shared_problem is not None:  # only by default: every scenario that can run, runs
+        left_out = f"peat-sync bench: the shared scenario is left out: {shared_problem}"
+        print(left_out, file=sys.stderr, flush=True)
+        selected.remove("shared")
     # SIGTERM stops the bench as Ctrl-C does: the servers and workers it started are
     # stopped on the way out, not left running.
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -72,6 +80,18 @@ def run_bench(
         return _fail("interrupted", EXIT_INTERRUPTED)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _shared_problem(target: str | None) -> str | None:
+    """Why the shared scenario cannot run, if it cannot: it starts its own nats-server and
+    sidecars, so it needs nats-server, and has no use for a deployment."""
+    if target is not None:
+        return "it starts its own nats-server and sidecars, and does not run against --addr"
+    try:
+        nats_server_binary()
+    except NatsServerMissing as exc:
+        return str(exc)
+    return None
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -1,5 +1,6 @@
 """The servers the bench measures: `peat-sync serve` on a temporary data dir, the baseline
-server, or a running deployment at --addr; and /proc readers for a server's RSS and CPU.
+server, or a running deployment at --addr; the nats-server of shared mode; and /proc readers
+for a server's RSS and CPU.
 
 Nothing here imports the server: each server is a process of its own, started by
 peat_sync.bench.launcher with this Python, so the bench measures exactly what users run.
@@ -11,6 +12,7 @@ import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +21,12 @@ from typing import Any
 import grpc
 
 from peat_sync.bench.launcher import BaselineProcess, ChildServer, ServerProcess, ServerStartError
+from peat_sync.bench.nats_servers import NatsServer
 from peat_sync.generated.peat.sidecar.v1 import NodePhase
 from peat_sync.wire import GET_STATUS, message_class
+
+# How often a server that is starting is looked at, to see whether it listens yet.
+LISTENING_POLL = 0.002
 
 STATUS_TIMEOUT = 10.0
 
@@ -79,6 +85,48 @@ def peat_server(data_dir: Path, *flags: str) -> contextlib.AbstractContextManage
     """`peat-sync serve` on a free loopback port and `data_dir`, with extra `flags`, for the
     duration of the block."""
     return _running(ServerProcess(data_dir, *flags), "peat-sync serve")
+
+
+@contextmanager
+def peat_server_listening(data_dir: Path, *flags: str) -> Iterator[Server]:
+    """`peat_server`, but the block starts as soon as the server listens, before it serves:
+    to watch what it does while it opens its store (and, in shared mode, joins its stream),
+    when each of its calls fails with UNAVAILABLE. BenchError if it does not serve."""
+    process = ServerProcess(data_dir, *flags)
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="starting") as starting:
+            started = starting.submit(process.start)  # returns once the server serves
+            try:
+                while not process.port:  # known from a line it logs before it opens the store
+                    try:
+                        started.result(LISTENING_POLL)
+                    except TimeoutError:
+                        continue
+                    break
+                yield Server(process.address, process.pid)
+                started.result()
+                if not process.running:
+                    raise BenchError(
+                        f"peat-sync serve exited during the run: {process.last_words()}"
+                    )
+            finally:
+                _stop(process)  # which also ends a start under way
+    except ServerStartError:
+        raise BenchError(f"peat-sync serve did not start: {process.last_words()}") from None
+    finally:
+        _stop(process)  # started by the thread after all, when the block ended at once
+
+
+def _stop(process: ChildServer) -> None:
+    if process.running:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # then it was killed
+            process.stop()
+
+
+def nats_server(store_dir: Path) -> contextlib.AbstractContextManager[Server]:
+    """A nats-server with JetStream, its store in `store_dir`, for the duration of the block
+    (its target, HOST:PORT, is nats://TARGET). NatsServerMissing if there is none to run."""
+    return _running(NatsServer(store_dir), "nats-server")
 
 
 def baseline_server() -> contextlib.AbstractContextManager[Server]:

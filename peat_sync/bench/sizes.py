@@ -19,6 +19,7 @@ SCENARIO_SUMMARIES = {
     "replay": "reconnect 100,000 events behind: Subscribe and SubscribeBatched",
     "idle": "server RSS with 1,000 idle subscribers",
     "batched": "WriteDocuments docs/s and SubscribeBatched replay events/s",
+    "shared": "sidecars on one NATS stream: writes, a join, latency, / nats-py",
 }
 
 
@@ -47,6 +48,12 @@ class Sizes:
     write_count: int = 100_000  # documents per WriteDocuments run
     write_batch: int = 1000
     write_clients: int = 4
+    shared_publishes: int = 100_000  # nats-py publishes per way (sequential: a tenth)
+    shared_documents: int = 200_000  # written by WriteDocuments, then joined, per run
+    shared_batch: int = 500  # writes per WriteDocuments (shared mode takes 1,000 at most)
+    shared_clients: int = 4
+    shared_rate: int = 500  # puts/s on one sidecar, delivered on another
+    shared_latency_seconds: float = 5.0
 
 
 QUICK = Sizes(
@@ -71,4 +78,8 @@ QUICK = Sizes(
     write_count=3000,
     write_batch=500,
     write_clients=2,
+    shared_publishes=2000,
+    shared_documents=20_000,
+    shared_clients=2,
+    shared_latency_seconds=1.0,
 )

@@ -115,6 +115,33 @@ TARGETS = (
         at_least=False,
         unit="KiB",
     ),
+    TargetSpec(
+        "shared_write_vs_publish",
+        "shared",
+        "write_ratio",
+        "shared mode: WriteDocuments docs/s / nats-py publish_async msgs/s",
+        0.5,
+        at_least=True,
+        unit="x",
+    ),
+    TargetSpec(
+        "shared_join_vs_replay",
+        "shared",
+        "join_ratio",
+        "shared mode: an empty sidecar joins, docs applied/s / nats-py ordered consumer msgs/s",
+        0.5,
+        at_least=True,
+        unit="x",
+    ),
+    TargetSpec(
+        "shared_latency_p99",
+        "shared",
+        "p99_ms",
+        "shared mode: put on one sidecar to delivery on another, p99 at {put_rate:,} puts/s",
+        25.0,
+        at_least=False,
+        unit="ms",
+    ),
 )
 
 
@@ -125,4 +152,5 @@ def full_run_figures() -> dict[str, Any]:
         "max_subscribers": sizes.fanout[-1],
         "rate": sizes.rate,
         "subscribers": sizes.latency_subscribers,
+        "put_rate": sizes.shared_rate,
     }

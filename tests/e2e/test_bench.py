@@ -27,7 +27,17 @@ from tests.helpers.waiting import wait_until
 # A quick run takes about 20 s on an idle 2-core machine.
 QUICK_TIMEOUT = 110.0
 
-SCENARIOS = ["put", "subscribe", "fanout", "latency", "stalled", "replay", "idle", "batched"]
+SCENARIOS = [
+    "put",
+    "subscribe",
+    "fanout",
+    "latency",
+    "stalled",
+    "replay",
+    "idle",
+    "batched",
+    "shared",
+]
 TARGETS = [
     "subscribe_vs_baseline",
     "batched_replay",
@@ -37,6 +47,9 @@ TARGETS = [
     "latency_p99",
     "stalled_p99_vs_latency",
     "stalled_rss_growth",
+    "shared_write_vs_publish",
+    "shared_join_vs_replay",
+    "shared_latency_p99",
 ]
 # A difference of two growth rates: it may be negative, or nothing, on a quiet server.
 SIGNED_TARGETS = {"stalled_rss_growth"}
@@ -118,7 +131,7 @@ def test_quick_run_measures_every_scenario_and_target(tmp_path: Path) -> None:
         assert scenario["rows"], name
         assert_measured(scenario["rows"])
         assert f"{number}. {scenario['title'].split()[0]}" in result.stdout
-        assert f" {number}/8 {name}: " in result.stderr
+        assert f" {number}/{len(SCENARIOS)} {name}: " in result.stderr
     assert list(document["targets"]) == TARGETS
     for key, target in document["targets"].items():
         measured = target["measured"]
@@ -132,6 +145,10 @@ def test_quick_run_measures_every_scenario_and_target(tmp_path: Path) -> None:
     stalled = document["scenarios"]["stalled"]["figures"]
     assert stalled["rss_while_one_stopped"]
     assert stalled["stalled_resume"]
+    # Shared mode's figures all come from the same run: nats-py's five ways among them.
+    shared = document["scenarios"]["shared"]["figures"]
+    for way in ("sequential", "in_flight", "publish_async", "ordered_consumer", "pull_fetch"):
+        assert shared[f"nats_py_{way}_per_s"] > 0, way
 
 
 def test_against_a_running_server(server: ServerProcess, tmp_path: Path) -> None:
@@ -195,6 +212,8 @@ def test_help_explains_scenarios_options_and_targets() -> None:
         assert goal in targets
     assert "<= 10 ms" in targets
     assert "100 subscribers / 1" in targets
+    assert "<= 25 ms" in targets
+    assert "p99 at 500 puts/s" in " ".join(targets.split())
 
 
 def test_bad_address_is_one_line() -> None:
@@ -217,6 +236,7 @@ def test_bad_option_values_are_one_line() -> None:
         (("--runs", "0"), "must be at least 1"),
         (("--fanout", "10,1"), "increasing counts from 1"),
         (("--json", "/no/such/dir/bench.json"), "no directory /no/such/dir"),
+        (("--scenario", "shared", "--addr", "127.0.0.1:1"), "does not run against --addr"),
     ]:
         result = run_cli("bench", *args)
         assert result.returncode == 2, result

@@ -22,6 +22,7 @@ from peat_sync.bench.scenarios.idle import idle
 from peat_sync.bench.scenarios.latency import latency
 from peat_sync.bench.scenarios.put import put_throughput
 from peat_sync.bench.scenarios.replay import replay
+from peat_sync.bench.scenarios.shared import shared
 from peat_sync.bench.scenarios.stalled import stalled
 from peat_sync.bench.scenarios.subscribe import subscribe_throughput
 
@@ -37,4 +38,5 @@ SCENARIOS: dict[str, Callable[[Bench], ScenarioResult]] = {
     "replay": replay,
     "idle": idle,
     "batched": batched,
+    "shared": shared,
 }

@@ -20,6 +20,7 @@ from peat_sync.bench.report import (
     median,
     percentile,
     render,
+    target_lines,
     targets,
     to_json,
     write_json,
@@ -155,7 +156,7 @@ def test_targets_compare_each_figure_with_its_goal() -> None:
 
 
 def test_every_scenario_that_has_targets_reports_them() -> None:
-    """With every scenario run, the eight targets are all there."""
+    """With every scenario run, the eleven targets are all there."""
     figures = {
         "subscribe": {"ratio": 1.0},
         "batched": {"replay_events_per_s": 1.0, "write_documents_per_s": 1.0},
@@ -163,6 +164,7 @@ def test_every_scenario_that_has_targets_reports_them() -> None:
         "fanout": {"cpu_ratio": 1.0, "max_subscribers": 100},
         "latency": {"p99_ms": 1.0, "rate": 1000, "subscribers": 10},
         "stalled": {"p99_ratio": 1.0, "rss_growth_kib_per_1000_events": 1.0},
+        "shared": {"write_ratio": 1.0, "join_ratio": 1.0, "p99_ms": 1.0, "put_rate": 500},
     }
     results = {key: result_with(key, **values) for key, values in figures.items()}
 
@@ -175,7 +177,21 @@ def test_every_scenario_that_has_targets_reports_them() -> None:
         "latency_p99",
         "stalled_p99_vs_latency",
         "stalled_rss_growth",
+        "shared_write_vs_publish",
+        "shared_join_vs_replay",
+        "shared_latency_p99",
     ]
+
+
+def test_a_missed_target_never_shows_its_goal_as_the_figure() -> None:
+    """A figure just short of its goal gets one more digit, rather than read as the goal."""
+    found = [Target("t", "WriteDocuments / publish", 0.4966, 0.5, at_least=True, unit="x")]
+
+    (line,) = (line for line in target_lines(found) if "WriteDocuments" in line)
+
+    assert "0.497 x" in line
+    assert ">= 0.50 x" in line
+    assert line.endswith("MISSED")
 
 
 def test_render_and_json_hold_every_figure(tmp_path: Path) -> None:

@@ -38,3 +38,4 @@ def test_the_scenarios_and_their_summaries_agree() -> None:
     assert QUICK.runs == 1
     assert QUICK.put_count < Sizes().put_count
     assert QUICK.idle_subscribers < Sizes().idle_subscribers
+    assert QUICK.shared_documents < Sizes().shared_documents

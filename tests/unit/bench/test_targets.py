@@ -25,6 +25,9 @@ def test_the_help_shows_each_bound_and_the_full_runs_figures() -> None:
     assert bounds["batched_replay"] == ">= 1,000,000 events/s"
     assert bounds["latency_p99"] == "<= 10 ms"
     assert bounds["stalled_rss_growth"] == "<= 15 KiB"
+    assert texts["shared_latency_p99"].endswith("p99 at 500 puts/s")
+    assert bounds["shared_latency_p99"] == "<= 25 ms"
+    assert bounds["shared_join_vs_replay"] == ">= 0.5 x"
 
 
 def test_the_report_takes_each_target_from_its_row() -> None:
