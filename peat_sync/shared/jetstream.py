@@ -113,6 +113,15 @@ def _write_id(headers: dict[str, str]) -> tuple[str | None, int, bool]:
     return write_id, int(headers["Nats-Batch-Sequence"]) - 1, "Nats-Batch-Commit" in headers
 
 
+def _position(reply: str) -> tuple[int, int]:
+    """The stream sequence of a delivered message, and how many follow it, from its reply
+    subject: what nats-py's `Msg.metadata` parses, without the objects it builds."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return int(tokens[5]), int(tokens[8])
+    return int(tokens[Msg.Ack.StreamSeq]), int(tokens[Msg.Ack.NumPending])
+
+
 class JetStreamLink:
     """One sidecar's NATS connection, reconnecting for as long as the sidecar runs."""
 
@@ -374,21 +383,23 @@ class JetStreamLink:
 
         async def deliver(message: Msg) -> None:
             headers = message.headers or {}
-            metadata = message.metadata
+            sequence, pending = _position(message.reply)
             write_id, index, ends_batch = _write_id(headers)
             self.bytes_received += len(message.data)
-            await queue.put(
-                Delivered(
-                    metadata.sequence.stream,
-                    message.subject,
-                    message.data,
-                    DELETE_HEADER in headers,
-                    write_id,
-                    index,
-                    ends_batch,
-                    metadata.sequence.stream + metadata.num_pending,
-                )
+            delivered = Delivered(
+                sequence,
+                message.subject,
+                message.data,
+                DELETE_HEADER in headers,
+                write_id,
+                index,
+                ends_batch,
+                sequence + pending,
             )
+            if queue.full():
+                await queue.put(delivered)  # backpressure: nats-py holds the rest
+            else:
+                queue.put_nowait(delivered)
             self._delivered.set()
 
         self._following = await self._js.subscribe(

@@ -38,6 +38,8 @@ log = logging.getLogger("peat_sync.shared")
 
 # Seconds the replica waits for deliveries before it looks at the connection again.
 IDLE_CHECK = 1.0
+# Documents a replica applies on the trio thread rather than a worker thread.
+INLINE_APPLY = 16
 # Seconds the NATS connection gets to close (and flush) when the node stops.
 CLOSE_TIMEOUT = 2.0
 
@@ -202,8 +204,10 @@ class Replica:
                 await call_asyncio(self.link.close)
 
     async def _apply_stream(self, feed: trio.MemorySendChannel[Committed]) -> None:
+        carried: list[Delivered] = []  # an atomic batch's start, waiting for its end
         while True:
             if not self.syncing:
+                carried = []
                 if self._following:
                     await call_asyncio(self.link.unfollow)
                     self._following = False
@@ -214,19 +218,19 @@ class Replica:
                 # Connected anew: resume after the last sequence applied, on the stream as it
                 # is now (it may have been recreated meanwhile).
                 self._changed = trio.Event()
+                carried = []  # delivered again by the new consumer
                 if not self.link.connected:
                     await self._changed.wait()
                     continue
                 if not await self._refollow(feed):
                     continue
-            delivered = await call_asyncio(self.link.take, self._max_batch, IDLE_CHECK)
-            while delivered and not delivered[-1].ends_batch:
-                # Never end a transaction inside an atomic batch: take the rest of it, unless
-                # it does not come (the connection went), to look at the connection again.
-                more = await call_asyncio(self.link.take, self._max_batch, IDLE_CHECK)
-                if not more:
-                    break
-                delivered += more
+            taken = await call_asyncio(self.link.take, self._max_batch, IDLE_CHECK)
+            delivered = carried + taken
+            # Never end a transaction inside an atomic batch: what follows the last batch's
+            # end waits for the rest of its batch; unless nothing more came (its end may be
+            # gone, superseded in the stream).
+            end = _batches_end(delivered) if taken else len(delivered)
+            delivered, carried = delivered[:end], delivered[end:]
             if delivered and self.syncing:  # else dropped: resumed after `applied` later
                 await self._apply(delivered, feed)
 
@@ -306,11 +310,15 @@ class Replica:
         self.stream_head = max(self.stream_head, fresh[-1].stream_head)
         changes = [self._change(message) for message in fresh]
         started = time.perf_counter()
-        applied = await trio.to_thread.run_sync(
-            self._store.apply,
-            [change for change in changes if change is not None],
-            fresh[-1].sequence,
-        )
+        documents = [change for change in changes if change is not None]
+        if len(documents) <= INLINE_APPLY:
+            # A replica commits without an fsync: a few documents take less time than the
+            # hop to a worker thread, which would add to the latency of every change.
+            applied = self._store.apply(documents, fresh[-1].sequence)
+        else:
+            applied = await trio.to_thread.run_sync(
+                self._store.apply, documents, fresh[-1].sequence
+            )
         self.stats.commits.add(time.perf_counter() - started)
         outcome = iter(applied)
         runs: list[Committed] = []
@@ -370,3 +378,11 @@ class Replica:
             for entry in await call_asyncio(self.link.peers)
             if entry.get("node_id") != self._node_id
         ]
+
+
+def _batches_end(delivered: list[Delivered]) -> int:
+    """How many of `delivered` end with the last message that ends an atomic batch."""
+    for index in range(len(delivered) - 1, -1, -1):
+        if delivered[index].ends_batch:
+            return index + 1
+    return 0
