@@ -12,10 +12,14 @@ import shutil
 import socket
 import sys
 from pathlib import Path
+from typing import Self
 
-from peat_sync.bench.launcher import ChildServer
+from peat_sync.bench.launcher import START_TIMEOUT, ChildServer, ServerStartError
 
 READY = "Server is ready"
+# What a server of a cluster logs once it knows the JetStream metadata leader: "Self is new
+# JetStream cluster metadata leader", or "JetStream cluster new metadata leader: nats-2/peat".
+METADATA_LEADER = "metadata leader"
 
 
 class NatsServerMissing(Exception):
@@ -59,6 +63,7 @@ class NatsServer(ChildServer):
         self.port = free_port()
         self.cluster_port = cluster_port
         self.routes = routes
+        self.knows_metadata_leader = False  # since its last start
 
     @property
     def url(self) -> str:
@@ -76,8 +81,25 @@ class NatsServer(ChildServer):
             argv += ["--routes", ",".join(f"nats://127.0.0.1:{port}" for port in self.routes)]
         return argv
 
+    def start(self, *, must_start: bool = True, timeout: float = START_TIMEOUT) -> Self:
+        self.knows_metadata_leader = False
+        return super().start(must_start=must_start, timeout=timeout)
+
     def _note(self, line: str) -> bool:
+        if METADATA_LEADER in line:
+            self.knows_metadata_leader = True
         return READY in line
+
+    def wait_for_metadata_leader(self, timeout: float = 10.0) -> None:
+        """Return once this server of a cluster knows the JetStream metadata leader; until
+        then it answers no JetStream API request (the client's request times out)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.knows_metadata_leader or not self.running, timeout)
+        if not self.knows_metadata_leader:
+            raise ServerStartError(
+                f"{self.name} knows no JetStream metadata leader after {timeout:g} s:"
+                f" {self.last_words()}"
+            )
 
 
 class NatsCluster:
@@ -103,6 +125,13 @@ class NatsCluster:
     def start(self) -> NatsCluster:
         for server in self.servers:
             server.start()
+        return self
+
+    def wait_for_jetstream(self, timeout: float = 10.0) -> NatsCluster:
+        """Return once every server knows the JetStream metadata leader, so that a stream can
+        be made or found through any of them."""
+        for server in self.servers:
+            server.wait_for_metadata_leader(timeout)
         return self
 
     def kill(self) -> None:

@@ -31,7 +31,9 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 @pytest.fixture
 def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    cluster = NatsCluster(tmp_path / "nats-cluster").start()
+    # Sidecars start once JetStream answers: one started before would wait out its first
+    # request, lost for want of a metadata leader (test_cluster tests that it waits).
+    cluster = NatsCluster(tmp_path / "nats-cluster").start().wait_for_jetstream()
     yield cluster
     cluster.kill()
 
