@@ -10,6 +10,7 @@ joins reads each document's latest state, and a delete stays as a tombstone mess
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -141,8 +142,10 @@ class JetStreamLink:
         self._writes = 0
         self._following: Subscription | None = None
         self._closing = False
-        self._deliveries: asyncio.Queue[Delivered] = asyncio.Queue(DELIVERY_QUEUE)
-        self._delivered = asyncio.Event()  # set when a message is put in `_deliveries`
+        # Delivered messages of the current consumer, until `take` takes them.
+        self._deliveries: collections.deque[Delivered] = collections.deque()
+        self._delivered = asyncio.Event()  # set when a message is added to `_deliveries`
+        self._taken = asyncio.Event()  # set when `take` took messages
 
     @property
     def connected(self) -> bool:
@@ -378,8 +381,8 @@ class JetStreamLink:
             config = ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1
             )
-        queue: asyncio.Queue[Delivered] = asyncio.Queue(DELIVERY_QUEUE)
-        self._deliveries = queue
+        deliveries: collections.deque[Delivered] = collections.deque()
+        self._deliveries = deliveries
 
         async def deliver(message: Msg) -> None:
             headers = message.headers or {}
@@ -396,11 +399,12 @@ class JetStreamLink:
                 ends_batch,
                 sequence + pending,
             )
-            if queue.full():
-                await queue.put(delivered)  # backpressure: nats-py holds the rest
-            else:
-                queue.put_nowait(delivered)
+            deliveries.append(delivered)
             self._delivered.set()
+            while len(deliveries) >= DELIVERY_QUEUE and deliveries is self._deliveries:
+                # Backpressure: nats-py holds what comes next, up to PENDING_BYTES_LIMIT.
+                self._taken.clear()
+                await self._taken.wait()
 
         self._following = await self._js.subscribe(
             self.subjects.all,
@@ -419,16 +423,13 @@ class JetStreamLink:
 
     async def take(self, limit: int, wait: float) -> list[Delivered]:
         """Up to `limit` delivered messages, waiting at most `wait` seconds for the first."""
-        queue = self._deliveries
-        if queue.empty():
-            # Waiting on the queue itself under a timeout could drop a message: in Python
-            # 3.11, wait_for can time out after get() took one. The event loses nothing.
+        deliveries = self._deliveries
+        if not deliveries:
             self._delivered.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._delivered.wait(), wait)
-        taken: list[Delivered] = []
-        while len(taken) < limit and not queue.empty():
-            taken.append(queue.get_nowait())
+        taken = [deliveries.popleft() for _ in range(min(limit, len(deliveries)))]
+        self._taken.set()
         return taken
 
     # Presence --------------------------------------------------------------------------------
