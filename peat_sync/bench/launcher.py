@@ -11,6 +11,7 @@ Nothing here imports grpcio, the server or trio.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 import signal
@@ -131,6 +132,10 @@ class ChildServer:
                 if self._note(line):
                     self._serving = True
                 self._changed.notify_all()
+        # Its output ends a moment before it exits: `start` waits for the exit, so it must be
+        # told after it.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(STOP_TIMEOUT)
         with self._changed:
             self._changed.notify_all()
 

@@ -46,6 +46,9 @@ DELIVERY_QUEUE = 8192
 # message the replica took: memory stays bounded even if the replica stalls.
 PENDING_BYTES_LIMIT = 64 * 1024 * 1024
 
+# Seconds between the heartbeats of an idle consumer.
+CONSUMER_HEARTBEAT = 1.0
+
 # JetStream's error codes that the replica tells apart.
 _STREAM_EXISTS_DIFFERENTLY = 10058
 _WRONG_LAST_SEQUENCE = 10071
@@ -410,6 +413,9 @@ class JetStreamLink:
             self.subjects.all,
             cb=deliver,
             ordered_consumer=True,
+            # nats-py makes the consumer anew after two heartbeats missed: a consumer on a
+            # server that died is replaced within seconds, not ten.
+            idle_heartbeat=CONSUMER_HEARTBEAT,
             config=config,
             pending_bytes_limit=PENDING_BYTES_LIMIT,
         )

@@ -368,8 +368,9 @@ class Replica:
             await trio.sleep(interval)
 
     async def _presence_round(self, ttl: float) -> None:
+        applied = self.applied  # before the stream is read: the stream is at least there
         identity = await self._identity()
-        if identity.epoch != self._store.epoch or identity.last_sequence < self.applied:
+        if identity.epoch != self._store.epoch or identity.last_sequence < applied:
             self._changed.set()  # the apply loop follows the stream anew (see `_refollow`)
         entry = {"node_id": self._node_id, "endpoint": self.endpoint, "applied": self.applied}
         await call_asyncio(self.link.announce, encode_token(self._node_id), entry, ttl)
