@@ -16,7 +16,7 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
 from peat_sync.address import ListenAddress
-from peat_sync.client.errors import CALL_FAILURES, PreconditionFailed, client_error
+from peat_sync.client.errors import CALL_FAILURES, PreconditionFailed, Rejected, client_error
 from peat_sync.client.mirror import Mirror
 from peat_sync.client.subscription import Backoff, ResilientSubscription
 from peat_sync.generated.peat.sidecar import v1 as pb
@@ -260,6 +260,33 @@ class Client:
 
     async def get_commands(self) -> list[pb.Command]:
         return list((await self._call(self.stub.get_commands, pb.GetCommandsRequest())).commands)
+
+    async def put_node(self, node: pb.Node) -> int:
+        return (await self._call(self.stub.put_node, pb.PutNodeRequest(node=node))).sequence
+
+    async def get_nodes(self) -> list[pb.Node]:
+        return list((await self._call(self.stub.get_nodes, pb.GetNodesRequest())).nodes)
+
+    # Collection configs ------------------------------------------------------------------
+
+    async def set_collection_config(self, config: pb.CollectionConfig) -> None:
+        request = pb.SetCollectionConfigRequest(config=config)
+        await self._call(self.stub.set_collection_config, request)
+
+    async def get_collection_config(self, collection: str) -> pb.CollectionConfig | None:
+        """The config of `collection`; None when none was set."""
+        request = pb.GetCollectionConfigRequest(collection=collection)
+        try:
+            reply = await self._call(self.stub.get_collection_config, request)
+        except Rejected as exc:
+            if exc.status is Status.NOT_FOUND:
+                return None
+            raise
+        return reply.config
+
+    async def list_collection_configs(self) -> list[pb.CollectionConfig]:
+        request = pb.ListCollectionConfigsRequest()
+        return list((await self._call(self.stub.list_collection_configs, request)).configs)
 
     # Peers and sync: this node has no mesh, and says so --------------------------------
 

@@ -89,6 +89,11 @@ NO_MESH = (
     " Subscribe to the change feed to follow every change instead."
 )
 
+COLLECTION_CONFIGS_NOT_YET = (
+    "{rpc}: collection configs are not implemented by this peat-sync server yet; every"
+    " collection keeps deleted documents as tombstones for --tombstone-retention"
+)
+
 StreamHandler = Callable[[grpclib.server.Stream[Any, Any]], Awaitable[None]]
 
 
@@ -410,6 +415,35 @@ class SidecarService(pb.PeatSidecarBase):
 
     async def get_commands(self, message: pb.GetCommandsRequest) -> pb.GetCommandsResponse:
         return pb.GetCommandsResponse(commands=await self._get_typed(pb.Command))
+
+    async def put_node(self, message: pb.PutNodeRequest) -> pb.PutNodeResponse:
+        return pb.PutNodeResponse(sequence=await self._put_typed(message.node, "node"))
+
+    async def get_nodes(self, message: pb.GetNodesRequest) -> pb.GetNodesResponse:
+        return pb.GetNodesResponse(nodes=await self._get_typed(pb.Node))
+
+    # Collection configs ------------------------------------------------------------------
+
+    async def set_collection_config(
+        self, message: pb.SetCollectionConfigRequest
+    ) -> pb.SetCollectionConfigResponse:
+        raise GRPCError(
+            Status.UNIMPLEMENTED, COLLECTION_CONFIGS_NOT_YET.format(rpc="SetCollectionConfig")
+        )
+
+    async def get_collection_config(
+        self, message: pb.GetCollectionConfigRequest
+    ) -> pb.GetCollectionConfigResponse:
+        raise GRPCError(
+            Status.UNIMPLEMENTED, COLLECTION_CONFIGS_NOT_YET.format(rpc="GetCollectionConfig")
+        )
+
+    async def list_collection_configs(
+        self, message: pb.ListCollectionConfigsRequest
+    ) -> pb.ListCollectionConfigsResponse:
+        raise GRPCError(
+            Status.UNIMPLEMENTED, COLLECTION_CONFIGS_NOT_YET.format(rpc="ListCollectionConfigs")
+        )
 
     # Change feed -------------------------------------------------------------------------
 

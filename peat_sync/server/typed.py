@@ -1,7 +1,9 @@
 """The typed collections: proto messages stored as JSON documents.
 
 Upstream stores each message as a JSON object whose keys are the proto field names, with
-enums as integers and absent optionals as null, keyed by the message's `id`.
+enums as integers and absent optionals as null, keyed by the message's `id`. Upstream renamed
+two fields (`Cell.platform_count` is `node_count`, `Track.source_platform` is `source_node`):
+documents are written with the new names and read with either.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, TypeVar, cast
 
 import betterproto2
 
-from peat_sync.generated.peat.sidecar.v1 import Cell, Command, Platform, Track
+from peat_sync.generated.peat.sidecar.v1 import Cell, Command, Node, Platform, Track
 from peat_sync.node import InvalidRequest
 
 log = logging.getLogger("peat_sync.typed")
@@ -26,6 +28,14 @@ COLLECTIONS: dict[type[betterproto2.Message], str] = {
     Cell: "cells",
     Track: "tracks",
     Command: "commands",
+    Node: "nodes",
+}
+
+# The JSON key each renamed field had in the first upstream proto, which stored documents
+# may still use.
+_OLD_KEYS: dict[type[betterproto2.Message], dict[str, str]] = {
+    Cell: {"node_count": "platform_count"},
+    Track: {"source_node": "source_platform"},
 }
 
 
@@ -103,18 +113,22 @@ def from_json(message_type: type[M], json_data: str) -> M:
     if not isinstance(document, dict):
         raise ValueError("not a JSON object")
     defaults = message_type()
+    old_keys = _OLD_KEYS.get(message_type, {})
     values: dict[str, Any] = {}
     for field in dataclasses.fields(cast(Any, message_type)):
-        if field.name in document:
+        key = field.name
+        if key not in document and key in old_keys:
+            key = old_keys[key]
+        if key in document:
             try:
                 values[field.name] = _convert(
                     str(field.type),
                     field.metadata["betterproto"].proto_type,
                     getattr(defaults, field.name),
-                    document[field.name],
+                    document[key],
                 )
             except ValueError as exc:
-                raise ValueError(f"{field.name}: {exc}") from None
+                raise ValueError(f"{key}: {exc}") from None
     return message_type(**values)
 
 

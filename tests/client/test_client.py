@@ -46,6 +46,11 @@ METHOD_OF_RPC = {
     "GetTracks": "get_tracks",
     "PutCommand": "put_command",
     "GetCommands": "get_commands",
+    "PutNode": "put_node",
+    "GetNodes": "get_nodes",
+    "SetCollectionConfig": "set_collection_config",
+    "GetCollectionConfig": "get_collection_config",
+    "ListCollectionConfigs": "list_collection_configs",
     "Subscribe": "subscribe",  # with batched=False
     "SubscribeBatched": "subscribe",
     "WriteDocuments": "write",
@@ -126,9 +131,9 @@ def test_write_commits_many_changes_atomically(server: ServerProcess) -> None:
 
 
 def test_typed_collections(server: ServerProcess) -> None:
-    """PutPlatform, PutCell, PutTrack and PutCommand take the generated messages and return
-    the sequence; the Get calls give the same messages back, and each is a document of its
-    typed collection."""
+    """PutPlatform, PutNode, PutCell, PutTrack and PutCommand take the generated messages and
+    return the sequence; the Get calls give the same messages back, and each is a document of
+    its typed collection."""
     platform = pb.Platform(
         id="p1",
         platform_type="ugv",
@@ -138,10 +143,11 @@ def test_typed_collections(server: ServerProcess) -> None:
         capabilities=["camera", "lidar"],
         callsign="R1",
     )
-    cell = pb.Cell(id="c1", name="Alpha", status=pb.CellStatus.ACTIVE, platform_count=2)
+    node = pb.Node(id="n1", node_type="uav", status=pb.NodeStatus.BUSY, unit_id="u2")
+    cell = pb.Cell(id="c1", name="Alpha", status=pb.CellStatus.ACTIVE, node_count=2)
     track = pb.Track(
         id="t1",
-        source_platform="p1",
+        source_node="p1",
         latitude=1.0,
         longitude=2.0,
         speed_mps=4.5,
@@ -164,12 +170,15 @@ def test_typed_collections(server: ServerProcess) -> None:
             assert await client.put_cell(cell) == 2
             assert await client.put_track(track) == 3
             assert await client.put_command(command) == 4
+            assert await client.put_node(node) == 5
             assert await client.get_platforms() == [platform]
             assert await client.get_cells() == [cell]
             assert await client.get_tracks() == [track]
             assert await client.get_commands() == [command]
+            assert await client.get_nodes() == [node]
             for collection, doc_id in (
                 ("platforms", "p1"),
+                ("nodes", "n1"),
                 ("cells", "c1"),
                 ("tracks", "t1"),
                 ("commands", "k1"),

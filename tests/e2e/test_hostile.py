@@ -639,10 +639,18 @@ NOT_PROTOBUF = st.sampled_from([b"\x00", b"\x0a\x05ab", b"\xff\xff\xff\xff", b"\
 UNKNOWN_FIELDS = st.builds(length_delimited, st.integers(16, 2**29 - 1), st.binary(max_size=20))
 
 
-def field_bytes(field: Any) -> st.SearchStrategy[bytes]:
+# How deep nested messages are built field by field: a recursive message (SubscriptionQuery)
+# has no bottom. Deeper, a message field holds any bytes.
+NESTING = 4
+
+
+def field_bytes(field: Any, depth: int) -> st.SearchStrategy[bytes]:
     """One occurrence of `field`, with its own wire type and any content."""
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return st.builds(length_delimited, st.just(field.number), message_bytes(field.message_type))
+        content = (
+            message_bytes(field.message_type, depth - 1) if depth > 0 else st.binary(max_size=20)
+        )
+        return st.builds(length_delimited, st.just(field.number), content)
     if field.type == FieldDescriptor.TYPE_STRING:
         return st.builds(length_delimited, st.just(field.number), STRING_BYTES)
     if field.type == FieldDescriptor.TYPE_DOUBLE:
@@ -651,12 +659,12 @@ def field_bytes(field: Any) -> st.SearchStrategy[bytes]:
     return st.builds(varint_field, st.just(field.number), UINT64_LIMITS)
 
 
-def message_bytes(descriptor: Any) -> st.SearchStrategy[bytes]:
+def message_bytes(descriptor: Any, depth: int = NESTING) -> st.SearchStrategy[bytes]:
     """Encodings of `descriptor`'s message as a parser meets them: any of its fields, in any
     order, repeated or not, with invalid UTF-8 in strings and any varint in numbers, among
     unknown fields. Each field has its own wire type: see
     test_fields_of_another_wire_type_are_refused_cleanly."""
-    fields = [field_bytes(field) for field in descriptor.fields]
+    fields = [field_bytes(field, depth) for field in descriptor.fields]
     return st.lists(st.one_of(*fields, UNKNOWN_FIELDS), max_size=8).map(b"".join)
 
 

@@ -41,7 +41,7 @@ CELL = Cell(
     id="c1",
     name="Alpha",
     status=CellStatus.ACTIVE,
-    platform_count=3,
+    node_count=3,
     center_latitude=1.5,
     center_longitude=2.5,
     capabilities=["recon"],
@@ -50,7 +50,7 @@ CELL = Cell(
 )
 TRACK = Track(
     id="t1",
-    source_platform="p1",
+    source_node="p1",
     cell_id="c1",
     formation_id="f1",
     latitude=10.0,
@@ -118,7 +118,7 @@ def test_cell_document_matches_upstream_layout() -> None:
         "id": "c1",
         "name": "Alpha",
         "status": 1,
-        "platform_count": 3,
+        "node_count": 3,
         "center_latitude": 1.5,
         "center_longitude": 2.5,
         "capabilities": ["recon"],
@@ -139,7 +139,7 @@ def test_track_document_keeps_a_set_zero_apart_from_an_absent_optional() -> None
     assert document["cell_id"] is None
     assert document["category"] == 4
     assert set(document) == {
-        "id", "source_platform", "cell_id", "formation_id", "latitude", "longitude",
+        "id", "source_node", "cell_id", "formation_id", "latitude", "longitude",
         "altitude_m", "cep_m", "heading_deg", "speed_mps", "classification", "confidence",
         "category",
     }  # fmt: skip

@@ -7,12 +7,14 @@ __all__ = (
     "Cell",
     "CellStatus",
     "ChangeType",
+    "CollectionConfig",
     "Command",
     "CommandStatus",
     "ConnectPeerRequest",
     "ConnectPeerResponse",
     "DeleteDocumentRequest",
     "DeleteDocumentResponse",
+    "DeletionPolicy",
     "DisconnectPeerRequest",
     "DisconnectPeerResponse",
     "DocumentChange",
@@ -20,10 +22,14 @@ __all__ = (
     "DocumentWrite",
     "GetCellsRequest",
     "GetCellsResponse",
+    "GetCollectionConfigRequest",
+    "GetCollectionConfigResponse",
     "GetCommandsRequest",
     "GetCommandsResponse",
     "GetDocumentRequest",
     "GetDocumentResponse",
+    "GetNodesRequest",
+    "GetNodesResponse",
     "GetPlatformsRequest",
     "GetPlatformsResponse",
     "GetStatusRequest",
@@ -32,11 +38,15 @@ __all__ = (
     "GetSyncStatsResponse",
     "GetTracksRequest",
     "GetTracksResponse",
+    "ListCollectionConfigsRequest",
+    "ListCollectionConfigsResponse",
     "ListDocumentsRequest",
     "ListDocumentsResponse",
     "ListPeersRequest",
     "ListPeersResponse",
+    "Node",
     "NodePhase",
+    "NodeStatus",
     "PeatSidecarBase",
     "PeatSidecarStub",
     "PeerInfo",
@@ -48,16 +58,26 @@ __all__ = (
     "PutCommandResponse",
     "PutDocumentRequest",
     "PutDocumentResponse",
+    "PutNodeRequest",
+    "PutNodeResponse",
     "PutPlatformRequest",
     "PutPlatformResponse",
     "PutTrackRequest",
     "PutTrackResponse",
+    "QueryAll",
+    "QueryAnd",
+    "QueryCmp",
+    "QueryEq",
+    "QueryOr",
     "ResyncReason",
+    "SetCollectionConfigRequest",
+    "SetCollectionConfigResponse",
     "StartSyncRequest",
     "StartSyncResponse",
     "StopSyncRequest",
     "StopSyncResponse",
     "SubscribeRequest",
+    "SubscriptionQuery",
     "Track",
     "TrackCategory",
     "WriteDocumentsRequest",
@@ -231,6 +251,65 @@ class CommandStatus(betterproto2.Enum):
         }
 
 
+class DeletionPolicy(betterproto2.Enum):
+    """
+    ---------------------------------------------------------------------------------------------
+    Collection configs
+
+    What deleting a document of a collection does. Upstream stores a collection's policy but
+    does not enforce it yet.
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> EnumDescriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.enum_types_by_name["DeletionPolicy"]
+
+    UNSPECIFIED = 0
+
+    SOFT_DELETE = 1
+    """
+    A delete marks the document `_deleted: true` and keeps it; upstream's default. It is
+    removed after soft_delete_ttl_secs.
+    """
+
+    TOMBSTONE = 2
+    """
+    A delete removes the document and keeps a tombstone, collected after tombstone_ttl_secs
+    (upstream's default: 168 hours).
+    """
+
+    IMPLICIT_TTL = 3
+    """
+    Documents not written for the TTL are removed.
+    """
+
+    IMMUTABLE = 4
+    """
+    Documents cannot be deleted.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "DELETION_POLICY_UNSPECIFIED",
+            1: "DELETION_POLICY_SOFT_DELETE",
+            2: "DELETION_POLICY_TOMBSTONE",
+            3: "DELETION_POLICY_IMPLICIT_TTL",
+            4: "DELETION_POLICY_IMMUTABLE",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "DELETION_POLICY_UNSPECIFIED": 0,
+            "DELETION_POLICY_SOFT_DELETE": 1,
+            "DELETION_POLICY_TOMBSTONE": 2,
+            "DELETION_POLICY_IMPLICIT_TTL": 3,
+            "DELETION_POLICY_IMMUTABLE": 4,
+        }
+
+
 class NodePhase(betterproto2.Enum):
     """
     ---------------------------------------------------------------------------------------------
@@ -270,6 +349,47 @@ class NodePhase(betterproto2.Enum):
             "NODE_PHASE_READY": 2,
             "NODE_PHASE_SYNCING": 3,
             "NODE_PHASE_SHUTTING_DOWN": 4,
+        }
+
+
+class NodeStatus(betterproto2.Enum):
+    """
+    Upstream renamed Platform to Node: the same fields and numbers, but node_type.
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> EnumDescriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.enum_types_by_name["NodeStatus"]
+
+    UNSPECIFIED = 0
+
+    READY = 1
+
+    BUSY = 2
+
+    DEGRADED = 3
+
+    OFFLINE = 4
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "NODE_STATUS_UNSPECIFIED",
+            1: "NODE_STATUS_READY",
+            2: "NODE_STATUS_BUSY",
+            3: "NODE_STATUS_DEGRADED",
+            4: "NODE_STATUS_OFFLINE",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "NODE_STATUS_UNSPECIFIED": 0,
+            "NODE_STATUS_READY": 1,
+            "NODE_STATUS_BUSY": 2,
+            "NODE_STATUS_DEGRADED": 3,
+            "NODE_STATUS_OFFLINE": 4,
         }
 
 
@@ -428,7 +548,10 @@ class Cell(betterproto2.Message):
         3, betterproto2.TYPE_ENUM, default_factory=lambda: CellStatus(0)
     )
 
-    platform_count: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    node_count: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    Named platform_count in the first upstream proto: the same field.
+    """
 
     center_latitude: "float" = betterproto2.field(5, betterproto2.TYPE_DOUBLE)
 
@@ -448,6 +571,33 @@ class Cell(betterproto2.Message):
 
 
 default_message_pool.register_message("peat.sidecar.v1", "Cell", Cell)
+
+
+@dataclass(eq=False, repr=False)
+class CollectionConfig(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name["CollectionConfig"]
+
+    collection: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    deletion_policy: "DeletionPolicy" = betterproto2.field(
+        2, betterproto2.TYPE_ENUM, default_factory=lambda: DeletionPolicy(0)
+    )
+
+    soft_delete_ttl_secs: "int | None" = betterproto2.field(
+        3, betterproto2.TYPE_UINT64, optional=True
+    )
+
+    tombstone_ttl_secs: "int | None" = betterproto2.field(
+        4, betterproto2.TYPE_UINT64, optional=True
+    )
+
+
+default_message_pool.register_message(
+    "peat.sidecar.v1", "CollectionConfig", CollectionConfig
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -731,6 +881,45 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class GetCollectionConfigRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name[
+            "GetCollectionConfigRequest"
+        ]
+
+    collection: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "peat.sidecar.v1", "GetCollectionConfigRequest", GetCollectionConfigRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class GetCollectionConfigResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name[
+            "GetCollectionConfigResponse"
+        ]
+
+    config: "CollectionConfig | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    A collection with no config set is NOT_FOUND.
+    """
+
+
+default_message_pool.register_message(
+    "peat.sidecar.v1", "GetCollectionConfigResponse", GetCollectionConfigResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class GetCommandsRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
@@ -801,6 +990,38 @@ class GetDocumentResponse(betterproto2.Message):
 
 default_message_pool.register_message(
     "peat.sidecar.v1", "GetDocumentResponse", GetDocumentResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class GetNodesRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name["GetNodesRequest"]
+
+    pass
+
+
+default_message_pool.register_message(
+    "peat.sidecar.v1", "GetNodesRequest", GetNodesRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class GetNodesResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name["GetNodesResponse"]
+
+    nodes: "list[Node]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "peat.sidecar.v1", "GetNodesResponse", GetNodesResponse
 )
 
 
@@ -1006,6 +1227,42 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class ListCollectionConfigsRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name[
+            "ListCollectionConfigsRequest"
+        ]
+
+    pass
+
+
+default_message_pool.register_message(
+    "peat.sidecar.v1", "ListCollectionConfigsRequest", ListCollectionConfigsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListCollectionConfigsResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name[
+            "ListCollectionConfigsResponse"
+        ]
+
+    configs: "list[CollectionConfig]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message(
+    "peat.sidecar.v1", "ListCollectionConfigsResponse", ListCollectionConfigsResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class ListDocumentsRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
@@ -1067,6 +1324,47 @@ class ListPeersResponse(betterproto2.Message):
 default_message_pool.register_message(
     "peat.sidecar.v1", "ListPeersResponse", ListPeersResponse
 )
+
+
+@dataclass(eq=False, repr=False)
+class Node(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name["Node"]
+
+    id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    node_type: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    name: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    status: "NodeStatus" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: NodeStatus(0)
+    )
+
+    latitude: "float" = betterproto2.field(5, betterproto2.TYPE_DOUBLE)
+
+    longitude: "float" = betterproto2.field(6, betterproto2.TYPE_DOUBLE)
+
+    altitude_m: "float" = betterproto2.field(7, betterproto2.TYPE_DOUBLE)
+
+    readiness: "float" = betterproto2.field(8, betterproto2.TYPE_DOUBLE)
+
+    capabilities: "list[str]" = betterproto2.field(
+        9, betterproto2.TYPE_STRING, repeated=True
+    )
+
+    unit_id: "str | None" = betterproto2.field(
+        10, betterproto2.TYPE_STRING, optional=True
+    )
+
+    callsign: "str | None" = betterproto2.field(
+        11, betterproto2.TYPE_STRING, optional=True
+    )
+
+
+default_message_pool.register_message("peat.sidecar.v1", "Node", Node)
 
 
 @dataclass(eq=False, repr=False)
@@ -1248,6 +1546,38 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class PutNodeRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name["PutNodeRequest"]
+
+    node: "Node | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+
+default_message_pool.register_message(
+    "peat.sidecar.v1", "PutNodeRequest", PutNodeRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class PutNodeResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name["PutNodeResponse"]
+
+    sequence: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message(
+    "peat.sidecar.v1", "PutNodeResponse", PutNodeResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class PutPlatformRequest(betterproto2.Message):
     @betterproto2.staticproperty
     @staticmethod
@@ -1308,6 +1638,127 @@ class PutTrackResponse(betterproto2.Message):
 
 default_message_pool.register_message(
     "peat.sidecar.v1", "PutTrackResponse", PutTrackResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class QueryAll(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name["QueryAll"]
+
+    pass
+
+
+default_message_pool.register_message("peat.sidecar.v1", "QueryAll", QueryAll)
+
+
+@dataclass(eq=False, repr=False)
+class QueryAnd(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name["QueryAnd"]
+
+    clauses: "list[SubscriptionQuery]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("peat.sidecar.v1", "QueryAnd", QueryAnd)
+
+
+@dataclass(eq=False, repr=False)
+class QueryCmp(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name["QueryCmp"]
+
+    field: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    A top-level JSON key.
+    """
+
+    value: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    A JSON-encoded number or string.
+    """
+
+
+default_message_pool.register_message("peat.sidecar.v1", "QueryCmp", QueryCmp)
+
+
+@dataclass(eq=False, repr=False)
+class QueryEq(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name["QueryEq"]
+
+    field: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    A top-level JSON key.
+    """
+
+    value: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    A JSON-encoded value.
+    """
+
+
+default_message_pool.register_message("peat.sidecar.v1", "QueryEq", QueryEq)
+
+
+@dataclass(eq=False, repr=False)
+class QueryOr(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name["QueryOr"]
+
+    clauses: "list[SubscriptionQuery]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("peat.sidecar.v1", "QueryOr", QueryOr)
+
+
+@dataclass(eq=False, repr=False)
+class SetCollectionConfigRequest(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name[
+            "SetCollectionConfigRequest"
+        ]
+
+    config: "CollectionConfig | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+
+default_message_pool.register_message(
+    "peat.sidecar.v1", "SetCollectionConfigRequest", SetCollectionConfigRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class SetCollectionConfigResponse(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name[
+            "SetCollectionConfigResponse"
+        ]
+
+    pass
+
+
+default_message_pool.register_message(
+    "peat.sidecar.v1", "SetCollectionConfigResponse", SetCollectionConfigResponse
 )
 
 
@@ -1416,9 +1867,90 @@ class SubscribeRequest(betterproto2.Message):
     to re-list. With since_sequence set, a snapshot is sent only if the stream cannot resume.
     """
 
+    query: "SubscriptionQuery | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Only the documents that match this query. Upstream sends the same message at field 2,
+    which here is since_sequence: the server tells them apart by wire type (a varint is
+    since_sequence, a length-delimited field 2 is upstream's query), so upstream clients
+    work unchanged. Clients of this proto send the query here.
+    """
+
 
 default_message_pool.register_message(
     "peat.sidecar.v1", "SubscribeRequest", SubscribeRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class SubscriptionQuery(betterproto2.Message):
+    """
+    A content query over the top-level fields of a JSON document, as upstream defines it.
+    Values are JSON-encoded ("\\"vehicle\\"", "42", "true"); numbers compare numerically and
+    strings lexically, and values of other or mixed types never order. Nesting is limited.
+
+    Oneofs:
+        - q:
+    """
+
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return SIDECAR_PROTO_DESCRIPTOR.message_types_by_name["SubscriptionQuery"]
+
+    eq: "QueryEq | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True, group="q"
+    )
+    """
+    field == value.
+    """
+
+    lt: "QueryCmp | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True, group="q"
+    )
+    """
+    field < value.
+    """
+
+    gt: "QueryCmp | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True, group="q"
+    )
+    """
+    field > value.
+    """
+
+    and_: "QueryAnd | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True, group="q"
+    )
+    """
+    Every clause matches.
+    """
+
+    or_: "QueryOr | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True, group="q"
+    )
+    """
+    At least one clause matches.
+    """
+
+    not_: "SubscriptionQuery | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True, group="q"
+    )
+    """
+    The query does not match.
+    """
+
+    all: "QueryAll | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, optional=True, group="q"
+    )
+    """
+    Every document.
+    """
+
+
+default_message_pool.register_message(
+    "peat.sidecar.v1", "SubscriptionQuery", SubscriptionQuery
 )
 
 
@@ -1431,7 +1963,10 @@ class Track(betterproto2.Message):
 
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    source_platform: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    source_node: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Named source_platform in the first upstream proto: the same field.
+    """
 
     cell_id: "str | None" = betterproto2.field(
         3, betterproto2.TYPE_STRING, optional=True
@@ -1833,6 +2368,48 @@ class PeatSidecarStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def put_node(
+        self,
+        message: "PutNodeRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "PutNodeResponse":
+        """
+        Upstream's newer name for platforms: Node documents, in the collection nodes.
+        """
+
+        return await self._unary_unary(
+            "/peat.sidecar.v1.PeatSidecar/PutNode",
+            message,
+            PutNodeResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_nodes(
+        self,
+        message: "GetNodesRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetNodesResponse":
+
+        if message is None:
+            message = GetNodesRequest()
+
+        return await self._unary_unary(
+            "/peat.sidecar.v1.PeatSidecar/GetNodes",
+            message,
+            GetNodesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def subscribe(
         self,
         message: "SubscribeRequest",
@@ -1966,9 +2543,69 @@ class PeatSidecarStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def set_collection_config(
+        self,
+        message: "SetCollectionConfigRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "SetCollectionConfigResponse":
+        """
+        Collection configs: each collection's deletion policy, as upstream declares them.
+        """
+
+        return await self._unary_unary(
+            "/peat.sidecar.v1.PeatSidecar/SetCollectionConfig",
+            message,
+            SetCollectionConfigResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_collection_config(
+        self,
+        message: "GetCollectionConfigRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "GetCollectionConfigResponse":
+
+        return await self._unary_unary(
+            "/peat.sidecar.v1.PeatSidecar/GetCollectionConfig",
+            message,
+            GetCollectionConfigResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_collection_configs(
+        self,
+        message: "ListCollectionConfigsRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListCollectionConfigsResponse":
+
+        if message is None:
+            message = ListCollectionConfigsRequest()
+
+        return await self._unary_unary(
+            "/peat.sidecar.v1.PeatSidecar/ListCollectionConfigs",
+            message,
+            ListCollectionConfigsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 SIDECAR_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.AddSerializedFile(
-    b'\n\rsidecar.proto\x12\x0fpeat.sidecar.v1"\x12\n\x10GetStatusRequest"\xe0\x03\n\x11GetStatusResponse\x12\x17\n\x07node_id\x18\x01 \x01(\tR\x06nodeId\x12#\n\rendpoint_addr\x18\x02 \x01(\tR\x0cendpointAddr\x12\x1f\n\x0bsync_active\x18\x03 \x01(\x08R\nsyncActive\x12\'\n\x0fconnected_peers\x18\x04 \x01(\rR\x0econnectedPeers\x120\n\x05phase\x18\x05 \x01(\x0e2\x1a.peat.sidecar.v1.NodePhaseR\x05phase\x12#\n\rhead_sequence\x18\x06 \x01(\x04R\x0cheadSequence\x12\x14\n\x05epoch\x18\x07 \x01(\tR\x05epoch\x12 \n\x0bsubscribers\x18\x08 \x01(\rR\x0bsubscribers\x12\x1d\n\nlag_events\x18\t \x01(\x04R\tlagEvents\x12!\n\x0creplay_floor\x18\n \x01(\x04R\x0breplayFloor\x12$\n\x0ecatch_up_floor\x18\x0b \x01(\x04R\x0ccatchUpFloor\x12\x16\n\x06shared\x18\x0c \x01(\x08R\x06shared\x12\x1c\n\tconnected\x18\r \x01(\x08R\tconnected\x12\x16\n\x06stream\x18\x0e \x01(\tR\x06stream"p\n\x12ConnectPeerRequest\x12\x1f\n\x0bendpoint_id\x18\x01 \x01(\tR\nendpointId\x12\x1c\n\taddresses\x18\x02 \x03(\tR\taddresses\x12\x1b\n\trelay_url\x18\x03 \x01(\tR\x08relayUrl"\x15\n\x13ConnectPeerResponse"8\n\x15DisconnectPeerRequest\x12\x1f\n\x0bendpoint_id\x18\x01 \x01(\tR\nendpointId"\x18\n\x16DisconnectPeerResponse"\x12\n\x10ListPeersRequest"D\n\x11ListPeersResponse\x12/\n\x05peers\x18\x01 \x03(\x0b2\x19.peat.sidecar.v1.PeerInfoR\x05peers"g\n\x08PeerInfo\x12\x1f\n\x0bendpoint_id\x18\x01 \x01(\tR\nendpointId\x12\x1c\n\taddresses\x18\x02 \x03(\tR\taddresses\x12\x1c\n\tconnected\x18\x03 \x01(\x08R\tconnected"\xb0\x01\n\x12PutDocumentRequest\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId\x12\x1b\n\tjson_data\x18\x03 \x01(\tR\x08jsonData\x120\n\x11expected_sequence\x18\x04 \x01(\x04H\x00R\x10expectedSequence\x88\x01\x01B\x14\n\x12_expected_sequence"1\n\x13PutDocumentResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"K\n\x12GetDocumentRequest\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId"a\n\x13GetDocumentResponse\x12 \n\tjson_data\x18\x01 \x01(\tH\x00R\x08jsonData\x88\x01\x01\x12\x1a\n\x08sequence\x18\x02 \x01(\x04R\x08sequenceB\x0c\n\n_json_data"\x96\x01\n\x15DeleteDocumentRequest\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId\x120\n\x11expected_sequence\x18\x03 \x01(\x04H\x00R\x10expectedSequence\x88\x01\x01B\x14\n\x12_expected_sequence"4\n\x16DeleteDocumentResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"6\n\x14ListDocumentsRequest\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection"0\n\x15ListDocumentsResponse\x12\x17\n\x07doc_ids\x18\x01 \x03(\tR\x06docIds"\xff\x02\n\x08Platform\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12#\n\rplatform_type\x18\x02 \x01(\tR\x0cplatformType\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x127\n\x06status\x18\x04 \x01(\x0e2\x1f.peat.sidecar.v1.PlatformStatusR\x06status\x12\x1a\n\x08latitude\x18\x05 \x01(\x01R\x08latitude\x12\x1c\n\tlongitude\x18\x06 \x01(\x01R\tlongitude\x12\x1d\n\naltitude_m\x18\x07 \x01(\x01R\taltitudeM\x12\x1c\n\treadiness\x18\x08 \x01(\x01R\treadiness\x12"\n\x0ccapabilities\x18\t \x03(\tR\x0ccapabilities\x12\x1c\n\x07unit_id\x18\n \x01(\tH\x00R\x06unitId\x88\x01\x01\x12\x1f\n\x08callsign\x18\x0b \x01(\tH\x01R\x08callsign\x88\x01\x01B\n\n\x08_unit_idB\x0b\n\t_callsign"K\n\x12PutPlatformRequest\x125\n\x08platform\x18\x01 \x01(\x0b2\x19.peat.sidecar.v1.PlatformR\x08platform"1\n\x13PutPlatformResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"\x15\n\x13GetPlatformsRequest"O\n\x14GetPlatformsResponse\x127\n\tplatforms\x18\x01 \x03(\x0b2\x19.peat.sidecar.v1.PlatformR\tplatforms"\xe7\x02\n\x04Cell\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x123\n\x06status\x18\x03 \x01(\x0e2\x1b.peat.sidecar.v1.CellStatusR\x06status\x12%\n\x0eplatform_count\x18\x04 \x01(\rR\rplatformCount\x12\'\n\x0fcenter_latitude\x18\x05 \x01(\x01R\x0ecenterLatitude\x12)\n\x10center_longitude\x18\x06 \x01(\x01R\x0fcenterLongitude\x12"\n\x0ccapabilities\x18\x07 \x03(\tR\x0ccapabilities\x12&\n\x0cformation_id\x18\x08 \x01(\tH\x00R\x0bformationId\x88\x01\x01\x12 \n\tleader_id\x18\t \x01(\tH\x01R\x08leaderId\x88\x01\x01B\x0f\n\r_formation_idB\x0c\n\n_leader_id";\n\x0ePutCellRequest\x12)\n\x04cell\x18\x01 \x01(\x0b2\x15.peat.sidecar.v1.CellR\x04cell"-\n\x0fPutCellResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"\x11\n\x0fGetCellsRequest"?\n\x10GetCellsResponse\x12+\n\x05cells\x18\x01 \x03(\x0b2\x15.peat.sidecar.v1.CellR\x05cells"\x9e\x04\n\x05Track\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\'\n\x0fsource_platform\x18\x02 \x01(\tR\x0esourcePlatform\x12\x1c\n\x07cell_id\x18\x03 \x01(\tH\x00R\x06cellId\x88\x01\x01\x12&\n\x0cformation_id\x18\x04 \x01(\tH\x01R\x0bformationId\x88\x01\x01\x12\x1a\n\x08latitude\x18\x05 \x01(\x01R\x08latitude\x12\x1c\n\tlongitude\x18\x06 \x01(\x01R\tlongitude\x12"\n\naltitude_m\x18\x07 \x01(\x01H\x02R\taltitudeM\x88\x01\x01\x12\x18\n\x05cep_m\x18\x08 \x01(\x01H\x03R\x04cepM\x88\x01\x01\x12$\n\x0bheading_deg\x18\t \x01(\x01H\x04R\nheadingDeg\x88\x01\x01\x12 \n\tspeed_mps\x18\n \x01(\x01H\x05R\x08speedMps\x88\x01\x01\x12&\n\x0eclassification\x18\x0b \x01(\tR\x0eclassification\x12\x1e\n\nconfidence\x18\x0c \x01(\x01R\nconfidence\x12:\n\x08category\x18\r \x01(\x0e2\x1e.peat.sidecar.v1.TrackCategoryR\x08categoryB\n\n\x08_cell_idB\x0f\n\r_formation_idB\r\n\x0b_altitude_mB\x08\n\x06_cep_mB\x0e\n\x0c_heading_degB\x0c\n\n_speed_mps"?\n\x0fPutTrackRequest\x12,\n\x05track\x18\x01 \x01(\x0b2\x16.peat.sidecar.v1.TrackR\x05track".\n\x10PutTrackResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"\x12\n\x10GetTracksRequest"C\n\x11GetTracksResponse\x12.\n\x06tracks\x18\x01 \x03(\x0b2\x16.peat.sidecar.v1.TrackR\x06tracks"\xf2\x01\n\x07Command\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n\ttarget_id\x18\x02 \x01(\tR\x08targetId\x12!\n\x0ccommand_type\x18\x03 \x01(\tR\x0bcommandType\x126\n\x06status\x18\x04 \x01(\x0e2\x1e.peat.sidecar.v1.CommandStatusR\x06status\x12\x1d\n\ncreated_at\x18\x05 \x01(\x03R\tcreatedAt\x12\x1d\n\nexpires_at\x18\x06 \x01(\x03R\texpiresAt\x12!\n\x0cpayload_json\x18\x07 \x01(\tR\x0bpayloadJson"G\n\x11PutCommandRequest\x122\n\x07command\x18\x01 \x01(\x0b2\x18.peat.sidecar.v1.CommandR\x07command"0\n\x12PutCommandResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"\x14\n\x12GetCommandsRequest"K\n\x13GetCommandsResponse\x124\n\x08commands\x18\x01 \x03(\x0b2\x18.peat.sidecar.v1.CommandR\x08commands"\xb4\x01\n\x10SubscribeRequest\x12 \n\x0bcollections\x18\x01 \x03(\tR\x0bcollections\x12*\n\x0esince_sequence\x18\x02 \x01(\x04H\x00R\rsinceSequence\x88\x01\x01\x12\x19\n\x05epoch\x18\x03 \x01(\tH\x01R\x05epoch\x88\x01\x01\x12\x1a\n\x08snapshot\x18\x04 \x01(\x08R\x08snapshotB\x11\n\x0f_since_sequenceB\x08\n\x06_epoch"\x8e\x03\n\x0eDocumentChange\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId\x12<\n\x0bchange_type\x18\x03 \x01(\x0e2\x1b.peat.sidecar.v1.ChangeTypeR\nchangeType\x12 \n\tjson_data\x18\x04 \x01(\tH\x00R\x08jsonData\x88\x01\x01\x12\x1a\n\x08sequence\x18\x05 \x01(\x04R\x08sequence\x12B\n\rresync_reason\x18\x06 \x01(\x0e2\x1d.peat.sidecar.v1.ResyncReasonR\x0cresyncReason\x12\x18\n\x07message\x18\x07 \x01(\tR\x07message\x12\x14\n\x05epoch\x18\x08 \x01(\tR\x05epoch\x12!\n\x0creplay_floor\x18\t \x01(\x04R\x0breplayFloor\x12$\n\x0ecatch_up_floor\x18\n \x01(\x04R\x0ccatchUpFloorB\x0c\n\n_json_data"\x12\n\x10StartSyncRequest"\x13\n\x11StartSyncResponse"\x11\n\x0fStopSyncRequest"\x12\n\x10StopSyncResponse"\x15\n\x13GetSyncStatsRequest"\x84\x02\n\x14GetSyncStatsResponse\x12\x1f\n\x0bsync_active\x18\x01 \x01(\x08R\nsyncActive\x12\'\n\x0fconnected_peers\x18\x02 \x01(\rR\x0econnectedPeers\x12\x1d\n\nbytes_sent\x18\x03 \x01(\x04R\tbytesSent\x12%\n\x0ebytes_received\x18\x04 \x01(\x04R\rbytesReceived\x12)\n\x10applied_sequence\x18\x05 \x01(\x04R\x0fappliedSequence\x12\x1f\n\x0bstream_head\x18\x06 \x01(\x04R\nstreamHead\x12\x10\n\x03lag\x18\x07 \x01(\x04R\x03lag"P\n\x13DocumentChangeBatch\x129\n\x07changes\x18\x01 \x03(\x0b2\x1f.peat.sidecar.v1.DocumentChangeR\x07changes"v\n\rDocumentWrite\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId\x12 \n\tjson_data\x18\x03 \x01(\tH\x00R\x08jsonData\x88\x01\x01B\x0c\n\n_json_data"O\n\x15WriteDocumentsRequest\x126\n\x06writes\x18\x01 \x03(\x0b2\x1e.peat.sidecar.v1.DocumentWriteR\x06writes"6\n\x16WriteDocumentsResponse\x12\x1c\n\tsequences\x18\x01 \x03(\x04R\tsequences*\x8e\x01\n\tNodePhase\x12\x18\n\x16NODE_PHASE_UNSPECIFIED\x12\x1b\n\x17NODE_PHASE_INITIALIZING\x10\x01\x12\x14\n\x10NODE_PHASE_READY\x10\x02\x12\x16\n\x12NODE_PHASE_SYNCING\x10\x03\x12\x1c\n\x18NODE_PHASE_SHUTTING_DOWN\x10\x04*\x9f\x01\n\x0ePlatformStatus\x12\x1d\n\x1bPLATFORM_STATUS_UNSPECIFIED\x12\x19\n\x15PLATFORM_STATUS_READY\x10\x01\x12\x18\n\x14PLATFORM_STATUS_BUSY\x10\x02\x12\x1c\n\x18PLATFORM_STATUS_DEGRADED\x10\x03\x12\x1b\n\x17PLATFORM_STATUS_OFFLINE\x10\x04*r\n\nCellStatus\x12\x19\n\x17CELL_STATUS_UNSPECIFIED\x12\x16\n\x12CELL_STATUS_ACTIVE\x10\x01\x12\x18\n\x14CELL_STATUS_INACTIVE\x10\x02\x12\x17\n\x13CELL_STATUS_OFFLINE\x10\x03*\xb3\x01\n\rTrackCategory\x12\x1c\n\x1aTRACK_CATEGORY_UNSPECIFIED\x12\x19\n\x15TRACK_CATEGORY_PERSON\x10\x01\x12\x1a\n\x16TRACK_CATEGORY_VEHICLE\x10\x02\x12\x19\n\x15TRACK_CATEGORY_GROUND\x10\x03\x12\x16\n\x12TRACK_CATEGORY_AIR\x10\x04\x12\x1a\n\x16TRACK_CATEGORY_UNKNOWN\x10\x05*\xbe\x01\n\rCommandStatus\x12\x1c\n\x1aCOMMAND_STATUS_UNSPECIFIED\x12\x1a\n\x16COMMAND_STATUS_PENDING\x10\x01\x12\x1c\n\x18COMMAND_STATUS_EXECUTING\x10\x02\x12\x1c\n\x18COMMAND_STATUS_COMPLETED\x10\x03\x12\x19\n\x15COMMAND_STATUS_FAILED\x10\x04\x12\x1c\n\x18COMMAND_STATUS_CANCELLED\x10\x05*\xe8\x01\n\nChangeType\x12\x19\n\x17CHANGE_TYPE_UNSPECIFIED\x12\x16\n\x12CHANGE_TYPE_UPSERT\x10\x01\x12\x16\n\x12CHANGE_TYPE_DELETE\x10\x02\x12\x16\n\x12CHANGE_TYPE_RESYNC\x10\x03\x12\x19\n\x15CHANGE_TYPE_HEARTBEAT\x10\x04\x12\x1e\n\x1aCHANGE_TYPE_SNAPSHOT_BEGIN\x10\x05\x12\x1e\n\x1aCHANGE_TYPE_CATCH_UP_BEGIN\x10\x06\x12\x1c\n\x18CHANGE_TYPE_CATCH_UP_END\x10\x07*\xd5\x01\n\x0cResyncReason\x12\x1b\n\x19RESYNC_REASON_UNSPECIFIED\x12\x1f\n\x1bRESYNC_REASON_SLOW_CONSUMER\x10\x01\x12#\n\x1fRESYNC_REASON_HISTORY_COMPACTED\x10\x02\x12\x1f\n\x1bRESYNC_REASON_UNKNOWN_EPOCH\x10\x03\x12 \n\x1cRESYNC_REASON_SEQUENCE_AHEAD\x10\x04\x12\x1f\n\x1bRESYNC_REASON_EPOCH_CHANGED\x10\x052\xac\x0f\n\x0bPeatSidecar\x12R\n\tGetStatus\x12!.peat.sidecar.v1.GetStatusRequest\x1a".peat.sidecar.v1.GetStatusResponse\x12X\n\x0bConnectPeer\x12#.peat.sidecar.v1.ConnectPeerRequest\x1a$.peat.sidecar.v1.ConnectPeerResponse\x12a\n\x0eDisconnectPeer\x12&.peat.sidecar.v1.DisconnectPeerRequest\x1a\'.peat.sidecar.v1.DisconnectPeerResponse\x12R\n\tListPeers\x12!.peat.sidecar.v1.ListPeersRequest\x1a".peat.sidecar.v1.ListPeersResponse\x12X\n\x0bPutDocument\x12#.peat.sidecar.v1.PutDocumentRequest\x1a$.peat.sidecar.v1.PutDocumentResponse\x12X\n\x0bGetDocument\x12#.peat.sidecar.v1.GetDocumentRequest\x1a$.peat.sidecar.v1.GetDocumentResponse\x12a\n\x0eDeleteDocument\x12&.peat.sidecar.v1.DeleteDocumentRequest\x1a\'.peat.sidecar.v1.DeleteDocumentResponse\x12^\n\rListDocuments\x12%.peat.sidecar.v1.ListDocumentsRequest\x1a&.peat.sidecar.v1.ListDocumentsResponse\x12X\n\x0bPutPlatform\x12#.peat.sidecar.v1.PutPlatformRequest\x1a$.peat.sidecar.v1.PutPlatformResponse\x12[\n\x0cGetPlatforms\x12$.peat.sidecar.v1.GetPlatformsRequest\x1a%.peat.sidecar.v1.GetPlatformsResponse\x12L\n\x07PutCell\x12\x1f.peat.sidecar.v1.PutCellRequest\x1a .peat.sidecar.v1.PutCellResponse\x12O\n\x08GetCells\x12 .peat.sidecar.v1.GetCellsRequest\x1a!.peat.sidecar.v1.GetCellsResponse\x12O\n\x08PutTrack\x12 .peat.sidecar.v1.PutTrackRequest\x1a!.peat.sidecar.v1.PutTrackResponse\x12R\n\tGetTracks\x12!.peat.sidecar.v1.GetTracksRequest\x1a".peat.sidecar.v1.GetTracksResponse\x12U\n\nPutCommand\x12".peat.sidecar.v1.PutCommandRequest\x1a#.peat.sidecar.v1.PutCommandResponse\x12X\n\x0bGetCommands\x12#.peat.sidecar.v1.GetCommandsRequest\x1a$.peat.sidecar.v1.GetCommandsResponse\x12Q\n\tSubscribe\x12!.peat.sidecar.v1.SubscribeRequest\x1a\x1f.peat.sidecar.v1.DocumentChange0\x01\x12R\n\tStartSync\x12!.peat.sidecar.v1.StartSyncRequest\x1a".peat.sidecar.v1.StartSyncResponse\x12O\n\x08StopSync\x12 .peat.sidecar.v1.StopSyncRequest\x1a!.peat.sidecar.v1.StopSyncResponse\x12[\n\x0cGetSyncStats\x12$.peat.sidecar.v1.GetSyncStatsRequest\x1a%.peat.sidecar.v1.GetSyncStatsResponse\x12]\n\x10SubscribeBatched\x12!.peat.sidecar.v1.SubscribeRequest\x1a$.peat.sidecar.v1.DocumentChangeBatch0\x01\x12a\n\x0eWriteDocuments\x12&.peat.sidecar.v1.WriteDocumentsRequest\x1a\'.peat.sidecar.v1.WriteDocumentsResponseb\x06proto3'
+    b'\n\rsidecar.proto\x12\x0fpeat.sidecar.v1"\x12\n\x10GetStatusRequest"\xe0\x03\n\x11GetStatusResponse\x12\x17\n\x07node_id\x18\x01 \x01(\tR\x06nodeId\x12#\n\rendpoint_addr\x18\x02 \x01(\tR\x0cendpointAddr\x12\x1f\n\x0bsync_active\x18\x03 \x01(\x08R\nsyncActive\x12\'\n\x0fconnected_peers\x18\x04 \x01(\rR\x0econnectedPeers\x120\n\x05phase\x18\x05 \x01(\x0e2\x1a.peat.sidecar.v1.NodePhaseR\x05phase\x12#\n\rhead_sequence\x18\x06 \x01(\x04R\x0cheadSequence\x12\x14\n\x05epoch\x18\x07 \x01(\tR\x05epoch\x12 \n\x0bsubscribers\x18\x08 \x01(\rR\x0bsubscribers\x12\x1d\n\nlag_events\x18\t \x01(\x04R\tlagEvents\x12!\n\x0creplay_floor\x18\n \x01(\x04R\x0breplayFloor\x12$\n\x0ecatch_up_floor\x18\x0b \x01(\x04R\x0ccatchUpFloor\x12\x16\n\x06shared\x18\x0c \x01(\x08R\x06shared\x12\x1c\n\tconnected\x18\r \x01(\x08R\tconnected\x12\x16\n\x06stream\x18\x0e \x01(\tR\x06stream"p\n\x12ConnectPeerRequest\x12\x1f\n\x0bendpoint_id\x18\x01 \x01(\tR\nendpointId\x12\x1c\n\taddresses\x18\x02 \x03(\tR\taddresses\x12\x1b\n\trelay_url\x18\x03 \x01(\tR\x08relayUrl"\x15\n\x13ConnectPeerResponse"8\n\x15DisconnectPeerRequest\x12\x1f\n\x0bendpoint_id\x18\x01 \x01(\tR\nendpointId"\x18\n\x16DisconnectPeerResponse"\x12\n\x10ListPeersRequest"D\n\x11ListPeersResponse\x12/\n\x05peers\x18\x01 \x03(\x0b2\x19.peat.sidecar.v1.PeerInfoR\x05peers"g\n\x08PeerInfo\x12\x1f\n\x0bendpoint_id\x18\x01 \x01(\tR\nendpointId\x12\x1c\n\taddresses\x18\x02 \x03(\tR\taddresses\x12\x1c\n\tconnected\x18\x03 \x01(\x08R\tconnected"\xb0\x01\n\x12PutDocumentRequest\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId\x12\x1b\n\tjson_data\x18\x03 \x01(\tR\x08jsonData\x120\n\x11expected_sequence\x18\x04 \x01(\x04H\x00R\x10expectedSequence\x88\x01\x01B\x14\n\x12_expected_sequence"1\n\x13PutDocumentResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"K\n\x12GetDocumentRequest\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId"a\n\x13GetDocumentResponse\x12 \n\tjson_data\x18\x01 \x01(\tH\x00R\x08jsonData\x88\x01\x01\x12\x1a\n\x08sequence\x18\x02 \x01(\x04R\x08sequenceB\x0c\n\n_json_data"\x96\x01\n\x15DeleteDocumentRequest\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId\x120\n\x11expected_sequence\x18\x03 \x01(\x04H\x00R\x10expectedSequence\x88\x01\x01B\x14\n\x12_expected_sequence"4\n\x16DeleteDocumentResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"6\n\x14ListDocumentsRequest\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection"0\n\x15ListDocumentsResponse\x12\x17\n\x07doc_ids\x18\x01 \x03(\tR\x06docIds"\xff\x02\n\x08Platform\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12#\n\rplatform_type\x18\x02 \x01(\tR\x0cplatformType\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x127\n\x06status\x18\x04 \x01(\x0e2\x1f.peat.sidecar.v1.PlatformStatusR\x06status\x12\x1a\n\x08latitude\x18\x05 \x01(\x01R\x08latitude\x12\x1c\n\tlongitude\x18\x06 \x01(\x01R\tlongitude\x12\x1d\n\naltitude_m\x18\x07 \x01(\x01R\taltitudeM\x12\x1c\n\treadiness\x18\x08 \x01(\x01R\treadiness\x12"\n\x0ccapabilities\x18\t \x03(\tR\x0ccapabilities\x12\x1c\n\x07unit_id\x18\n \x01(\tH\x00R\x06unitId\x88\x01\x01\x12\x1f\n\x08callsign\x18\x0b \x01(\tH\x01R\x08callsign\x88\x01\x01B\n\n\x08_unit_idB\x0b\n\t_callsign"K\n\x12PutPlatformRequest\x125\n\x08platform\x18\x01 \x01(\x0b2\x19.peat.sidecar.v1.PlatformR\x08platform"1\n\x13PutPlatformResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"\x15\n\x13GetPlatformsRequest"O\n\x14GetPlatformsResponse\x127\n\tplatforms\x18\x01 \x03(\x0b2\x19.peat.sidecar.v1.PlatformR\tplatforms"\xef\x02\n\x04Node\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n\tnode_type\x18\x02 \x01(\tR\x08nodeType\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x123\n\x06status\x18\x04 \x01(\x0e2\x1b.peat.sidecar.v1.NodeStatusR\x06status\x12\x1a\n\x08latitude\x18\x05 \x01(\x01R\x08latitude\x12\x1c\n\tlongitude\x18\x06 \x01(\x01R\tlongitude\x12\x1d\n\naltitude_m\x18\x07 \x01(\x01R\taltitudeM\x12\x1c\n\treadiness\x18\x08 \x01(\x01R\treadiness\x12"\n\x0ccapabilities\x18\t \x03(\tR\x0ccapabilities\x12\x1c\n\x07unit_id\x18\n \x01(\tH\x00R\x06unitId\x88\x01\x01\x12\x1f\n\x08callsign\x18\x0b \x01(\tH\x01R\x08callsign\x88\x01\x01B\n\n\x08_unit_idB\x0b\n\t_callsign";\n\x0ePutNodeRequest\x12)\n\x04node\x18\x01 \x01(\x0b2\x15.peat.sidecar.v1.NodeR\x04node"-\n\x0fPutNodeResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"\x11\n\x0fGetNodesRequest"?\n\x10GetNodesResponse\x12+\n\x05nodes\x18\x01 \x03(\x0b2\x15.peat.sidecar.v1.NodeR\x05nodes"\xdf\x02\n\x04Cell\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x123\n\x06status\x18\x03 \x01(\x0e2\x1b.peat.sidecar.v1.CellStatusR\x06status\x12\x1d\n\nnode_count\x18\x04 \x01(\rR\tnodeCount\x12\'\n\x0fcenter_latitude\x18\x05 \x01(\x01R\x0ecenterLatitude\x12)\n\x10center_longitude\x18\x06 \x01(\x01R\x0fcenterLongitude\x12"\n\x0ccapabilities\x18\x07 \x03(\tR\x0ccapabilities\x12&\n\x0cformation_id\x18\x08 \x01(\tH\x00R\x0bformationId\x88\x01\x01\x12 \n\tleader_id\x18\t \x01(\tH\x01R\x08leaderId\x88\x01\x01B\x0f\n\r_formation_idB\x0c\n\n_leader_id";\n\x0ePutCellRequest\x12)\n\x04cell\x18\x01 \x01(\x0b2\x15.peat.sidecar.v1.CellR\x04cell"-\n\x0fPutCellResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"\x11\n\x0fGetCellsRequest"?\n\x10GetCellsResponse\x12+\n\x05cells\x18\x01 \x03(\x0b2\x15.peat.sidecar.v1.CellR\x05cells"\x96\x04\n\x05Track\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n\x0bsource_node\x18\x02 \x01(\tR\nsourceNode\x12\x1c\n\x07cell_id\x18\x03 \x01(\tH\x00R\x06cellId\x88\x01\x01\x12&\n\x0cformation_id\x18\x04 \x01(\tH\x01R\x0bformationId\x88\x01\x01\x12\x1a\n\x08latitude\x18\x05 \x01(\x01R\x08latitude\x12\x1c\n\tlongitude\x18\x06 \x01(\x01R\tlongitude\x12"\n\naltitude_m\x18\x07 \x01(\x01H\x02R\taltitudeM\x88\x01\x01\x12\x18\n\x05cep_m\x18\x08 \x01(\x01H\x03R\x04cepM\x88\x01\x01\x12$\n\x0bheading_deg\x18\t \x01(\x01H\x04R\nheadingDeg\x88\x01\x01\x12 \n\tspeed_mps\x18\n \x01(\x01H\x05R\x08speedMps\x88\x01\x01\x12&\n\x0eclassification\x18\x0b \x01(\tR\x0eclassification\x12\x1e\n\nconfidence\x18\x0c \x01(\x01R\nconfidence\x12:\n\x08category\x18\r \x01(\x0e2\x1e.peat.sidecar.v1.TrackCategoryR\x08categoryB\n\n\x08_cell_idB\x0f\n\r_formation_idB\r\n\x0b_altitude_mB\x08\n\x06_cep_mB\x0e\n\x0c_heading_degB\x0c\n\n_speed_mps"?\n\x0fPutTrackRequest\x12,\n\x05track\x18\x01 \x01(\x0b2\x16.peat.sidecar.v1.TrackR\x05track".\n\x10PutTrackResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"\x12\n\x10GetTracksRequest"C\n\x11GetTracksResponse\x12.\n\x06tracks\x18\x01 \x03(\x0b2\x16.peat.sidecar.v1.TrackR\x06tracks"\xf2\x01\n\x07Command\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n\ttarget_id\x18\x02 \x01(\tR\x08targetId\x12!\n\x0ccommand_type\x18\x03 \x01(\tR\x0bcommandType\x126\n\x06status\x18\x04 \x01(\x0e2\x1e.peat.sidecar.v1.CommandStatusR\x06status\x12\x1d\n\ncreated_at\x18\x05 \x01(\x03R\tcreatedAt\x12\x1d\n\nexpires_at\x18\x06 \x01(\x03R\texpiresAt\x12!\n\x0cpayload_json\x18\x07 \x01(\tR\x0bpayloadJson"G\n\x11PutCommandRequest\x122\n\x07command\x18\x01 \x01(\x0b2\x18.peat.sidecar.v1.CommandR\x07command"0\n\x12PutCommandResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence"\x14\n\x12GetCommandsRequest"K\n\x13GetCommandsResponse\x124\n\x08commands\x18\x01 \x03(\x0b2\x18.peat.sidecar.v1.CommandR\x08commands"\xfd\x01\n\x10SubscribeRequest\x12 \n\x0bcollections\x18\x01 \x03(\tR\x0bcollections\x12*\n\x0esince_sequence\x18\x02 \x01(\x04H\x00R\rsinceSequence\x88\x01\x01\x12\x19\n\x05epoch\x18\x03 \x01(\tH\x01R\x05epoch\x88\x01\x01\x12\x1a\n\x08snapshot\x18\x04 \x01(\x08R\x08snapshot\x12=\n\x05query\x18\x05 \x01(\x0b2".peat.sidecar.v1.SubscriptionQueryH\x02R\x05query\x88\x01\x01B\x11\n\x0f_since_sequenceB\x08\n\x06_epochB\x08\n\x06_query"\xe0\x02\n\x11SubscriptionQuery\x12*\n\x02eq\x18\x01 \x01(\x0b2\x18.peat.sidecar.v1.QueryEqH\x00R\x02eq\x12+\n\x02lt\x18\x02 \x01(\x0b2\x19.peat.sidecar.v1.QueryCmpH\x00R\x02lt\x12+\n\x02gt\x18\x03 \x01(\x0b2\x19.peat.sidecar.v1.QueryCmpH\x00R\x02gt\x12-\n\x03and\x18\x04 \x01(\x0b2\x19.peat.sidecar.v1.QueryAndH\x00R\x03and\x12*\n\x02or\x18\x05 \x01(\x0b2\x18.peat.sidecar.v1.QueryOrH\x00R\x02or\x126\n\x03not\x18\x06 \x01(\x0b2".peat.sidecar.v1.SubscriptionQueryH\x00R\x03not\x12-\n\x03all\x18\x07 \x01(\x0b2\x19.peat.sidecar.v1.QueryAllH\x00R\x03allB\x03\n\x01q"5\n\x07QueryEq\x12\x14\n\x05field\x18\x01 \x01(\tR\x05field\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value"6\n\x08QueryCmp\x12\x14\n\x05field\x18\x01 \x01(\tR\x05field\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value"H\n\x08QueryAnd\x12<\n\x07clauses\x18\x01 \x03(\x0b2".peat.sidecar.v1.SubscriptionQueryR\x07clauses"G\n\x07QueryOr\x12<\n\x07clauses\x18\x01 \x03(\x0b2".peat.sidecar.v1.SubscriptionQueryR\x07clauses"\n\n\x08QueryAll"\x8e\x03\n\x0eDocumentChange\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId\x12<\n\x0bchange_type\x18\x03 \x01(\x0e2\x1b.peat.sidecar.v1.ChangeTypeR\nchangeType\x12 \n\tjson_data\x18\x04 \x01(\tH\x00R\x08jsonData\x88\x01\x01\x12\x1a\n\x08sequence\x18\x05 \x01(\x04R\x08sequence\x12B\n\rresync_reason\x18\x06 \x01(\x0e2\x1d.peat.sidecar.v1.ResyncReasonR\x0cresyncReason\x12\x18\n\x07message\x18\x07 \x01(\tR\x07message\x12\x14\n\x05epoch\x18\x08 \x01(\tR\x05epoch\x12!\n\x0creplay_floor\x18\t \x01(\x04R\x0breplayFloor\x12$\n\x0ecatch_up_floor\x18\n \x01(\x04R\x0ccatchUpFloorB\x0c\n\n_json_data"\x12\n\x10StartSyncRequest"\x13\n\x11StartSyncResponse"\x11\n\x0fStopSyncRequest"\x12\n\x10StopSyncResponse"\x15\n\x13GetSyncStatsRequest"\x84\x02\n\x14GetSyncStatsResponse\x12\x1f\n\x0bsync_active\x18\x01 \x01(\x08R\nsyncActive\x12\'\n\x0fconnected_peers\x18\x02 \x01(\rR\x0econnectedPeers\x12\x1d\n\nbytes_sent\x18\x03 \x01(\x04R\tbytesSent\x12%\n\x0ebytes_received\x18\x04 \x01(\x04R\rbytesReceived\x12)\n\x10applied_sequence\x18\x05 \x01(\x04R\x0fappliedSequence\x12\x1f\n\x0bstream_head\x18\x06 \x01(\x04R\nstreamHead\x12\x10\n\x03lag\x18\x07 \x01(\x04R\x03lag"P\n\x13DocumentChangeBatch\x129\n\x07changes\x18\x01 \x03(\x0b2\x1f.peat.sidecar.v1.DocumentChangeR\x07changes"v\n\rDocumentWrite\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12\x15\n\x06doc_id\x18\x02 \x01(\tR\x05docId\x12 \n\tjson_data\x18\x03 \x01(\tH\x00R\x08jsonData\x88\x01\x01B\x0c\n\n_json_data"O\n\x15WriteDocumentsRequest\x126\n\x06writes\x18\x01 \x03(\x0b2\x1e.peat.sidecar.v1.DocumentWriteR\x06writes"6\n\x16WriteDocumentsResponse\x12\x1c\n\tsequences\x18\x01 \x03(\x04R\tsequences"\x95\x02\n\x10CollectionConfig\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection\x12H\n\x0fdeletion_policy\x18\x02 \x01(\x0e2\x1f.peat.sidecar.v1.DeletionPolicyR\x0edeletionPolicy\x124\n\x14soft_delete_ttl_secs\x18\x03 \x01(\x04H\x00R\x11softDeleteTtlSecs\x88\x01\x01\x121\n\x12tombstone_ttl_secs\x18\x04 \x01(\x04H\x01R\x10tombstoneTtlSecs\x88\x01\x01B\x17\n\x15_soft_delete_ttl_secsB\x15\n\x13_tombstone_ttl_secs"W\n\x1aSetCollectionConfigRequest\x129\n\x06config\x18\x01 \x01(\x0b2!.peat.sidecar.v1.CollectionConfigR\x06config"\x1d\n\x1bSetCollectionConfigResponse"<\n\x1aGetCollectionConfigRequest\x12\x1e\n\ncollection\x18\x01 \x01(\tR\ncollection"X\n\x1bGetCollectionConfigResponse\x129\n\x06config\x18\x01 \x01(\x0b2!.peat.sidecar.v1.CollectionConfigR\x06config"\x1e\n\x1cListCollectionConfigsRequest"\\\n\x1dListCollectionConfigsResponse\x12;\n\x07configs\x18\x01 \x03(\x0b2!.peat.sidecar.v1.CollectionConfigR\x07configs*\x8e\x01\n\tNodePhase\x12\x18\n\x16NODE_PHASE_UNSPECIFIED\x12\x1b\n\x17NODE_PHASE_INITIALIZING\x10\x01\x12\x14\n\x10NODE_PHASE_READY\x10\x02\x12\x16\n\x12NODE_PHASE_SYNCING\x10\x03\x12\x1c\n\x18NODE_PHASE_SHUTTING_DOWN\x10\x04*\x9f\x01\n\x0ePlatformStatus\x12\x1d\n\x1bPLATFORM_STATUS_UNSPECIFIED\x12\x19\n\x15PLATFORM_STATUS_READY\x10\x01\x12\x18\n\x14PLATFORM_STATUS_BUSY\x10\x02\x12\x1c\n\x18PLATFORM_STATUS_DEGRADED\x10\x03\x12\x1b\n\x17PLATFORM_STATUS_OFFLINE\x10\x04*\x87\x01\n\nNodeStatus\x12\x19\n\x17NODE_STATUS_UNSPECIFIED\x12\x15\n\x11NODE_STATUS_READY\x10\x01\x12\x14\n\x10NODE_STATUS_BUSY\x10\x02\x12\x18\n\x14NODE_STATUS_DEGRADED\x10\x03\x12\x17\n\x13NODE_STATUS_OFFLINE\x10\x04*r\n\nCellStatus\x12\x19\n\x17CELL_STATUS_UNSPECIFIED\x12\x16\n\x12CELL_STATUS_ACTIVE\x10\x01\x12\x18\n\x14CELL_STATUS_INACTIVE\x10\x02\x12\x17\n\x13CELL_STATUS_OFFLINE\x10\x03*\xb3\x01\n\rTrackCategory\x12\x1c\n\x1aTRACK_CATEGORY_UNSPECIFIED\x12\x19\n\x15TRACK_CATEGORY_PERSON\x10\x01\x12\x1a\n\x16TRACK_CATEGORY_VEHICLE\x10\x02\x12\x19\n\x15TRACK_CATEGORY_GROUND\x10\x03\x12\x16\n\x12TRACK_CATEGORY_AIR\x10\x04\x12\x1a\n\x16TRACK_CATEGORY_UNKNOWN\x10\x05*\xbe\x01\n\rCommandStatus\x12\x1c\n\x1aCOMMAND_STATUS_UNSPECIFIED\x12\x1a\n\x16COMMAND_STATUS_PENDING\x10\x01\x12\x1c\n\x18COMMAND_STATUS_EXECUTING\x10\x02\x12\x1c\n\x18COMMAND_STATUS_COMPLETED\x10\x03\x12\x19\n\x15COMMAND_STATUS_FAILED\x10\x04\x12\x1c\n\x18COMMAND_STATUS_CANCELLED\x10\x05*\xe8\x01\n\nChangeType\x12\x19\n\x17CHANGE_TYPE_UNSPECIFIED\x12\x16\n\x12CHANGE_TYPE_UPSERT\x10\x01\x12\x16\n\x12CHANGE_TYPE_DELETE\x10\x02\x12\x16\n\x12CHANGE_TYPE_RESYNC\x10\x03\x12\x19\n\x15CHANGE_TYPE_HEARTBEAT\x10\x04\x12\x1e\n\x1aCHANGE_TYPE_SNAPSHOT_BEGIN\x10\x05\x12\x1e\n\x1aCHANGE_TYPE_CATCH_UP_BEGIN\x10\x06\x12\x1c\n\x18CHANGE_TYPE_CATCH_UP_END\x10\x07*\xd5\x01\n\x0cResyncReason\x12\x1b\n\x19RESYNC_REASON_UNSPECIFIED\x12\x1f\n\x1bRESYNC_REASON_SLOW_CONSUMER\x10\x01\x12#\n\x1fRESYNC_REASON_HISTORY_COMPACTED\x10\x02\x12\x1f\n\x1bRESYNC_REASON_UNKNOWN_EPOCH\x10\x03\x12 \n\x1cRESYNC_REASON_SEQUENCE_AHEAD\x10\x04\x12\x1f\n\x1bRESYNC_REASON_EPOCH_CHANGED\x10\x05*\xb0\x01\n\x0eDeletionPolicy\x12\x1d\n\x1bDELETION_POLICY_UNSPECIFIED\x12\x1f\n\x1bDELETION_POLICY_SOFT_DELETE\x10\x01\x12\x1d\n\x19DELETION_POLICY_TOMBSTONE\x10\x02\x12 \n\x1cDELETION_POLICY_IMPLICIT_TTL\x10\x03\x12\x1d\n\x19DELETION_POLICY_IMMUTABLE\x10\x042\xa7\x13\n\x0bPeatSidecar\x12R\n\tGetStatus\x12!.peat.sidecar.v1.GetStatusRequest\x1a".peat.sidecar.v1.GetStatusResponse\x12X\n\x0bConnectPeer\x12#.peat.sidecar.v1.ConnectPeerRequest\x1a$.peat.sidecar.v1.ConnectPeerResponse\x12a\n\x0eDisconnectPeer\x12&.peat.sidecar.v1.DisconnectPeerRequest\x1a\'.peat.sidecar.v1.DisconnectPeerResponse\x12R\n\tListPeers\x12!.peat.sidecar.v1.ListPeersRequest\x1a".peat.sidecar.v1.ListPeersResponse\x12X\n\x0bPutDocument\x12#.peat.sidecar.v1.PutDocumentRequest\x1a$.peat.sidecar.v1.PutDocumentResponse\x12X\n\x0bGetDocument\x12#.peat.sidecar.v1.GetDocumentRequest\x1a$.peat.sidecar.v1.GetDocumentResponse\x12a\n\x0eDeleteDocument\x12&.peat.sidecar.v1.DeleteDocumentRequest\x1a\'.peat.sidecar.v1.DeleteDocumentResponse\x12^\n\rListDocuments\x12%.peat.sidecar.v1.ListDocumentsRequest\x1a&.peat.sidecar.v1.ListDocumentsResponse\x12X\n\x0bPutPlatform\x12#.peat.sidecar.v1.PutPlatformRequest\x1a$.peat.sidecar.v1.PutPlatformResponse\x12[\n\x0cGetPlatforms\x12$.peat.sidecar.v1.GetPlatformsRequest\x1a%.peat.sidecar.v1.GetPlatformsResponse\x12L\n\x07PutCell\x12\x1f.peat.sidecar.v1.PutCellRequest\x1a .peat.sidecar.v1.PutCellResponse\x12O\n\x08GetCells\x12 .peat.sidecar.v1.GetCellsRequest\x1a!.peat.sidecar.v1.GetCellsResponse\x12O\n\x08PutTrack\x12 .peat.sidecar.v1.PutTrackRequest\x1a!.peat.sidecar.v1.PutTrackResponse\x12R\n\tGetTracks\x12!.peat.sidecar.v1.GetTracksRequest\x1a".peat.sidecar.v1.GetTracksResponse\x12U\n\nPutCommand\x12".peat.sidecar.v1.PutCommandRequest\x1a#.peat.sidecar.v1.PutCommandResponse\x12X\n\x0bGetCommands\x12#.peat.sidecar.v1.GetCommandsRequest\x1a$.peat.sidecar.v1.GetCommandsResponse\x12L\n\x07PutNode\x12\x1f.peat.sidecar.v1.PutNodeRequest\x1a .peat.sidecar.v1.PutNodeResponse\x12O\n\x08GetNodes\x12 .peat.sidecar.v1.GetNodesRequest\x1a!.peat.sidecar.v1.GetNodesResponse\x12Q\n\tSubscribe\x12!.peat.sidecar.v1.SubscribeRequest\x1a\x1f.peat.sidecar.v1.DocumentChange0\x01\x12R\n\tStartSync\x12!.peat.sidecar.v1.StartSyncRequest\x1a".peat.sidecar.v1.StartSyncResponse\x12O\n\x08StopSync\x12 .peat.sidecar.v1.StopSyncRequest\x1a!.peat.sidecar.v1.StopSyncResponse\x12[\n\x0cGetSyncStats\x12$.peat.sidecar.v1.GetSyncStatsRequest\x1a%.peat.sidecar.v1.GetSyncStatsResponse\x12]\n\x10SubscribeBatched\x12!.peat.sidecar.v1.SubscribeRequest\x1a$.peat.sidecar.v1.DocumentChangeBatch0\x01\x12a\n\x0eWriteDocuments\x12&.peat.sidecar.v1.WriteDocumentsRequest\x1a\'.peat.sidecar.v1.WriteDocumentsResponse\x12p\n\x13SetCollectionConfig\x12+.peat.sidecar.v1.SetCollectionConfigRequest\x1a,.peat.sidecar.v1.SetCollectionConfigResponse\x12p\n\x13GetCollectionConfig\x12+.peat.sidecar.v1.GetCollectionConfigRequest\x1a,.peat.sidecar.v1.GetCollectionConfigResponse\x12v\n\x15ListCollectionConfigs\x12-.peat.sidecar.v1.ListCollectionConfigsRequest\x1a..peat.sidecar.v1.ListCollectionConfigsResponseb\x06proto3'
 )
 
 
@@ -2067,6 +2704,17 @@ class PeatSidecarBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def put_node(self, message: "PutNodeRequest") -> "PutNodeResponse":
+        """
+        Upstream's newer name for platforms: Node documents, in the collection nodes.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_nodes(self, message: "GetNodesRequest") -> "GetNodesResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def subscribe(
         self, message: "SubscribeRequest"
     ) -> "AsyncIterator[DocumentChange]":
@@ -2112,6 +2760,27 @@ class PeatSidecarBase(betterproto2_grpclib.ServiceBase):
         """
         Many puts and deletes, committed atomically in one transaction: all of them or none.
         """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def set_collection_config(
+        self, message: "SetCollectionConfigRequest"
+    ) -> "SetCollectionConfigResponse":
+        """
+        Collection configs: each collection's deletion policy, as upstream declares them.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_collection_config(
+        self, message: "GetCollectionConfigRequest"
+    ) -> "GetCollectionConfigResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_collection_configs(
+        self, message: "ListCollectionConfigsRequest"
+    ) -> "ListCollectionConfigsResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -2246,6 +2915,22 @@ class PeatSidecarBase(betterproto2_grpclib.ServiceBase):
         response = await self.get_commands(request)
         await stream.send_message(response)
 
+    async def __rpc_put_node(
+        self, stream: "grpclib.server.Stream[PutNodeRequest, PutNodeResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.put_node(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_nodes(
+        self, stream: "grpclib.server.Stream[GetNodesRequest, GetNodesResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.get_nodes(request)
+        await stream.send_message(response)
+
     async def __rpc_subscribe(
         self, stream: "grpclib.server.Stream[SubscribeRequest, DocumentChange]"
     ) -> None:
@@ -2299,6 +2984,33 @@ class PeatSidecarBase(betterproto2_grpclib.ServiceBase):
         request = await stream.recv_message()
         assert request is not None
         response = await self.write_documents(request)
+        await stream.send_message(response)
+
+    async def __rpc_set_collection_config(
+        self,
+        stream: "grpclib.server.Stream[SetCollectionConfigRequest, SetCollectionConfigResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.set_collection_config(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_collection_config(
+        self,
+        stream: "grpclib.server.Stream[GetCollectionConfigRequest, GetCollectionConfigResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.get_collection_config(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_collection_configs(
+        self,
+        stream: "grpclib.server.Stream[ListCollectionConfigsRequest, ListCollectionConfigsResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_collection_configs(request)
         await stream.send_message(response)
 
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
@@ -2399,6 +3111,18 @@ class PeatSidecarBase(betterproto2_grpclib.ServiceBase):
                 GetCommandsRequest,
                 GetCommandsResponse,
             ),
+            "/peat.sidecar.v1.PeatSidecar/PutNode": grpclib.const.Handler(
+                self.__rpc_put_node,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                PutNodeRequest,
+                PutNodeResponse,
+            ),
+            "/peat.sidecar.v1.PeatSidecar/GetNodes": grpclib.const.Handler(
+                self.__rpc_get_nodes,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetNodesRequest,
+                GetNodesResponse,
+            ),
             "/peat.sidecar.v1.PeatSidecar/Subscribe": grpclib.const.Handler(
                 self.__rpc_subscribe,
                 grpclib.const.Cardinality.UNARY_STREAM,
@@ -2434,5 +3158,23 @@ class PeatSidecarBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 WriteDocumentsRequest,
                 WriteDocumentsResponse,
+            ),
+            "/peat.sidecar.v1.PeatSidecar/SetCollectionConfig": grpclib.const.Handler(
+                self.__rpc_set_collection_config,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                SetCollectionConfigRequest,
+                SetCollectionConfigResponse,
+            ),
+            "/peat.sidecar.v1.PeatSidecar/GetCollectionConfig": grpclib.const.Handler(
+                self.__rpc_get_collection_config,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetCollectionConfigRequest,
+                GetCollectionConfigResponse,
+            ),
+            "/peat.sidecar.v1.PeatSidecar/ListCollectionConfigs": grpclib.const.Handler(
+                self.__rpc_list_collection_configs,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListCollectionConfigsRequest,
+                ListCollectionConfigsResponse,
             ),
         }
