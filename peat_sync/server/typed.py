@@ -12,7 +12,7 @@ import dataclasses
 import enum
 import json
 import logging
-from typing import Any, TypeVar, cast
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import betterproto2
 
@@ -107,14 +107,25 @@ def _convert(annotation: str, proto_type: str, default: Any, value: Any) -> Any:
     raise ValueError(f"{json.dumps(value)[:40]} is not a {base}")
 
 
-def from_json(message_type: type[M], json_data: str) -> M:
-    """Parse a stored document; raises ValueError if it does not fit `message_type`."""
+class Parsed(NamedTuple, Generic[M]):
+    """A stored document read as its message."""
+
+    message: M
+    # The fields whose stored value did not fit, so they hold their default: each as
+    # "key: why".
+    defaulted: list[str]
+
+
+def from_json(message_type: type[M], json_data: str) -> Parsed[M]:
+    """Read a stored document as `message_type`. A field whose value does not fit takes its
+    default, as upstream reads it; raises ValueError if the document is not a JSON object."""
     document = json.loads(json_data)
     if not isinstance(document, dict):
         raise ValueError("not a JSON object")
     defaults = message_type()
     old_keys = _OLD_KEYS.get(message_type, {})
     values: dict[str, Any] = {}
+    defaulted: list[str] = []
     for field in dataclasses.fields(cast(Any, message_type)):
         key = field.name
         if key not in document and key in old_keys:
@@ -128,22 +139,30 @@ def from_json(message_type: type[M], json_data: str) -> M:
                     document[key],
                 )
             except ValueError as exc:
-                raise ValueError(f"{key}: {exc}") from None
-    return message_type(**values)
+                defaulted.append(f"{key}: {exc}")
+    return Parsed(message_type(**values), defaulted)
 
 
 def from_documents(message_type: type[M], documents: list[tuple[str, str]]) -> list[M]:
-    """Parse `(doc_id, json_data)` pairs, skipping (with a warning) those that do not fit."""
+    """Read `(doc_id, json_data)` pairs. A document with fields that do not fit is returned
+    with those fields defaulted, as upstream does, and a warning; one that is not a JSON
+    object is skipped, with a warning."""
+    collection = COLLECTIONS[message_type]
+    name = message_type.__name__
     messages = []
     for doc_id, json_data in documents:
         try:
-            messages.append(from_json(message_type, json_data))
-        except (ValueError, TypeError) as exc:
+            message, defaulted = from_json(message_type, json_data)
+        except ValueError as exc:
+            log.warning("skipping %s/%s: it is not a valid %s: %s", collection, doc_id, name, exc)
+            continue
+        if defaulted:
             log.warning(
-                "skipping %s/%s: it is not a valid %s: %s",
-                COLLECTIONS[message_type],
+                "%s/%s is returned with defaults for the fields that do not fit a %s: %s",
+                collection,
                 doc_id,
-                message_type.__name__,
-                exc,
+                name,
+                "; ".join(defaulted),
             )
+        messages.append(message)
     return messages

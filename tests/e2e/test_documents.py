@@ -110,6 +110,34 @@ PLATFORMS: list[dict[str, Any]] = [
         "callsign": None,
     },
 ]
+NODES: list[dict[str, Any]] = [
+    {
+        "id": "n-1",
+        "node_type": "ugv",
+        "name": "Mule",
+        "status": 3,
+        "latitude": -12.5,
+        "longitude": 130.75,
+        "altitude_m": 0.0,
+        "readiness": 1.0,
+        "capabilities": ["cargo"],
+        "unit_id": None,
+        "callsign": "MULE",
+    },
+    {
+        "id": "n-2",
+        "node_type": "",
+        "name": "",
+        "status": 0,
+        "latitude": 0.0,
+        "longitude": 0.0,
+        "altitude_m": 0.0,
+        "readiness": 0.0,
+        "capabilities": [],
+        "unit_id": "unit-2",
+        "callsign": None,
+    },
+]
 CELLS: list[dict[str, Any]] = [
     {
         "id": "cell-1",
@@ -186,7 +214,13 @@ COMMANDS: list[dict[str, Any]] = [
         "payload_json": "",
     },
 ]
-SAMPLES = {"platform": PLATFORMS, "cell": CELLS, "track": TRACKS, "command": COMMANDS}
+SAMPLES = {
+    "platform": PLATFORMS,
+    "node": NODES,
+    "cell": CELLS,
+    "track": TRACKS,
+    "command": COMMANDS,
+}
 
 
 @pytest.mark.parametrize("kind", list(SAMPLES))
@@ -238,6 +272,22 @@ def test_typed_get_reads_documents_put_as_json(client: Client) -> None:
         "formation_id": None,
         "leader_id": None,
     }
+
+
+def test_typed_get_reads_the_first_upstream_key_names(client: Client) -> None:
+    """Cells and tracks stored under the names of the first upstream proto (platform_count,
+    source_platform) read as node_count and source_node, which a typed put writes."""
+    put(client, "cells", "c-old", '{"id": "c-old", "platform_count": 5}')
+    put(client, "tracks", "t-old", '{"id": "t-old", "source_platform": "p-7"}')
+    assert [cell["node_count"] for cell in get_typed(client, "cell")] == [5]
+    assert [track["source_node"] for track in get_typed(client, "track")] == ["p-7"]
+
+    sequence = put_typed(client, "cell", {"id": "c-old", "node_count": 6})
+    json_data, stored = get(client, "cells", "c-old")
+    assert stored == sequence
+    assert json_data is not None
+    assert json.loads(json_data)["node_count"] == 6
+    assert "platform_count" not in json.loads(json_data)
 
 
 def test_typed_put_is_a_change_event_on_its_collection(grpcio_client: GrpcioClient) -> None:

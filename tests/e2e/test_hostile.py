@@ -450,7 +450,8 @@ def test_typed_reads_survive_any_document_in_their_collection(
     server: ServerProcess, grpcio_client: GrpcioClient, kind: str, data: st.DataObject
 ) -> None:
     """A document put as plain JSON in a typed collection, with values of the wrong type or
-    beyond the range of its typed fields, is skipped by the typed read, which succeeds."""
+    beyond the range of its typed fields, is read with those fields defaulted by the typed
+    read, which succeeds."""
     client = grpcio_client
     since = len(server.log)
     _, _, _, _, message_name = TYPED[kind]
@@ -784,24 +785,30 @@ def test_a_truncated_request_is_refused(grpcio_client: GrpcioClient) -> None:
 MISFITS = {
     "int64-below-range": ("command", '{"id": "bad", "created_at": -9223372036854775809}'),
     "int64-above-range": ("command", '{"id": "bad", "expires_at": 9223372036854775808}'),
-    "uint32-negative": ("cell", '{"id": "bad", "platform_count": -1}'),
-    "uint32-beyond-64-bits": ("cell", '{"id": "bad", "platform_count": 1180591620717411303424}'),
+    "uint32-negative": ("cell", '{"id": "bad", "node_count": -1}'),
+    "uint32-beyond-64-bits": ("cell", '{"id": "bad", "node_count": 1180591620717411303424}'),
+    "uint32-old-name": ("cell", '{"id": "bad", "platform_count": -1}'),
+    "enum-as-string": ("node", '{"id": "bad", "status": "NODE_STATUS_READY"}'),
     "double-overflow": ("track", '{"id": "bad", "latitude": 1' + "0" * 400 + "}"),
     "lone-surrogate-escape": ("track", '{"id": "bad", "classification": "\\udc80"}'),
 }
 
 
 @pytest.mark.parametrize(("kind", "json_data"), MISFITS.values(), ids=list(MISFITS))
-def test_typed_reads_skip_stored_documents_that_do_not_fit(
+def test_typed_reads_default_stored_fields_that_do_not_fit(
     server: ServerProcess, grpcio_client: GrpcioClient, kind: str, json_data: str
 ) -> None:
-    """Like any other document that does not fit its collection's type, it is skipped, with
-    a warning: not wrapped into another value, and not failing the read for everyone."""
+    """As upstream reads it, the document is returned with the field that does not fit at
+    its default, and a warning: not wrapped into another value, and not failing the read for
+    everyone."""
     client = grpcio_client
     put_typed(client, kind, {"id": "good"})
     put(client, TYPED_COLLECTIONS[kind], "bad", json_data)
-    assert [item["id"] for item in get_typed(client, kind)] == ["good"]
-    server.wait_for_log(rf"skipping {TYPED_COLLECTIONS[kind]}/bad: it is not a valid")
+    empty = {key: value for key, value in get_typed(client, kind)[1].items() if key != "id"}
+    assert get_typed(client, kind) == [{"id": "bad", **empty}, {"id": "good", **empty}]
+    server.wait_for_log(
+        rf"{TYPED_COLLECTIONS[kind]}/bad is returned with defaults for the fields that do not fit"
+    )
     assert_serving(server, client)
 
 

@@ -118,12 +118,14 @@ class CallFailed(Exception):
 # kind -> (Put rpc, request field, Get rpc, response field, message name)
 TYPED = {
     "platform": ("PutPlatform", "platform", "GetPlatforms", "platforms", "Platform"),
+    "node": ("PutNode", "node", "GetNodes", "nodes", "Node"),
     "cell": ("PutCell", "cell", "GetCells", "cells", "Cell"),
     "track": ("PutTrack", "track", "GetTracks", "tracks", "Track"),
     "command": ("PutCommand", "command", "GetCommands", "commands", "Command"),
 }
 TYPED_COLLECTIONS = {
     "platform": "platforms",
+    "node": "nodes",
     "cell": "cells",
     "track": "tracks",
     "command": "commands",

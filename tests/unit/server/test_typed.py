@@ -14,6 +14,8 @@ from peat_sync.generated.peat.sidecar.v1 import (
     CellStatus,
     Command,
     CommandStatus,
+    Node,
+    NodeStatus,
     Platform,
     PlatformStatus,
     Track,
@@ -22,7 +24,7 @@ from peat_sync.generated.peat.sidecar.v1 import (
 from peat_sync.node import InvalidRequest
 from peat_sync.server import typed
 
-NAME = {Platform: "platform", Cell: "cell", Track: "track", Command: "command"}
+NAME = {Platform: "platform", Node: "node", Cell: "cell", Track: "track", Command: "command"}
 
 PLATFORM = Platform(
     id="p1",
@@ -36,6 +38,19 @@ PLATFORM = Platform(
     capabilities=["camera", "lidar"],
     unit_id="u7",
     callsign="ROVER-1",
+)
+NODE = Node(
+    id="n1",
+    node_type="uav",
+    name="Kestrel",
+    status=NodeStatus.BUSY,
+    latitude=-33.5,
+    longitude=151.25,
+    altitude_m=120.0,
+    readiness=0.5,
+    capabilities=["eo"],
+    unit_id="u1",
+    callsign="KES-1",
 )
 CELL = Cell(
     id="c1",
@@ -75,21 +90,23 @@ COMMAND = Command(
 
 
 @pytest.mark.parametrize(
-    "message", [PLATFORM, CELL, TRACK, COMMAND], ids=lambda m: type(m).__name__
+    "message", [PLATFORM, NODE, CELL, TRACK, COMMAND], ids=lambda m: type(m).__name__
 )
 def test_round_trip_with_every_field_set(message: betterproto2.Message) -> None:
     """A fully populated message survives to_json and from_json unchanged."""
-    assert typed.from_json(type(message), typed.to_json(message, NAME[type(message)])) == message
+    parsed = typed.from_json(type(message), typed.to_json(message, NAME[type(message)]))
+    assert parsed == (message, [])
 
 
 @pytest.mark.parametrize(
     "message",
-    [Platform(id="p"), Cell(id="c"), Track(id="t"), Command(id="k")],
+    [Platform(id="p"), Node(id="n"), Cell(id="c"), Track(id="t"), Command(id="k")],
     ids=lambda m: type(m).__name__,
 )
 def test_round_trip_with_defaults_and_absent_optionals(message: betterproto2.Message) -> None:
     """A message with only its id set comes back with the same defaults and unset optionals."""
-    assert typed.from_json(type(message), typed.to_json(message, NAME[type(message)])) == message
+    parsed = typed.from_json(type(message), typed.to_json(message, NAME[type(message)]))
+    assert parsed == (message, [])
 
 
 def test_platform_document_matches_upstream_layout() -> None:
@@ -144,7 +161,7 @@ def test_track_document_keeps_a_set_zero_apart_from_an_absent_optional() -> None
         "category",
     }  # fmt: skip
 
-    parsed = typed.from_json(Track, typed.to_json(Track(id="t1", speed_mps=0.0), "track"))
+    parsed, _ = typed.from_json(Track, typed.to_json(Track(id="t1", speed_mps=0.0), "track"))
     assert parsed.speed_mps == 0.0
     assert parsed.heading_deg is None
 
@@ -188,7 +205,7 @@ def test_from_json_reads_an_upstream_document() -> None:
         ' "unit_id": null, "callsign": "D9"}'
     )
 
-    platform = typed.from_json(Platform, upstream)
+    platform, defaulted = typed.from_json(Platform, upstream)
 
     assert platform == Platform(
         id="p9",
@@ -200,18 +217,75 @@ def test_from_json_reads_an_upstream_document() -> None:
     )
     assert isinstance(platform.latitude, float)
     assert platform.unit_id is None
+    assert defaulted == []
 
 
-def test_from_documents_skips_malformed_documents_with_a_warning(
+def test_node_document_matches_upstream_layout() -> None:
+    """A Node is stored like a Platform, with node_type for platform_type."""
+    document = json.loads(typed.to_json(Node(id="n1", status=NodeStatus.OFFLINE), "node"))
+
+    assert document == {
+        "id": "n1",
+        "node_type": "",
+        "name": "",
+        "status": 4,
+        "latitude": 0.0,
+        "longitude": 0.0,
+        "altitude_m": 0.0,
+        "readiness": 0.0,
+        "capabilities": [],
+        "unit_id": None,
+        "callsign": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("message_type", "json_data", "expected"),
+    [
+        (Cell, '{"id": "c1", "platform_count": 4}', Cell(id="c1", node_count=4)),
+        (Cell, '{"id": "c1", "node_count": 4}', Cell(id="c1", node_count=4)),
+        (Track, '{"id": "t1", "source_platform": "p1"}', Track(id="t1", source_node="p1")),
+        (Track, '{"id": "t1", "source_node": "p1"}', Track(id="t1", source_node="p1")),
+    ],
+    ids=["platform_count", "node_count", "source_platform", "source_node"],
+)
+def test_documents_with_the_first_upstream_key_names_read_as_the_renamed_fields(
+    message_type: type[betterproto2.Message], json_data: str, expected: betterproto2.Message
+) -> None:
+    """Documents stored before upstream renamed the fields read the same as new ones."""
+    assert typed.from_json(message_type, json_data) == (expected, [])
+
+
+def test_the_new_key_name_wins_over_the_old_one() -> None:
+    """A document that holds both names (a writer of each kind touched it) is read by the new
+    one, which is the one written today."""
+    cell, _ = typed.from_json(Cell, '{"id": "c1", "platform_count": 1, "node_count": 2}')
+    track, _ = typed.from_json(
+        Track, '{"id": "t1", "source_node": "new", "source_platform": "old"}'
+    )
+
+    assert (cell.node_count, track.source_node) == (2, "new")
+
+
+def test_writes_use_the_new_key_names() -> None:
+    cell = json.loads(typed.to_json(Cell(id="c1", node_count=2), "cell"))
+    track = json.loads(typed.to_json(Track(id="t1", source_node="p1"), "track"))
+
+    assert (cell["node_count"], track["source_node"]) == (2, "p1")
+    assert "platform_count" not in cell
+    assert "source_platform" not in track
+
+
+def test_from_documents_skips_documents_that_are_not_json_objects(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Documents that do not fit are skipped and named in a warning; the rest are returned."""
+    """A document that is not a JSON object has no fields to read: it is skipped and named
+    in a warning; the rest are returned."""
     caplog.set_level(logging.WARNING, logger="peat_sync.typed")
     documents = [
         ("p1", typed.to_json(Platform(id="p1"), "platform")),
         ("broken", "{not json"),
         ("array", "[1, 2]"),
-        ("bad-enum", '{"id": "bad-enum", "status": "READY"}'),
         ("p2", typed.to_json(Platform(id="p2", name="second"), "platform")),
     ]
 
@@ -219,25 +293,29 @@ def test_from_documents_skips_malformed_documents_with_a_warning(
 
     assert platforms == [Platform(id="p1"), Platform(id="p2", name="second")]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 3
-    for doc_id, warning in zip(["broken", "array", "bad-enum"], warnings, strict=True):
+    assert len(warnings) == 2
+    for doc_id, warning in zip(["broken", "array"], warnings, strict=True):
         assert f"skipping platforms/{doc_id}: it is not a valid Platform" in warning
 
 
 @pytest.mark.parametrize(
-    "json_data",
+    ("json_data", "expected", "named"),
     [
-        '{"id": "p1", "latitude": "north"}',
-        '{"id": 5}',
-        '{"id": "p1", "capabilities": [1, 2]}',
-        '{"id": "p1", "callsign": 7}',
+        ('{"id": "p1", "latitude": "north", "name": "n"}', Platform(id="p1", name="n"), "latitude"),
+        ('{"id": 5, "name": "n"}', Platform(name="n"), "id"),
+        ('{"id": "p1", "capabilities": [1, 2]}', Platform(id="p1"), "capabilities"),
+        ('{"id": "p1", "callsign": 7}', Platform(id="p1"), "callsign"),
+        ('{"id": "p1", "status": "READY"}', Platform(id="p1"), "status"),
+        ('{"id": "p1", "readiness": 1' + "0" * 400 + "}", Platform(id="p1"), "readiness"),
     ],
+    ids=["double-as-string", "id-as-number", "list-of-numbers", "optional", "enum", "overflow"],
 )
-def test_from_documents_skips_a_document_with_a_wrong_typed_field(
-    json_data: str, caplog: pytest.LogCaptureFixture
+def test_a_wrong_typed_field_is_returned_defaulted_with_a_warning(
+    json_data: str, expected: Platform, named: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A document written through PutDocument with a field of the wrong JSON type is
-    skipped with a warning, so every platform returned can be encoded."""
+    """As upstream reads it: the document is returned, the field that does not fit holds its
+    default (an optional is unset), and a warning names the document and the field; every
+    message returned can be encoded."""
     caplog.set_level(logging.WARNING, logger="peat_sync.typed")
     documents = [("bad", json_data), ("good", typed.to_json(Platform(id="good"), "platform"))]
 
@@ -245,5 +323,10 @@ def test_from_documents_skips_a_document_with_a_wrong_typed_field(
 
     for platform in platforms:
         bytes(platform)  # what the server does with every returned message
-    assert platforms == [Platform(id="good")]
-    assert "skipping platforms/bad" in caplog.text
+    assert platforms == [expected, Platform(id="good")]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(
+        "platforms/bad is returned with defaults for the fields that do not fit a Platform: "
+        + named
+        + ":"
+    )
