@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
 
+from peat_sync import environment
+
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 # Output lines kept: every line of a test's server, and a bounded tail of a long soak's.
@@ -41,9 +43,10 @@ class ServerStartError(Exception):
 
 
 def server_env(**extra: str) -> dict[str, str]:
-    """This process's environment without PEAT_SIDECAR_* variables, plus `extra`: a child
-    server is configured by its flags alone, whatever the caller's shell has set."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PEAT_SIDECAR_")}
+    """This process's environment without peat-sync's variables (PEAT_SIDECAR_*, PEAT_NODE_*),
+    plus `extra`: a child server is configured by its flags alone, whatever the caller's shell
+    has set."""
+    env = {k: v for k, v in os.environ.items() if not environment.is_ours(k)}
     env.update(extra)
     return env
 

@@ -1,7 +1,8 @@
 """The options of every `peat-sync` command, in one table, and how their values are found.
 
 A value comes from the flag, else from the option's PEAT_SIDECAR_* environment variable (if
-it has one), else from the default. A default is written once: where the configuration it
+it has one; its upstream name PEAT_NODE_* is read too, see `peat_sync.environment`), else from
+the default. A default is written once: where the configuration it
 sets is declared (`NodeConfig`, `ServeConfig`, the client library), and the table reads it
 from there. Each value is checked here, so a bad one stops the command with a one-line message
 naming the flag or variable at fault.
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peat_sync import tls
+from peat_sync import environment, tls
 from peat_sync.address import ListenAddress
 from peat_sync.bench.sizes import QUICK, SCENARIO_SUMMARIES, Sizes
 from peat_sync.client.client import DEFAULT_ADDRESS, DEFAULT_TIMEOUT
@@ -26,7 +27,7 @@ from peat_sync.node import NodeConfig
 from peat_sync.server.config import MESSAGE_OVERHEAD_BYTES, ServeConfig
 from peat_sync.shared.config import STREAM_NAME, SharedConfig
 
-ENV_PREFIX = "PEAT_SIDECAR_"
+ENV_PREFIX = environment.PREFIX
 
 
 class ConfigError(Exception):
@@ -708,15 +709,17 @@ def add_options(parser: argparse._ActionsContainer, options: Iterable[Option]) -
 def resolve(
     options: Sequence[Option], args: argparse.Namespace, environ: Mapping[str, str]
 ) -> dict[str, Any]:
-    """The value of each option, by dest: from its flag, else its variable, else its
-    default. ConfigError names the flag or variable of a bad value."""
+    """The value of each option, by dest: from its flag, else its variable (under either
+    name), else its default. ConfigError names the flag or variable of a bad value, and both
+    names of a variable set to two values."""
     values: dict[str, Any] = {}
     for option in options:
         given = getattr(args, option.dest)
+        variable = _variable(option, environ)
         if given is not None:
             raw, source = given, option.flag
-        elif option.env is not None and option.env in environ:
-            raw, source = environ[option.env], option.env
+        elif variable is not None:
+            raw, source = variable
         else:
             values[option.dest] = _unset_value(option)
             continue
@@ -732,6 +735,17 @@ def resolve(
         except ValueError as exc:
             raise ConfigError(f"{source}={raw!r}: {exc}") from None
     return values
+
+
+def _variable(option: Option, environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """`(value, name)` of `option`'s variable, if set under either name. Both names set to
+    different values are refused even when a flag is given: the deployment is in doubt."""
+    if option.env is None:
+        return None
+    try:
+        return environment.lookup(option.env, environ)
+    except environment.ConflictingVariables as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _unset_value(option: Option) -> Any:
@@ -778,11 +792,12 @@ def shared_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Share
     """Shared mode's configuration, or None without --nats."""
     values = resolve(SHARED_OPTIONS, args, environ)
     if values["nats"] is None:
-        given = [
-            option.flag if getattr(args, option.dest) is not None else str(option.env)
-            for option in SHARED_OPTIONS[1:]
-            if getattr(args, option.dest) is not None or option.env in environ
-        ]
+        given = []
+        for option in SHARED_OPTIONS[1:]:
+            if getattr(args, option.dest) is not None:
+                given.append(option.flag)
+            elif (variable := _variable(option, environ)) is not None:
+                given.append(variable[1])
         if given:
             raise ConfigError(f"{given[0]} is set without --nats: it configures shared mode")
         return None

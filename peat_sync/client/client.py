@@ -15,6 +15,7 @@ import grpclib.config
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
+from peat_sync import environment
 from peat_sync.address import ListenAddress
 from peat_sync.client.errors import CALL_FAILURES, PreconditionFailed, Rejected, client_error
 from peat_sync.client.mirror import Mirror
@@ -31,8 +32,10 @@ DEFAULT_TIMEOUT = 10.0
 
 
 def default_address() -> str:
-    """`PEAT_SIDECAR_ADDR` if set, else the server's default listen address."""
-    return os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+    """`PEAT_SIDECAR_ADDR` (or its upstream name, `PEAT_NODE_ADDR`) if set, else the server's
+    default listen address. ValueError if both names are set to different addresses."""
+    variable = environment.lookup(ADDRESS_ENV, os.environ)
+    return (variable and variable[0]) or DEFAULT_ADDRESS
 
 
 @dataclass(frozen=True, slots=True)

@@ -331,6 +331,20 @@ def test_address_from_the_environment(
     run_scenario(scenario, timeout=20)
 
 
+def test_address_from_the_upstream_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PEAT_NODE_ADDR, upstream's name of the variable, is read too; set to another address
+    than PEAT_SIDECAR_ADDR, the client refuses to guess."""
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    monkeypatch.setenv("PEAT_NODE_ADDR", "tcp://10.1.2.3:9")
+    assert Client().address == "tcp://10.1.2.3:9"
+    monkeypatch.setenv(ADDRESS_ENV, "tcp://10.1.2.3:9")
+    assert Client().address == "tcp://10.1.2.3:9"
+    monkeypatch.setenv(ADDRESS_ENV, "tcp://10.9.9.9:9")
+    with pytest.raises(ValueError, match=r"PEAT_SIDECAR_ADDR=.* and PEAT_NODE_ADDR=.* set the"):
+        Client()
+    assert Client("h:1").address == "h:1"
+
+
 @pytest.mark.parametrize("address", ["localhost", "unix://relative/peat.sock", "host:70000"])
 def test_a_bad_address_is_refused_at_once(address: str) -> None:
     """An address that is not HOST:PORT, tcp://HOST:PORT or unix:///PATH is a ValueError

@@ -3,7 +3,6 @@ over environment, the forms of addresses, sizes and durations, and clear errors.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 
 from peat_sync.address import ListenAddress
+from peat_sync.bench.launcher import server_env
 from peat_sync.bench.sizes import QUICK, Sizes
 from peat_sync.cli.main import build_parser
 from peat_sync.cli.options import (
@@ -177,6 +177,52 @@ def test_flag_wins_over_environment_variable(
 ) -> None:
     """A flag beats its variable, even when the variable holds a bad value."""
     assert read(configure(flag, value, env={env: "not a valid value at all"})) == expected
+
+
+@pytest.mark.parametrize(("flag", "env", "value", "read", "expected"), OPTIONS, ids=OPTION_IDS)
+def test_the_upstream_name_of_a_variable_is_read_too(
+    flag: str, env: str, value: str, read: Callable[[ServeConfig], Any], expected: Any
+) -> None:
+    """Each PEAT_SIDECAR_* variable can be set by its upstream name, PEAT_NODE_*, alone; both
+    names set to the same value agree."""
+    upstream = env.replace("PEAT_SIDECAR_", "PEAT_NODE_", 1)
+    assert read(configure(env={upstream: value})) == expected
+    assert read(configure(env={env: value, upstream: value})) == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "env"),
+    [
+        ((), {"PEAT_SIDECAR_NODE_ID": "alpha", "PEAT_NODE_NODE_ID": "beta"}),
+        (("--node-id", "gamma"), {"PEAT_SIDECAR_NODE_ID": "alpha", "PEAT_NODE_NODE_ID": "beta"}),
+        ((), {"PEAT_SIDECAR_NODE_ID": "alpha", "PEAT_NODE_NODE_ID": ""}),
+    ],
+    ids=["variables", "with-the-flag", "one-empty"],
+)
+def test_both_names_of_a_variable_set_to_different_values_are_refused(
+    flags: tuple[str, ...], env: dict[str, str]
+) -> None:
+    """Which one the deployment meant is in doubt, even when the flag decides the value: the
+    start is refused with one line naming both."""
+    with pytest.raises(ConfigError) as raised:
+        configure(*flags, env=env)
+
+    message = str(raised.value)
+    assert message == (
+        f"PEAT_SIDECAR_NODE_ID='alpha' and PEAT_NODE_NODE_ID={env['PEAT_NODE_NODE_ID']!r} set"
+        " the same option to different values: unset one of them"
+    )
+
+
+def test_a_bad_upstream_variable_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"^PEAT_NODE_BROADCAST_BUFFER_SIZE='x': 'x' is not a"):
+        configure(env={"PEAT_NODE_BROADCAST_BUFFER_SIZE": "x"})
+
+
+def test_a_shared_mode_variable_without_nats_is_named_by_its_upstream_name() -> None:
+    with pytest.raises(ConfigError, match=r"^PEAT_NODE_NATS_REPLICAS is set without --nats"):
+        configure(env={"PEAT_NODE_NATS_REPLICAS": "3"})
+    assert configure(env={"PEAT_NODE_NATS_URL": "n1:4222"}).node.shared is not None
 
 
 @pytest.mark.parametrize(
@@ -438,18 +484,22 @@ def test_the_default_stalled_stream_timeout_follows_the_heartbeat(
     assert configure("--heartbeat-interval", heartbeat).node.stalled_after == stalled_after
 
 
-def test_bad_value_on_the_command_line_exits_2_without_a_traceback(tmp_path: Path) -> None:
-    """The real command prints one line naming the flag on stderr and exits with status 2."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PEAT_SIDECAR_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "peat_sync", "serve", "--broadcast-buffer-size", "x"],
+def run_serve(tmp_path: Path, *flags: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    """`peat-sync serve` with `flags` and only the peat-sync variables given."""
+    return subprocess.run(
+        [sys.executable, "-m", "peat_sync", "serve", *flags],
         capture_output=True,
         text=True,
-        env=env,
+        env={**server_env(), **variables},
         cwd=tmp_path,
         timeout=60,
         check=False,
     )
+
+
+def test_bad_value_on_the_command_line_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    """The real command prints one line naming the flag on stderr and exits with status 2."""
+    result = run_serve(tmp_path, "--broadcast-buffer-size", "x")
 
     assert result.returncode == 2
     assert result.stdout == ""
@@ -458,6 +508,20 @@ def test_bad_value_on_the_command_line_exits_2_without_a_traceback(tmp_path: Pat
     assert "--broadcast-buffer-size='x'" in lines[0]
     assert "is not a whole number" in lines[0]
     assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == [], "a refused start must not create the data dir"
+
+
+def test_a_variable_set_twice_differently_stops_the_command(tmp_path: Path) -> None:
+    """The real command refuses to start with one line naming both variables."""
+    result = run_serve(
+        tmp_path, PEAT_SIDECAR_DATA_DIR=str(tmp_path / "a"), PEAT_NODE_DATA_DIR=str(tmp_path / "b")
+    )
+
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "PEAT_SIDECAR_DATA_DIR=" in lines[0]
+    assert "PEAT_NODE_DATA_DIR=" in lines[0]
     assert list(tmp_path.iterdir()) == [], "a refused start must not create the data dir"
 
 
@@ -489,8 +553,13 @@ def test_quick_bench_sizes_are_kept_unless_a_size_is_given() -> None:
             {"PEAT_SIDECAR_ADDR": "x", "PEAT_SIDECAR_TIMEOUT": "x"},
             ("h:1", 3.0),
         ),
+        (
+            (),
+            {"PEAT_NODE_ADDR": "unix:///run/p.sock", "PEAT_NODE_TIMEOUT": "2.5"},
+            ("unix:///run/p.sock", 2.5),
+        ),
     ],
-    ids=["defaults", "variables", "flags-win"],
+    ids=["defaults", "variables", "flags-win", "upstream-variables"],
 )
 def test_client_commands_resolve_addr_and_timeout_like_serve_options(
     flags: tuple[str, ...], env: dict[str, str], expected: tuple[str, float]
