@@ -41,6 +41,7 @@ from peat_sync.wire import (
     SUBSCRIBE_BATCHED,
     WRITE_DOCUMENTS,
     message_class,
+    rpc_path,
 )
 
 if TYPE_CHECKING:
@@ -93,6 +94,22 @@ COLLECTION_CONFIGS_NOT_YET = (
     "{rpc}: collection configs are not implemented by this peat-sync server yet; every"
     " collection keeps deleted documents as tombstones for --tombstone-retention"
 )
+
+# Upstream's attachment RPCs, with how each answers. Their messages are not in this proto
+# (their shapes are not known here), so they are served at their paths without decoding a
+# request: upstream itself answers UNIMPLEMENTED unless an attachment root is configured.
+ATTACHMENT_RPCS = {
+    "SendAttachments": grpclib.const.Cardinality.UNARY_UNARY,
+    "GetAttachmentDistribution": grpclib.const.Cardinality.UNARY_UNARY,
+    "SubscribeAttachmentBundle": grpclib.const.Cardinality.UNARY_STREAM,
+    "CancelAttachmentDistribution": grpclib.const.Cardinality.UNARY_UNARY,
+}
+NO_ATTACHMENTS = (
+    "{rpc}: attachments are not supported by peat-sync (upstream serves them only with an"
+    " attachment root configured); keep files elsewhere and put their references in documents"
+)
+# The RPCs that answer without the node: while it starts and while the server drains.
+_NODE_FREE = frozenset({GET_STATUS, *map(rpc_path, ATTACHMENT_RPCS)})
 
 StreamHandler = Callable[[grpclib.server.Stream[Any, Any]], Awaitable[None]]
 
@@ -174,12 +191,17 @@ class SidecarService(pb.PeatSidecarBase):
             mapping[name] = mapping[name]._replace(
                 func=func, request_type=request_type, reply_type=reply_type
             )
+        for rpc, cardinality in ATTACHMENT_RPCS.items():
+            # The request is never read, so its types are never used.
+            mapping[rpc_path(rpc)] = grpclib.const.Handler(
+                functools.partial(_no_attachments, rpc), cardinality, bytes, bytes
+            )
         limits = self.admission.limits
         return {
             name: handler._replace(
                 func=self._served(
                     handler.func,
-                    needs_node=name != GET_STATUS,
+                    needs_node=name not in _NODE_FREE,
                     limit=(
                         (limits.max_request_bytes, "--max-request-bytes")
                         if name == WRITE_DOCUMENTS
@@ -544,6 +566,12 @@ class SidecarService(pb.PeatSidecarBase):
         if resume_point is None:
             return "resubscribe with snapshot=true: the snapshot was not complete"
         return f"resubscribe with since_sequence={resume_point} and epoch={self.node.epoch}"
+
+
+async def _no_attachments(rpc: str, stream: grpclib.server.Stream[Any, Any]) -> None:
+    """Asyncio-flavoured: answer an attachment RPC UNIMPLEMENTED, its request unread (grpclib
+    resets the stream after a failed status, which gives back its flow-control window)."""
+    raise GRPCError(Status.UNIMPLEMENTED, NO_ATTACHMENTS.format(rpc=rpc))
 
 
 async def _refuse_stale_write(

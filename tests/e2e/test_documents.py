@@ -7,8 +7,10 @@ import json
 import re
 from typing import Any
 
+import grpc
 import pytest
 
+from peat_sync import wire
 from peat_sync.bench.launcher import ServerProcess
 from tests.helpers.clients import (
     TYPED_COLLECTIONS,
@@ -26,6 +28,7 @@ from tests.helpers.clients import (
 )
 from tests.helpers.servers import StartServer
 from tests.helpers.streams import grpcio_subscription, wait_for_subscribers
+from tests.helpers.waiting import CALL_TIMEOUT
 
 # ---------------------------------------------------------------------------------------------
 # Documents
@@ -388,3 +391,39 @@ def test_stop_sync_succeeds_and_sync_stays_inactive(client: Client) -> None:
         "lag": 0,
     }
     assert status(client)["sync_active"] is False
+
+
+# ---------------------------------------------------------------------------------------------
+# Attachments: upstream's RPCs, outside this proto, are UNIMPLEMENTED and say why
+
+ATTACHMENT_RPCS = [
+    "SendAttachments",
+    "GetAttachmentDistribution",
+    "SubscribeAttachmentBundle",
+    "CancelAttachmentDistribution",
+]
+
+
+def call_raw(channel: grpc.Channel, rpc: str, payload: bytes) -> None:
+    """Call `rpc` at its path with `payload` as the request; read a stream to its end."""
+    path = wire.rpc_path(rpc)
+    if rpc == "SubscribeAttachmentBundle":
+        list(channel.unary_stream(path, request_serializer=bytes)(payload, timeout=CALL_TIMEOUT))
+    else:
+        channel.unary_unary(path, request_serializer=bytes)(payload, timeout=CALL_TIMEOUT)
+
+
+@pytest.mark.parametrize("rpc", ATTACHMENT_RPCS)
+@pytest.mark.parametrize("payload", [b"", b"\xff\xff\xff\xff"], ids=["empty", "not-protobuf"])
+def test_attachment_rpcs_are_unimplemented_whatever_the_request(
+    grpcio_client: GrpcioClient, rpc: str, payload: bytes
+) -> None:
+    """Called at its path with any bytes (the request is never decoded): UNIMPLEMENTED, with
+    a message saying that peat-sync does not support attachments; the server goes on."""
+    with pytest.raises(grpc.RpcError) as raised:
+        call_raw(grpcio_client.channel, rpc, payload)
+
+    failure = raised.value
+    assert failure.code() is grpc.StatusCode.UNIMPLEMENTED
+    assert failure.details().startswith(f"{rpc}: attachments are not supported by peat-sync")
+    assert put(grpcio_client, "c", "d", "{}") == 1

@@ -23,7 +23,14 @@ from peat_sync.node import Node, NodeConfig, QueueFull, open_node
 from peat_sync.server.codec import RequestCodec
 from peat_sync.server.config import ServeConfig
 from peat_sync.server.request_limits import RequestLimits
-from peat_sync.server.service import NODE_STARTING, SHUTTING_DOWN, SidecarService
+from peat_sync.server.service import (
+    ATTACHMENT_RPCS,
+    NO_ATTACHMENTS,
+    NODE_STARTING,
+    SHUTTING_DOWN,
+    SidecarService,
+)
+from peat_sync.wire import rpc_path
 
 T = TypeVar("T")
 DEADLINE = 20
@@ -191,6 +198,35 @@ async def test_until_the_node_is_attached_only_status_answers(tmp_path: Path) ->
             status, refused = await server.call(scenario)
     assert (status.phase, status.epoch) == (pb.NodePhase.INITIALIZING, "")
     assert (refused.status, refused.message) == (Status.UNAVAILABLE, NODE_STARTING)
+
+
+async def attachment_call(stub: pb.PeatSidecarStub, rpc: str) -> None:
+    """Asyncio-flavoured: call upstream's attachment RPC `rpc` at its path, with an empty
+    request (their messages are not in this proto)."""
+    async with stub.channel.request(
+        rpc_path(rpc), ATTACHMENT_RPCS[rpc], pb.GetStatusRequest, pb.GetStatusResponse
+    ) as stream:
+        await stream.send_message(pb.GetStatusRequest(), end=True)
+        await stream.recv_message()
+
+
+@pytest.mark.parametrize("attach", [True, False], ids=["ready", "starting"])
+async def test_attachment_rpcs_answer_unimplemented_without_the_node(
+    tmp_path: Path, attach: bool
+) -> None:
+    """Whether the node is open or not: attachments are not a peat-sync feature, so there
+    is nothing to wait for."""
+
+    async def scenario(stub: pb.PeatSidecarStub) -> list[GRPCError]:
+        return [await failure(attachment_call(stub, rpc)) for rpc in ATTACHMENT_RPCS]
+
+    with trio.fail_after(DEADLINE):
+        async with served(tmp_path, attach=attach) as server:
+            refusals = await server.call(scenario)
+            assert server.service.calls == 0
+    assert [(refused.status, refused.message) for refused in refusals] == [
+        (Status.UNIMPLEMENTED, NO_ATTACHMENTS.format(rpc=rpc)) for rpc in ATTACHMENT_RPCS
+    ]
 
 
 async def test_a_draining_service_refuses_new_calls_but_status(tmp_path: Path) -> None:
