@@ -204,7 +204,7 @@ def read(server: ServerProcess, documents: int, kind: str) -> tuple[float, float
             request_serializer=SubscribeRequest.SerializeToString,
             response_deserializer=DocumentChange.FromString,
         )
-        stream = subscribe(SubscribeRequest(**request), timeout=CALL_TIMEOUT)
+        stream = subscribe(SubscribeRequest(control_events=True, **request), timeout=CALL_TIMEOUT)
         first = last = next(stream)
         started = time.perf_counter()
         data = 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from google.protobuf import message_factory
 from google.protobuf.message import Message
@@ -69,6 +69,71 @@ def varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+# Wire types of the protobuf encoding.
+VARINT, FIXED64, LENGTH_DELIMITED, FIXED32 = 0, 1, 2, 5
+WIRE_TYPE_NAMES = {
+    VARINT: "a varint",
+    FIXED64: "a 64-bit value",
+    LENGTH_DELIMITED: "length-delimited bytes",
+    3: "a group",
+    4: "a group end",
+    FIXED32: "a 32-bit value",
+}
+
+
+def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if offset >= len(data) or shift > 63:
+            raise ValueError("a varint runs past the end of the message")
+        byte = data[offset]
+        offset += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, offset
+        shift += 7
+
+
+class Field(NamedTuple):
+    """One field of an encoded message: data[start:end] is all of it, data[value:end] its
+    value (a length-delimited value without its length)."""
+
+    number: int
+    wire_type: int
+    start: int
+    value: int
+    end: int
+
+
+def top_level_fields(data: bytes) -> list[Field]:
+    """The fields of an encoded message, without decoding their values. ValueError for bytes
+    that are not a message."""
+    fields = []
+    offset = 0
+    while offset < len(data):
+        start = offset
+        tag, offset = _read_varint(data, offset)
+        number, wire_type = tag >> 3, tag & 7
+        if number == 0:
+            raise ValueError("a field numbered 0")
+        value = offset
+        if wire_type == VARINT:
+            _, offset = _read_varint(data, offset)
+        elif wire_type == FIXED64:
+            offset += 8
+        elif wire_type == FIXED32:
+            offset += 4
+        elif wire_type == LENGTH_DELIMITED:
+            length, value = _read_varint(data, offset)
+            offset = value + length
+        else:
+            raise ValueError(f"field {number} is {WIRE_TYPE_NAMES.get(wire_type, 'of no type')}")
+        if offset > len(data):
+            raise ValueError(f"field {number} runs past the end of the message")
+        fields.append(Field(number, wire_type, start, value, offset))
+    return fields
 
 
 def encode_change(collection: str, doc_id: str, json_data: str | None, sequence: int) -> bytes:

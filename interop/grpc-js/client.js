@@ -82,6 +82,7 @@ function subscribe(client, values, deadline) {
   const request = {
     collections: values.collections ? values.collections.split(',') : [],
     snapshot: values.snapshot,
+    control_events: true,
   };
   // Left out unless given: both are proto3 `optional`, and unset means something other than
   // 0 or "". The sequence stays a string, exact for any uint64.

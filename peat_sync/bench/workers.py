@@ -204,7 +204,7 @@ class Subscribers:
 
     def request(self) -> Any:
         settings = self.settings
-        request = SubscribeRequest(collections=settings.collections)
+        request = SubscribeRequest(collections=settings.collections, control_events=True)
         if settings.since is not None:
             request.since_sequence = settings.since
         if settings.epoch:

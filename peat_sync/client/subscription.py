@@ -208,6 +208,7 @@ class ResilientSubscription:
             since_sequence=self.position,
             epoch=self.epoch,
             snapshot=self._snapshot,
+            control_events=True,  # this library reads them all
         )
 
     async def _open(self) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any, cast
 
 from peat_sync import wire
 from peat_sync.generated.peat.sidecar.v1 import ChangeType, DocumentChange, ResyncReason
@@ -49,6 +51,16 @@ class ChangeEvent:
             catch_up_floor=progress.catch_up_floor,
         )
         return cls(sequence, "", "", change_type, bytes(message))
+
+    def document(self) -> dict[str, Any]:
+        """The document of an UPSERT, decoded from `encoded` (kept only once, encoded)."""
+        change = wire.message_class("DocumentChange").FromString(self.encoded)
+        return cast(dict[str, Any], json.loads(change.json_data))  # type: ignore[attr-defined]
+
+    def as_delete(self) -> ChangeEvent:
+        """A DELETE of this event's document, at its sequence."""
+        encoded = wire.encode_change(self.collection, self.doc_id, None, self.sequence)
+        return ChangeEvent(self.sequence, self.collection, self.doc_id, ChangeType.DELETE, encoded)
 
     @property
     def is_control(self) -> bool:

@@ -22,6 +22,7 @@ import trio
 from peat_sync.node.errors import LimitExceeded
 from peat_sync.node.events import ChangeEvent
 from peat_sync.node.history import History
+from peat_sync.node.query import Predicate
 from peat_sync.node.replay_log import ReplayLog
 from peat_sync.node.stats import NodeStats
 from peat_sync.node.subscription import Subscription
@@ -117,6 +118,8 @@ class ChangeFeed:
         epoch: str | None,
         snapshot: bool,
         peer: str,
+        query: Predicate | None = None,
+        legacy: bool = False,
     ) -> Subscription:
         """Open a subscription to `collections` (None: all); see `Node.subscribe`.
 
@@ -142,6 +145,8 @@ class ChangeFeed:
             since=since,
             epoch=epoch,
             snapshot=snapshot,
+            query=query,
+            legacy=legacy,
         )
         self._next_id += 1
         self._open.add(subscription)

@@ -16,6 +16,7 @@ from peat_sync.node.errors import InvalidRequest, LimitExceeded, RequestError
 from peat_sync.node.feed import ChangeFeed, Committed
 from peat_sync.node.history import History, read_store
 from peat_sync.node.producer import Producer, WriteCallback
+from peat_sync.node.query import Predicate
 from peat_sync.node.replay_log import ReplayLog
 from peat_sync.node.retention import purge_expired_tombstones, run_tombstone_retention
 from peat_sync.node.stats import NodeStats
@@ -267,6 +268,8 @@ class Node:
         epoch: str | None = None,
         snapshot: bool = False,
         peer: str = "local",
+        query: Predicate | None = None,
+        legacy: bool = False,
     ) -> Subscription:
         """Follow the changes to `collections` (empty: all) after `since` (None: from now).
 
@@ -278,7 +281,13 @@ class Node:
         for collection in wanted:
             check_name("collection", collection)
         return self._feed.subscribe(
-            wanted or None, since=since, epoch=epoch, snapshot=snapshot, peer=peer
+            wanted or None,
+            since=since,
+            epoch=epoch,
+            snapshot=snapshot,
+            peer=peer,
+            query=query,
+            legacy=legacy,
         )
 
     async def _run(self, nursery: trio.Nursery) -> None:

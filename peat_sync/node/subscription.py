@@ -12,6 +12,7 @@ import trio
 from peat_sync.generated.peat.sidecar.v1 import ChangeType, ResyncReason
 from peat_sync.node.errors import NodeClosed
 from peat_sync.node.events import ChangeEvent, Progress
+from peat_sync.node.query import Predicate
 from peat_sync.node.validation import EXCERPT_CHARACTERS, excerpt
 
 if TYPE_CHECKING:
@@ -66,12 +67,16 @@ class Subscription:
         since: int | None,
         epoch: str | None,
         snapshot: bool,
+        query: Predicate | None = None,
+        legacy: bool = False,
     ) -> None:
         self.name = name
         self.collections = collections
         self._feed = feed
         self._history = feed.history
         self._snapshot = snapshot
+        self._query = query
+        self._legacy = legacy
         self._receive: trio.MemoryReceiveChannel[list[ChangeEvent]] | None = None
         # Events the feed has put in the channel that this subscription has not taken yet:
         # the feed's measure of how far behind it is.
@@ -100,7 +105,9 @@ class Subscription:
                 f"since_sequence {since} is ahead of the newest change ({head}), so this store"
                 " has no such position",
             )
-        elif since is None and snapshot:
+        elif since is None and (snapshot or (legacy and collections is not None)):
+            # A legacy request that names collections gets their documents first, as
+            # upstream sends them (without the markers it would not know).
             self._start_snapshot()
         elif since is not None and since < feed.replay_log.floor:
             self._fall_back()
@@ -141,7 +148,12 @@ class Subscription:
 
         Raises `NodeClosed` once the node shuts down.
         """
-        batch = await self._next(limit)
+        while True:
+            batch = await self._next(limit)
+            if self._legacy:  # of the control events, a legacy client knows RESYNC only
+                batch = [e for e in batch if not e.is_control or e.change_type == ChangeType.RESYNC]
+            if batch:
+                break
         self._feed.stats.events_delivered += len(batch)
         return batch
 
@@ -180,7 +192,7 @@ class Subscription:
         events = replay_log.read_after(self.position, limit)
         # Fewer than asked: none is left up to the head (later sequences changed nothing).
         self.position = events[-1].sequence if len(events) == limit else replay_log.head
-        return [event for event in events if self.wants(event.collection)]
+        return self._matching([event for event in events if self.wants(event.collection)])
 
     async def _read_store(self, limit: int) -> list[ChangeEvent]:
         read = self._store_read
@@ -206,6 +218,7 @@ class Subscription:
             if not read.snapshot:
                 # Pages come in sequence order, so a partial catch-up is a valid resume point.
                 self.position = read.cursor
+        events = self._matching(events, snapshot=read.snapshot)
         if page.complete:
             self._store_read = None
             self.position = page.head_sequence
@@ -262,7 +275,22 @@ class Subscription:
         batch = [event for event in batch if event.sequence > self.position]
         if batch:
             self.position = batch[-1].sequence
-        return batch
+        return self._matching(batch)
+
+    def _matching(self, events: list[ChangeEvent], *, snapshot: bool = False) -> list[ChangeEvent]:
+        """`events` as a query subscriber sees them: an upsert of a document the query does
+        not match is a delete of it (it may have matched before), so that a copy built from
+        the stream equals the store restricted to the query; in a snapshot, whose reader
+        starts from nothing, it is left out. Deletes pass, as upstream passes them."""
+        if self._query is None:
+            return events
+        matching = []
+        for event in events:
+            if event.change_type != ChangeType.UPSERT or self._query(event.document()):
+                matching.append(event)
+            elif not snapshot:
+                matching.append(event.as_delete())
+        return matching
 
     # Changes of course -------------------------------------------------------------------
 
@@ -270,7 +298,14 @@ class Subscription:
         """`position` is older than the replay log: catch up from the store, or RESYNC."""
         replay_floor = self._feed.replay_log.floor
         catch_up_floor = self._history.catch_up_floor
-        if self.position >= catch_up_floor:
+        if self._legacy:
+            # A legacy client knows no catch-up (latest states only, between markers): what
+            # the replay log cannot replay exactly is a RESYNC, the original request's rule.
+            self._resync(
+                ResyncReason.SLOW_CONSUMER if self._lagged else ResyncReason.HISTORY_COMPACTED,
+                f"the replay log starts after sequence {replay_floor}, past {self.position}",
+            )
+        elif self.position >= catch_up_floor:
             self._store_read = _StoreRead(self.position, self.position, snapshot=False)
             self._feed.stats.catch_ups += 1
             log.info(

@@ -32,6 +32,7 @@ from peat_sync.node.validation import excerpt
 from peat_sync.server import typed
 from peat_sync.server.request_limits import RequestAdmission, RequestLimits
 from peat_sync.server.stalled_streams import StreamStalled, cut_off, send_within
+from peat_sync.server.subscribe_request import SubscribeRequest
 from peat_sync.store import Mutation, PreconditionFailed
 from peat_sync.wire import (
     CURRENT_SEQUENCE_TRAILER,
@@ -178,11 +179,15 @@ class SidecarService(pb.PeatSidecarBase):
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         mapping = super().__mapping__()
         # The change feed is served from the stream itself, to send pre-encoded events.
+        # Read by `SubscribeRequest`, which tells upstream's query at field 2 from
+        # since_sequence.
         mapping[SUBSCRIBE] = mapping[SUBSCRIBE]._replace(
-            func=functools.partial(self._subscribe, frame=_one_per_message)
+            func=functools.partial(self._subscribe, frame=_one_per_message),
+            request_type=SubscribeRequest,
         )
         mapping[SUBSCRIBE_BATCHED] = mapping[SUBSCRIBE_BATCHED]._replace(
-            func=functools.partial(self._subscribe, frame=_batched)
+            func=functools.partial(self._subscribe, frame=_batched),
+            request_type=SubscribeRequest,
         )
         for name, func, request_type, reply_type in (
             (PUT_DOCUMENT, self._put_document, PutDocumentRequest, PutDocumentResponse),
@@ -471,7 +476,7 @@ class SidecarService(pb.PeatSidecarBase):
 
     async def _subscribe(
         self,
-        stream: grpclib.server.Stream[pb.SubscribeRequest, Any],
+        stream: grpclib.server.Stream[SubscribeRequest, Any],
         *,
         frame: Callable[[list[ChangeEvent]], Iterable[bytes]],
     ) -> None:
@@ -482,16 +487,20 @@ class SidecarService(pb.PeatSidecarBase):
         with self.node.subscribe(
             request.collections,
             request.since_sequence,
-            epoch=request.epoch or None,  # an empty epoch is as good as none
+            epoch=request.epoch,
             snapshot=request.snapshot,
             peer=_peer_name(stream),
+            query=request.query,
+            legacy=request.legacy,
         ) as subscription:
             log.info(
-                "subscriber %s opened (collections: %s, since: %s, snapshot: %s)",
+                "subscriber %s opened (collections: %s, since: %s, snapshot: %s%s%s)",
                 subscription.name,
                 subscription.describe_collections(),
                 request.since_sequence,
                 "yes" if request.snapshot else "no",
+                ", with a query" if request.query else "",
+                ", legacy: UPSERT, DELETE and RESYNC only" if request.legacy else "",
             )
             await stream.send_initial_metadata()  # then each message is only its bytes
             pump = BatchPump(functools.partial(subscription.next_batch, SEND_BATCH))

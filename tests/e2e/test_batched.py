@@ -100,7 +100,9 @@ class GrpcioBatchedSubscription(GrpcioSubscription):
             request_serializer=pb2.SubscribeRequest.SerializeToString,
             response_deserializer=decode,
         )
-        self.call = subscribe_batched(pb2.SubscribeRequest(**request), timeout=timeout)
+        self.call = subscribe_batched(
+            pb2.SubscribeRequest(control_events=True, **request), timeout=timeout
+        )
         self.messages: list[BatchMessage] = []
         self._unread: deque[Event] = deque()
 

@@ -95,7 +95,7 @@ async def stalled_subscriber(server: ServerProcess) -> AsyncIterator[None]:
     reader = grpclib.client.Channel("127.0.0.1", server.port, config=small_window_config())
     stub = pb.PeatSidecarStub(writer, timeout=CALL_TIMEOUT)
     try:
-        async with grpclib_subscribe(reader, pb.SubscribeRequest()):
+        async with grpclib_subscribe(reader, pb.SubscribeRequest(control_events=True)):
             await within(wait_for_subscribers_async(stub, 1))
             document = '{"pad": "' + "x" * 16 * 1024 + '"}'
             for i in range(16):

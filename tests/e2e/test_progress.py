@@ -78,7 +78,8 @@ class GrpcioStream:
     def __init__(self, address: str, api: GrpcioApi, request: dict[str, Any]) -> None:
         self._client = GrpcioClient(address, api)
         self._call = self._client.stub.Subscribe(
-            self._client.pb2.SubscribeRequest(**request), timeout=STREAM_TIMEOUT
+            self._client.pb2.SubscribeRequest(control_events=True, **request),
+            timeout=STREAM_TIMEOUT,
         )
         self._events: queue.Queue[Any] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -125,7 +126,7 @@ def subscribe(client_kind: str, grpcio_api: GrpcioApi) -> Subscribe:
     def open_stream(server: ServerProcess, **request: Any) -> Iterator[Stream]:
         stream: GrpclibStream | GrpcioStream
         if client_kind == "grpclib":
-            stream = GrpclibStream(server.port, pb.SubscribeRequest(**request))
+            stream = GrpclibStream(server.port, pb.SubscribeRequest(control_events=True, **request))
         else:
             stream = GrpcioStream(server.address, grpcio_api, request)
         try:

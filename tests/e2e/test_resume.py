@@ -66,7 +66,7 @@ class Stream(Protocol):
 def subscribe(kind: str, server: ServerProcess, api: GrpcioApi, **request: Any) -> Iterator[Stream]:
     """A Subscribe stream to `server` of the `kind` client (grpclib or grpcio)."""
     if kind == "grpclib":
-        stream = GrpclibStream(server.port, pb.SubscribeRequest(**request))
+        stream = GrpclibStream(server.port, pb.SubscribeRequest(control_events=True, **request))
         try:
             yield stream
         finally:

@@ -152,7 +152,7 @@ def cut_off_warnings(log: str) -> list[tuple[int, float, str]]:
 
 
 def subscribe_request(**fields: object) -> bytes:
-    return bytes(pb.SubscribeRequest(**fields))  # type: ignore[arg-type]
+    return bytes(pb.SubscribeRequest(control_events=True, **fields))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -275,7 +275,9 @@ def test_a_slow_reader_that_keeps_reading_is_not_cut_off(
     )
     client = GrpcioClient(server.address, grpcio_api)
     reader = GrpclibStream(
-        server.port, pb.SubscribeRequest(collections=["slow"]), small_window_config()
+        server.port,
+        pb.SubscribeRequest(collections=["slow"], control_events=True),
+        small_window_config(),
     )
     try:
         reader.next(heartbeats=True)  # the opening event

@@ -253,7 +253,7 @@ def test_stalled_grpclib_subscriber_beyond_the_kept_history_gets_resync(
         reader = grpclib.client.Channel("127.0.0.1", server.port, config=small_window_config())
         stub = pb.PeatSidecarStub(writer, timeout=CALL_TIMEOUT)
         try:
-            request = pb.SubscribeRequest(collections=["lag"])
+            request = pb.SubscribeRequest(collections=["lag"], control_events=True)
             async with grpclib_subscribe(reader, request) as stream:
                 await within(wait_for_subscribers_async(stub, 1))
                 last_lag = await write_while_stalled(stub, server, padded(16 * 1024))
@@ -331,7 +331,7 @@ def test_overflow_within_the_replay_log_heals_without_resync(start_server: Start
         stub = pb.PeatSidecarStub(writer, timeout=CALL_TIMEOUT)
         try:
             async with grpclib_subscribe(
-                reader, pb.SubscribeRequest(collections=["lag"])
+                reader, pb.SubscribeRequest(collections=["lag"], control_events=True)
             ) as stream:
                 await within(wait_for_subscribers_async(stub, 1))
                 head = await write_while_stalled(stub, server, padded(16 * 1024))
@@ -372,7 +372,9 @@ def test_disconnected_subscribers_are_cleaned_up(
     # goes away.
     async def stall_then_vanish() -> None:
         reader = grpclib.client.Channel("127.0.0.1", server.port, config=small_window_config())
-        await open_grpclib_subscribe(reader, pb.SubscribeRequest(collections=["big"]))
+        await open_grpclib_subscribe(
+            reader, pb.SubscribeRequest(collections=["big"], control_events=True)
+        )
         await within(asyncio.to_thread(wait_for_subscribers, client, 1))
         for i in range(12):
             await asyncio.to_thread(put, client, "big", f"d{i}", padded(16 * 1024))

@@ -33,7 +33,9 @@ class GrpcioSubscription:
     """A grpcio Subscribe stream, read one event at a time under the call's deadline."""
 
     def __init__(self, client: GrpcioClient, timeout: float = STREAM_TIMEOUT, **request: Any):
-        self.call = client.stub.Subscribe(client.pb2.SubscribeRequest(**request), timeout=timeout)
+        self.call = client.stub.Subscribe(
+            client.pb2.SubscribeRequest(**{"control_events": True, **request}), timeout=timeout
+        )
 
     def next(self, *, heartbeats: bool = False) -> Event:
         """The next event; heartbeats are skipped unless asked for."""

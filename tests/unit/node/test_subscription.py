@@ -23,7 +23,13 @@ import pytest
 import trio
 import trio.testing
 
-from peat_sync.generated.peat.sidecar.v1 import ChangeType, DocumentChange, ResyncReason
+from peat_sync.generated.peat.sidecar.v1 import (
+    ChangeType,
+    DocumentChange,
+    QueryEq,
+    ResyncReason,
+    SubscriptionQuery,
+)
 from peat_sync.node import (
     ChangeEvent,
     Node,
@@ -32,6 +38,7 @@ from peat_sync.node import (
 )
 from peat_sync.node.feed import ChangeFeed, Committed
 from peat_sync.node.history import History
+from peat_sync.node.query import compile_query
 from peat_sync.node.replay_log import ReplayLog
 from peat_sync.node.stats import NodeStats
 from peat_sync.store import Change, Mutation, SQLiteStore
@@ -640,3 +647,91 @@ async def test_a_new_epoch_reaches_every_subscriber_as_a_resync(tmp_path: Path) 
         )
         assert event.epoch == "new"
         assert event.sequence == 0
+
+
+# Content queries and legacy streams ----------------------------------------------------------
+
+VEHICLES = compile_query(SubscriptionQuery(eq=QueryEq(field="kind", value='"vehicle"')))
+
+
+async def test_a_query_subscriber_is_told_when_a_document_stops_matching(tmp_path: Path) -> None:
+    """Live and replayed alike: matching upserts pass, an upsert that does not match is a
+    DELETE (the document may have matched before), deletes pass."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path) as node:
+            with node.subscribe(["c"], query=VEHICLES) as live:
+                await node.put("c", "a", '{"kind": "vehicle"}')  # 1
+                await node.put("c", "a", '{"kind": "person"}')  # 2: stops matching
+                await node.put("c", "b", '{"kind": "vehicle", "n": 1}')  # 3
+                await node.delete("c", "b")  # 4
+                live_changes = await read_until(live, 4)
+            with node.subscribe(["c"], since=0, query=VEHICLES) as replayed:
+                replayed_changes = await read_until(replayed, 4)
+
+    expected = [
+        (ChangeType.UPSERT, "a", 1),
+        (ChangeType.DELETE, "a", 2),
+        (ChangeType.UPSERT, "b", 3),
+        (ChangeType.DELETE, "b", 4),
+    ]
+    assert kinds(live_changes) == expected
+    assert kinds(replayed_changes) == expected
+
+
+async def test_a_query_holds_through_catch_up_and_snapshot(tmp_path: Path) -> None:
+    """A catch-up from the store turns documents that do not match into deletes; a snapshot,
+    whose reader starts from nothing, leaves them out."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(tmp_path, replay_log_size=2) as node:
+            await node.put("c", "a", '{"kind": "vehicle"}')  # 1
+            await node.put("c", "b", '{"kind": "vehicle"}')  # 2
+            await node.put("c", "b", '{"kind": "person"}')  # 3
+            await node.put("c", "d", '{"kind": "person"}')  # 4
+            for sequence in range(5, 8):
+                await node.put("other", doc_id(sequence), "{}")
+            await trio.testing.wait_all_tasks_blocked()
+            with node.subscribe(["c"], since=0, query=VEHICLES) as caught_up:
+                catch_up = await read_until(caught_up, 7)
+            with node.subscribe(["c"], snapshot=True, query=VEHICLES) as snapshotted:
+                snapshot = [decode(event) for event in await snapshotted.next_batch(100)]
+                while snapshot[-1].change_type != ChangeType.CATCH_UP_END:
+                    snapshot += [decode(event) for event in await snapshotted.next_batch(100)]
+
+    assert kinds(catch_up) == [
+        (ChangeType.CATCH_UP_BEGIN, "", 0),
+        (ChangeType.UPSERT, "a", 1),
+        (ChangeType.DELETE, "b", 3),
+        (ChangeType.DELETE, "d", 4),
+        (ChangeType.CATCH_UP_END, "", 7),
+    ]
+    assert kinds(snapshot) == [
+        (ChangeType.SNAPSHOT_BEGIN, "", 7),
+        (ChangeType.UPSERT, "a", 1),
+        (ChangeType.CATCH_UP_END, "", 7),
+    ]
+
+
+async def test_a_legacy_stream_carries_documents_and_resyncs_only(tmp_path: Path) -> None:
+    """For a client that knows none of peat-sync's fields: named collections start with
+    their documents, no control event but RESYNC is sent, and what the replay log cannot
+    replay exactly is a RESYNC, not a catch-up."""
+    with trio.fail_after(DEADLINE):
+        async with running_node(
+            tmp_path, replay_log_size=2, broadcast_buffer_size=2, heartbeat_interval=0.1
+        ) as node:
+            await node.put("c", "a", "{}")  # 1
+            await node.put("c", "b", "{}")  # 2
+            with node.subscribe(["c"], legacy=True) as legacy:
+                first = [decode(event) for event in await legacy.next_batch(10)]
+                await stall_while_live(legacy)  # its heartbeats are not sent: it waits
+                for sequence in range(3, 9):
+                    await node.put("c", doc_id(sequence), "{}")
+                after_lag = await read_until(legacy, 8)
+
+    assert kinds(first) == [(ChangeType.UPSERT, "a", 1), (ChangeType.UPSERT, "b", 2)]
+    assert [change.change_type for change in after_lag] == [
+        ChangeType.UPSERT,
+        ChangeType.UPSERT,
+        ChangeType.RESYNC,
+    ]
+    assert after_lag[-1].resync_reason == ResyncReason.SLOW_CONSUMER
