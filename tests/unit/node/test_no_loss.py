@@ -6,6 +6,10 @@ in small batches, or not at all for a while; they disconnect, keep their copy an
 from their resume point with the epoch they learned; some ask for snapshots. The node
 restarts under them, tombstones are purged, and buffers and the replay log are tiny.
 
+Some clients follow a content query (kind == "vehicle"; every third write is a person): an
+update that stops matching must reach them as a DELETE, so that their copy always equals the
+store restricted to the query.
+
 Each client checks every event as it arrives against the list of every write the test made:
 outside a catch-up or snapshot, its events come in sequence order with no duplicate and no
 change to its collections missing; a catch-up or snapshot ends with its copy equal to the
@@ -15,6 +19,7 @@ In the end, every client's copy equals the store.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import tempfile
 from collections import Counter
@@ -29,8 +34,15 @@ import trio.testing
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from peat_sync.generated.peat.sidecar.v1 import ChangeType, DocumentChange, ResyncReason
+from peat_sync.generated.peat.sidecar.v1 import (
+    ChangeType,
+    DocumentChange,
+    QueryEq,
+    ResyncReason,
+    SubscriptionQuery,
+)
 from peat_sync.node import Node, NodeClosed, NodeConfig, Subscription, open_node
+from peat_sync.node.query import Predicate, compile_query
 from peat_sync.store import Change, SQLiteStore
 from peat_sync.store.sqlite import DATABASE_FILE
 
@@ -43,6 +55,18 @@ DAY = 24 * 3600.0  # longer than any example: no tombstone expires, no heartbeat
 
 Key = tuple[str, str]
 Documents = dict[Key, str]
+
+VEHICLES = compile_query(SubscriptionQuery(eq=QueryEq(field="kind", value='"vehicle"')))
+
+
+def document_at(sequence: int) -> str:
+    """The document a put at `sequence` writes: every third is a person, the rest vehicles."""
+    kind = "person" if sequence % 3 == 0 else "vehicle"
+    return f'{{"at": {sequence}, "kind": "{kind}"}}'
+
+
+def matches(query: Predicate | None, json_data: str) -> bool:
+    return query is None or query(json.loads(json_data))
 
 
 def follows(collections: frozenset[str], collection: str) -> bool:
@@ -98,9 +122,16 @@ class World:
         self.states.append(documents)
         return self.head
 
-    def documents(self, sequence: int, collections: frozenset[str]) -> Documents:
-        """The documents of `collections` (empty: all) after `sequence`."""
-        return {k: v for k, v in self.states[sequence].items() if follows(collections, k[0])}
+    def documents(
+        self, sequence: int, collections: frozenset[str], query: Predicate | None = None
+    ) -> Documents:
+        """The documents of `collections` (empty: all) after `sequence` that `query` (None:
+        any) matches."""
+        return {
+            k: v
+            for k, v in self.states[sequence].items()
+            if follows(collections, k[0]) and matches(query, v)
+        }
 
     def changes(self, collections: frozenset[str], after: int, through: int) -> list[int]:
         """The sequences after `after` up to `through` of changes to `collections`."""
@@ -116,6 +147,7 @@ class ClientSpec:
     collections: frozenset[str]
     snapshot: bool
     connected: bool  # at the start; otherwise it subscribes at its first Resume
+    query: bool = False  # follows VEHICLES only
 
 
 class Client:
@@ -131,6 +163,7 @@ class Client:
         self.name = name
         self.collections = spec.collections
         self.snapshot = spec.snapshot
+        self.query = VEHICLES if spec.query else None
         self.world = world
         self.copy: Documents = {}
         self.position: int | None = None if spec.snapshot else 0
@@ -152,7 +185,8 @@ class Client:
         self.seen: Counter[str] = Counter()  # event types and outcomes, for statistics
 
     def __repr__(self) -> str:
-        return f"client {self.name} ({','.join(sorted(self.collections)) or 'all'})"
+        query = ", vehicles" if self.query else ""
+        return f"client {self.name} ({','.join(sorted(self.collections)) or 'all'}{query})"
 
     # Driving it ------------------------------------------------------------------------
 
@@ -160,7 +194,11 @@ class Client:
         assert self.subscription is None
         self.since = self.position
         self.subscription = node.subscribe(
-            self.collections, self.position, epoch=self.epoch, snapshot=self.snapshot
+            self.collections,
+            self.position,
+            epoch=self.epoch,
+            snapshot=self.snapshot,
+            query=self.query,
         )
         self.previous = None
         self.wake.set()
@@ -264,9 +302,15 @@ class Client:
         sequence = change.sequence
         assert follows(self.collections, change.collection), f"{where}: not its collection"
         written = self.world.writes[sequence]
+        if change.change_type == ChangeType.DELETE and written.json_data is not None:
+            # A put of a document the query does not match: a DELETE of it for this client.
+            assert not matches(self.query, written.json_data), f"{where}: a matching put"
+            written = Change(sequence, written.collection, written.doc_id, None)
         received = Change(sequence, change.collection, change.doc_id, change.json_data)
         assert received == written, f"{where}: {received} differs from the write {written}"
         assert (change.change_type == ChangeType.DELETE) == (written.json_data is None), where
+        if written.json_data is not None:
+            assert matches(self.query, written.json_data), f"{where}: the query does not match"
         if self.store_read is None:
             assert self.position is not None
             assert sequence > self.position, f"{where}: duplicate or out of order"
@@ -305,7 +349,7 @@ class Client:
 
     def _check_copy(self, where: str) -> None:
         if self.position is not None and self.position >= self.consistent_from:
-            expected = self.world.documents(self.position, self.collections)
+            expected = self.world.documents(self.position, self.collections, self.query)
             assert self.copy == expected, f"{where}: copy differs from the store at {self.position}"
 
     def _resync(self, change: DocumentChange, opening: bool, where: str) -> None:
@@ -334,7 +378,11 @@ class Client:
         documents, listed_at = read_store(self.world.database)
         assert change.sequence <= listed_at, f"{where}: ahead of the store's head {listed_at}"
         assert documents == self.world.documents(listed_at, frozenset()), "store != writes"
-        self.copy = {k: v for k, v in documents.items() if follows(self.collections, k[0])}
+        self.copy = {
+            k: v
+            for k, v in documents.items()
+            if follows(self.collections, k[0]) and matches(self.query, v)
+        }
         # The changes after the RESYNC up to the listing's head come again.
         self.position, self.consistent_from = change.sequence, listed_at
 
@@ -403,7 +451,9 @@ class Scenario:
 def scenarios(draw: st.DrawFn) -> Scenario:
     clients = draw(
         st.lists(
-            st.builds(ClientSpec, st.sampled_from(FILTERS), st.booleans(), st.booleans()),
+            st.builds(
+                ClientSpec, st.sampled_from(FILTERS), st.booleans(), st.booleans(), st.booleans()
+            ),
             min_size=1,
             max_size=4,
         )
@@ -450,7 +500,7 @@ async def perform(operation: Operation, node: Node, world: World, clients: list[
     match operation:
         case Write(collection, doc, delete):
             doc_id = f"d{doc}"
-            json_data = None if delete else f'{{"at": {world.head + 1}}}'
+            json_data = None if delete else document_at(world.head + 1)
             assert node.head_sequence == world.head
             sequence = world.record(collection, doc_id, json_data)
             if json_data is None:
@@ -555,7 +605,7 @@ async def converge(node: Node, world: World, clients: list[Client]) -> None:
         assert client.subscription is not None, client
         assert client.subscription.is_live, client
         assert client.store_read is None, client
-        assert client.copy == world.documents(head, client.collections), client
+        assert client.copy == world.documents(head, client.collections, client.query), client
         client.disconnect()
     for seen in set().union(*(client.seen for client in clients)):
         event(seen)  # --hypothesis-show-statistics: how often each event and outcome occurs
