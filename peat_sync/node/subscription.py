@@ -218,7 +218,10 @@ class Subscription:
             if not read.snapshot:
                 # Pages come in sequence order, so a partial catch-up is a valid resume point.
                 self.position = read.cursor
-        events = self._matching(events, snapshot=read.snapshot)
+        # A snapshot reads its documents as of when it began, and again those changed since.
+        events = self._matching(
+            events, unsent_through=read.tombstones_after if read.snapshot else -1
+        )
         if page.complete:
             self._store_read = None
             self.position = page.head_sequence
@@ -277,18 +280,21 @@ class Subscription:
             self.position = batch[-1].sequence
         return self._matching(batch)
 
-    def _matching(self, events: list[ChangeEvent], *, snapshot: bool = False) -> list[ChangeEvent]:
+    def _matching(
+        self, events: list[ChangeEvent], *, unsent_through: int = -1
+    ) -> list[ChangeEvent]:
         """`events` as a query subscriber sees them: an upsert of a document the query does
         not match is a delete of it (it may have matched before), so that a copy built from
-        the stream equals the store restricted to the query; in a snapshot, whose reader
-        starts from nothing, it is left out. Deletes pass, as upstream passes them."""
+        the stream equals the store restricted to the query. Deletes pass, as upstream passes
+        them. In a snapshot, whose reader starts from nothing, a document last changed at or
+        before `unsent_through` was not sent before, and if it does not match, is left out."""
         if self._query is None:
             return events
         matching = []
         for event in events:
             if event.change_type != ChangeType.UPSERT or self._query(event.document()):
                 matching.append(event)
-            elif not snapshot:
+            elif event.sequence > unsent_through:
                 matching.append(event.as_delete())
         return matching
 
