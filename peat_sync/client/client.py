@@ -330,6 +330,7 @@ class Client:
         silence_timeout: float | None = None,
         atomic_catch_ups: bool = False,
         batched: bool = True,
+        query: pb.SubscriptionQuery | None = None,
     ) -> ResilientSubscription:
         """A subscription that reconnects and resumes by itself; see `ResilientSubscription`."""
         return ResilientSubscription(
@@ -342,6 +343,7 @@ class Client:
             silence_timeout=silence_timeout,
             atomic_catch_ups=atomic_catch_ups,
             batched=batched,
+            query=query,
         )
 
     def mirror(
@@ -350,9 +352,13 @@ class Client:
         *,
         backoff: Backoff | None = None,
         silence_timeout: float | None = None,
+        query: pb.SubscriptionQuery | None = None,
     ) -> Mirror:
-        """A local copy of `collections`, kept equal to the store; see `Mirror`."""
-        return Mirror(self, collections, backoff=backoff, silence_timeout=silence_timeout)
+        """A local copy of `collections` (of the documents `query` matches, if given), kept
+        equal to the store; see `Mirror`."""
+        return Mirror(
+            self, collections, backoff=backoff, silence_timeout=silence_timeout, query=query
+        )
 
 
 def _current_sequence(trailers: Mapping[str, str | bytes] | None) -> int | None:

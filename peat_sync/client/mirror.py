@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from peat_sync.client.copy import AppliedChange, ConsistentCopy, Documents
 from peat_sync.client.subscription import Backoff, ResilientSubscription
+from peat_sync.generated.peat.sidecar import v1 as pb
 
 if TYPE_CHECKING:
     from peat_sync.client.client import Client
@@ -38,6 +39,7 @@ class Mirror:
         *,
         backoff: Backoff | None = None,
         silence_timeout: float | None = None,
+        query: pb.SubscriptionQuery | None = None,
     ) -> None:
         self._subscription = ResilientSubscription(
             client,
@@ -46,6 +48,7 @@ class Mirror:
             backoff=backoff,
             silence_timeout=silence_timeout,
             atomic_catch_ups=True,
+            query=query,
         )
         self._copy = ConsistentCopy()
         self._progress = asyncio.Event()

@@ -101,6 +101,7 @@ class ResilientSubscription:
         silence_timeout: float | None = None,
         atomic_catch_ups: bool = False,
         batched: bool = True,
+        query: pb.SubscriptionQuery | None = None,
     ) -> None:
         self._client = client
         self._batched = batched
@@ -110,6 +111,7 @@ class ResilientSubscription:
         self.position = since
         self.epoch = epoch
         self._snapshot = snapshot
+        self._query = query
         self._backoff = backoff or Backoff()
         self._silence_timeout = silence_timeout or DEFAULT_SILENCE_TIMEOUT
         self._atomic_catch_ups = atomic_catch_ups
@@ -208,6 +210,7 @@ class ResilientSubscription:
             since_sequence=self.position,
             epoch=self.epoch,
             snapshot=self._snapshot,
+            query=self._query,
             control_events=True,  # this library reads them all
         )
 

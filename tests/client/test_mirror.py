@@ -153,6 +153,26 @@ def test_wait_for_makes_a_write_visible(start_server: StartServer) -> None:
     run_scenario(scenario, timeout=20)
 
 
+def test_a_mirror_of_a_query_holds_the_documents_it_matches(start_server: StartServer) -> None:
+    """A document that stops matching leaves the copy; one that starts matching enters it."""
+    server = start_server(*QUICK_HEARTBEATS)
+    vehicles = pb.SubscriptionQuery(eq=pb.QueryEq(field="kind", value='"vehicle"'))
+
+    async def scenario() -> None:
+        async with Client(server.address) as client:
+            await client.put("fleet", "t1", {"kind": "vehicle"})
+            await client.put("fleet", "p1", {"kind": "person"})
+            async with client.mirror(["fleet"], query=vehicles) as mirror:
+                await mirror.wait_ready()
+                assert mirror.documents == {"fleet": {"t1": {"kind": "vehicle"}}}
+                await mirror.wait_for(await client.put("fleet", "t1", {"kind": "person"}))
+                assert mirror.documents == {}
+                await mirror.wait_for(await client.put("fleet", "p1", {"kind": "vehicle"}))
+                assert mirror.documents == {"fleet": {"p1": {"kind": "vehicle"}}}
+
+    run_scenario(scenario, timeout=20)
+
+
 def test_a_rejected_collection_is_raised_by_every_waiter(server: ServerProcess) -> None:
     """A mirror of a collection the server refuses raises `Rejected` (INVALID_ARGUMENT) from
     `wait_ready`, from `changes()` and when its block exits, instead of retrying forever."""
