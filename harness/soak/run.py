@@ -1,15 +1,19 @@
 """The soak itself (asyncio-flavoured): writers, followers and a killer against one server,
-until the writers have had the wanted number of writes acknowledged; then the check."""
+until the writers have had the wanted number of writes acknowledged; then the check.
+
+The writers, followers and the killer's schedule serve shared mode's soak too (`fleet`),
+where a follower moves between sidecars and the killer strikes sidecars and NATS nodes."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +23,12 @@ from harness.soak.checker import (
     StoredDocument,
     copy_violations,
     feed_violations,
+    noop_delete_violations,
     store_violations,
 )
 from harness.soak.feed import FeedRecord
 from harness.soak.ledger import Ledger
+from harness.soak.sightings import Sightings
 from peat_sync.bench.launcher import ServerProcess, ServerStartError
 from peat_sync.client import (
     Backoff,
@@ -39,6 +45,12 @@ MAX_BATCH = 50
 FOLLOWER_BACKOFF = Backoff(initial=0.05, maximum=1.0)
 PROGRESS_EVERY = 2.0
 STATUS_RETRY = 0.1
+# Shared mode: the share of a follower's reopens that resume on another sidecar, after the
+# first, which always does.
+MOVE_SHARE = 0.5
+SIDECARS = 3
+# Shorter than the client's deadline (10 s), so that a write fails on the sidecar first.
+NATS_WRITE_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +76,11 @@ class SoakOptions:
     max_away: float = 5.0
     settle_timeout: float = 60.0
     silence_timeout: float = 2.0
+    # Shared mode (`fleet`): this many sidecars on a three-node NATS cluster.
+    shared: bool = False
+    sidecars: int = SIDECARS
+    nats_write_timeout: float = NATS_WRITE_TIMEOUT
+    logs: Path | None = None  # a directory for each server's output at the end
 
     def server_flags(self) -> list[str]:
         return [
@@ -93,7 +110,7 @@ class SoakCounts:
 
 @dataclass(slots=True)
 class SoakResult:
-    counts: SoakCounts
+    counts: Any  # SoakCounts, or FleetCounts in shared mode: a dataclass of figures
     violations: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -104,30 +121,50 @@ class Follower:
     """One subscriber: a resilient subscription with snapshots and atomic catch-ups feeding
     a `ConsistentCopy` (what `Mirror` does inside, here with each event in view for the
     `FeedRecord`). With `stalls`, it stops reading now and then; with `reopens`, it closes
-    its subscription now and then, stays away, and resumes from its position and epoch."""
+    its subscription now and then, stays away, and resumes from its position and epoch: in
+    shared mode, the first time and then every other time or so on another sidecar (`at` is
+    the one it follows)."""
 
-    def __init__(self, name: str, collections: list[str], *, stalls: bool, reopens: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        collections: list[str],
+        *,
+        stalls: bool,
+        reopens: bool,
+        at: int = 0,
+        shared: bool = False,
+        sightings: Sightings | None = None,
+    ) -> None:
         self.name = name
         self.collections = collections
         self.stalls = stalls
         self.reopens = reopens
-        self.record = FeedRecord(name, collections)
+        self.at = at
+        # In shared mode, a delete passed over is judged by what the copy held: see FeedRecord.
+        self.record = FeedRecord(name, collections, sightings, track_documents=shared)
         self.copy = ConsistentCopy()
         self.progress = asyncio.Event()
         self.subscription: ResilientSubscription | None = None
         self.closed_reconnections = 0  # of the subscriptions closed so far
         self.reopened = 0
         self.stalled = 0
+        self.moves = 0
 
     async def follow(
-        self, client: Client, ledger: Ledger, options: SoakOptions, faults_over: asyncio.Event
+        self,
+        clients: Sequence[Client],
+        ledger: Ledger,
+        options: SoakOptions,
+        faults_over: asyncio.Event,
     ) -> None:
-        """Asyncio-flavoured: follow the feed until cancelled."""
+        """Asyncio-flavoured: follow the feed until cancelled; `clients` has one client per
+        server (per sidecar in shared mode)."""
         rng = random.Random(None if options.seed is None else f"{options.seed}/{self.name}")
         since: int | None = None
         epoch: str | None = None
         while True:
-            subscription = client.subscribe(
+            subscription = clients[self.at].subscribe(
                 self.collections,
                 since=since,
                 epoch=epoch,
@@ -149,6 +186,9 @@ class Follower:
             # that the resumption meets a RESYNC; else briefly, for a replay or a catch-up.
             longest = options.max_away if self.reopened % 2 else options.max_away / 2
             await _pause(rng.uniform(longest / 2, longest), faults_over)
+            if len(clients) > 1 and (not self.moves or rng.random() < MOVE_SHARE):
+                self.at = rng.choice([at for at in range(len(clients)) if at != self.at])
+                self.moves += 1
 
     async def _read(
         self,
@@ -251,13 +291,16 @@ async def _send(client: Client, writes: list[tuple[str, str, str | None]]) -> li
     return [await client.put(collection, doc_id, json_data)]
 
 
-class Killer:
-    """SIGKILLs the server at random moments and starts it again on the same data dir and
-    socket: `options.kills` times spread over the writes, or every `kill_every` seconds on
-    average."""
+Strike = Callable[[random.Random], Awaitable[None]]
 
-    def __init__(self, server: ServerProcess, ledger: Ledger, options: SoakOptions) -> None:
-        self.server = server
+
+class Killer:
+    """Strikes at random moments: `options.kills` times spread over the writes, or every
+    `kill_every` seconds on average. A strike (a coroutine function that takes the killer's
+    random generator) kills something with SIGKILL, and returns once it runs again."""
+
+    def __init__(self, strike: Strike, ledger: Ledger, options: SoakOptions) -> None:
+        self.strike = strike
         self.ledger = ledger
         self.options = options
         self.kills_survived = 0
@@ -282,10 +325,16 @@ class Killer:
             await self._kill_and_restart(rng)
 
     async def _kill_and_restart(self, rng: random.Random) -> None:
-        await asyncio.to_thread(self.server.kill)
-        await asyncio.sleep(rng.uniform(0, 0.5))  # down for a moment: calls fail meanwhile
-        await asyncio.to_thread(self.server.start)
+        await self.strike(rng)
         self.kills_survived += 1
+
+
+async def kill_and_restart(server: ServerProcess, rng: random.Random) -> None:
+    """Asyncio-flavoured: SIGKILL `server`, and start it again on the same data dir and
+    socket after a moment, during which calls fail."""
+    await asyncio.to_thread(server.kill)
+    await asyncio.sleep(rng.uniform(0, 0.5))
+    await asyncio.to_thread(server.start)
 
 
 async def run_soak(
@@ -309,6 +358,8 @@ async def run_soak(
             raise failed.exceptions[0] from None
         finally:
             await asyncio.to_thread(server.stop)
+            if options.logs is not None:
+                (options.logs / "server.log").write_text(server.log)
 
 
 async def _soak(
@@ -316,9 +367,9 @@ async def _soak(
 ) -> SoakResult:
     started = time.monotonic()
     ledger = Ledger(COLLECTIONS)
-    followers = _followers(options)
+    followers = make_followers(options)
     writers = Writers(ledger, options)
-    killer = Killer(server, ledger, options)
+    killer = Killer(functools.partial(kill_and_restart, server), ledger, options)
     faults_over = asyncio.Event()
     clients = [Client(server.address) for _ in range(options.writers + len(followers))]
     counts = SoakCounts()
@@ -345,7 +396,7 @@ async def _soak(
     try:
         async with asyncio.TaskGroup() as group:
             follower_tasks = [
-                group.create_task(follower.follow(client, ledger, options, faults_over))
+                group.create_task(follower.follow([client], ledger, options, faults_over))
                 for follower, client in zip(followers, clients[options.writers :], strict=False)
             ]
             progress_task = group.create_task(show_progress())
@@ -356,15 +407,22 @@ async def _soak(
             faults_over.set()
             await killer_task
             report("soak: writes done; waiting for every follower to reach the head")
-            counts.head_sequence, violations = await _settle(followers, clients[0], options)
-            store = await _read_store(clients[0])
+            counts.head_sequence = (await _status(clients[0], options.settle_timeout)).head_sequence
+            violations = await settle(followers, counts.head_sequence, options)
+            store = await read_store(clients[0])
             violations += writers.rejections
             violations += store_violations(ledger, store)
             for follower in followers:
                 violations += copy_violations(
                     follower.name, follower.collections, follower.copy.documents, store
                 )
-            violations += feed_violations([f.record for f in followers], ledger)
+            noop_deletes, noop_sequences = noop_delete_violations(ledger)
+            violations += noop_deletes
+            violations += feed_violations(
+                [f.record for f in followers],
+                ledger,
+                excused=noop_sequences.__contains__ if noop_sequences else None,
+            )
             for task in [*follower_tasks, progress_task]:
                 task.cancel()
     finally:
@@ -375,10 +433,11 @@ async def _soak(
     return SoakResult(counts, violations)
 
 
-def _followers(options: SoakOptions) -> list[Follower]:
+def make_followers(options: SoakOptions, sightings: Sightings | None = None) -> list[Follower]:
     """Half of them filtered to one or two collections; a mix of steady ones, stallers,
-    reopeners and both."""
+    reopeners and both. In shared mode they start spread over the sidecars."""
     rng = random.Random(None if options.seed is None else f"{options.seed}/followers")
+    servers = options.sidecars if options.shared else 1
     followers = []
     for index in range(options.subscribers):
         filtered = index >= options.subscribers // 2
@@ -389,17 +448,17 @@ def _followers(options: SoakOptions) -> list[Follower]:
                 collections,
                 stalls=index % 4 in (1, 3),
                 reopens=index % 4 in (2, 3),
+                at=index % servers,
+                shared=options.shared,
+                sightings=sightings,
             )
         )
     return followers
 
 
-async def _settle(
-    followers: list[Follower], client: Client, options: SoakOptions
-) -> tuple[int, list[str]]:
-    """Asyncio-flavoured: wait, with a bound, for every follower to reach the store's head;
-    a follower that does not is a violation. Returns the head and those violations."""
-    head = (await _status(client, options.settle_timeout)).head_sequence
+async def settle(followers: list[Follower], head: int, options: SoakOptions) -> list[str]:
+    """Asyncio-flavoured: wait, with a bound, for every follower to reach `head`; a follower
+    that does not is a violation. Returns those violations."""
     late: list[str] = []
     deadline = time.monotonic() + options.settle_timeout
     for follower in followers:
@@ -411,7 +470,7 @@ async def _settle(
                 f"{follower.name}: not at the head {head} after {options.settle_timeout:g} s"
                 f" (at {follower.copy.sequence}, ready: {follower.copy.ready})"
             )
-    return head, late
+    return late
 
 
 async def _status(client: Client, within: float) -> Any:
@@ -425,7 +484,7 @@ async def _status(client: Client, within: float) -> Any:
                 await asyncio.sleep(STATUS_RETRY)
 
 
-async def _read_store(client: Client) -> StoreContents:
+async def read_store(client: Client) -> StoreContents:
     """Asyncio-flavoured: every document of the soak's collections, through ListDocuments
     and GetDocument (nothing writes any more)."""
     store: StoreContents = {}

@@ -1,6 +1,7 @@
 """The soak (`python -m harness.soak`): a short soak under kills must end without a
-violation, having gone through the faults it is about (kills, catch-ups, RESYNCs); and the
-checker must catch each kind of violation it exists for, fed by hand."""
+violation, having gone through the faults it is about (kills, catch-ups, RESYNCs), for a
+single node and for shared mode's fleet; and the checker must catch each kind of violation
+it exists for, fed by hand."""
 
 from __future__ import annotations
 
@@ -13,28 +14,48 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from harness.soak.checker import (
+    LastMessage,
     StoredDocument,
     copy_violations,
+    documents_of,
+    doubled_writes,
     feed_violations,
+    noop_delete_violations,
+    replica_violations,
     store_violations,
+    stream_violations,
+    superseded_in,
 )
 from harness.soak.feed import FeedRecord
 from harness.soak.ledger import Ledger
+from harness.soak.sightings import Sightings
 from peat_sync.bench.launcher import server_env as clean_env
-from peat_sync.client import ChangeType, Event
+from peat_sync.client import ChangeType, Event, ResyncReason
 from tests.helpers.cli import help_entries
 from tests.helpers.paths import ROOT
 
 # About 10-20 s on an idle 2-core machine; the bound leaves room for a loaded one.
 SOAK_TIMEOUT = 110.0
+# About 20 s on an idle 2-core machine, most of it the NATS kills' leader elections.
+SHARED_SOAK_TIMEOUT = 110.0
+# The one violation every shared soak meets today: the shared-mode writer acknowledges some
+# deletes of documents that do not exist with a sequence, where it must answer 0 (when the
+# store's head passes the write before the replica reports the write applied). Until
+# peat_sync/shared/writer.py is fixed, the shared soak's test is an expected failure if that
+# is its only violation; remove this then.
+NOOP_DELETE_ACKED = "a delete that changes nothing is acknowledged with sequence 0"
 # `--help` and usage errors: no server, only the imports.
 COMMAND_TIMEOUT = 30.0
 SOAK = [sys.executable, "-m", "harness.soak"]
 COLLECTIONS = ["alpha", "bravo"]
 
 
-def run_soak(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+def run_soak(
+    tmp_path: Path, *args: str, timeout: float = SOAK_TIMEOUT
+) -> tuple[subprocess.CompletedProcess[str], Any]:
     """`python -m harness.soak ARGS --json PATH` from the repository root, in a session of its
     own, so that its server goes with it if the deadline passes; the result and the JSON
     counts."""
@@ -49,7 +70,7 @@ def run_soak(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[st
         start_new_session=True,
     )
     try:
-        stdout, stderr = process.communicate(timeout=SOAK_TIMEOUT)
+        stdout, stderr = process.communicate(timeout=timeout)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -79,6 +100,41 @@ def test_short_soak_under_kills_has_no_violation(tmp_path: Path) -> None:
     assert "violations         0" in result.stdout
 
 
+@pytest.mark.timeout(SHARED_SOAK_TIMEOUT + 10)
+def test_short_shared_soak_under_kills_of_sidecars_and_nats_nodes_has_no_violation(
+    tmp_path: Path,
+) -> None:
+    """Three sidecars on a three-node NATS cluster, writers and subscribers on each, and
+    three SIGKILLs of sidecars and NATS nodes (both kinds): every acknowledged write is in
+    the stream and every store, the stores are equal, every copy equals its store, no feed
+    hides a write, none is applied twice; and subscribers moved between sidecars."""
+    result, counts = run_soak(
+        tmp_path,
+        *("--shared", "--events", "6000", "--kills", "3", "--fault-gap", "1", "--seed", "3"),
+        timeout=SHARED_SOAK_TIMEOUT,
+    )
+
+    assert counts is not None, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    others = [line for line in counts["violation_list"] if NOOP_DELETE_ACKED not in line]
+    assert others == [], result.stderr[-3000:]
+    assert counts["writes_acked"] >= 6000
+    assert counts["sidecar_kills"] >= 1
+    assert counts["nats_kills"] >= 1
+    assert counts["sidecar_kills"] + counts["nats_kills"] == 3
+    assert counts["ambiguous_writes"] > 0
+    assert counts["catch_ups"] > 0
+    assert counts["moves"] > 0
+    assert counts["reconnections"] > 0
+    assert counts["events_received"] > counts["head_sequence"]
+    if counts["violations"]:
+        pytest.xfail(
+            f"{counts['violations']} deletes of absent documents acknowledged at a sequence"
+        )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "violations         0" in result.stdout
+
+
 def run_command(*args: str) -> subprocess.CompletedProcess[str]:
     """`python -m harness.soak ARGS` from the repository root, for what returns at once."""
     return subprocess.run(
@@ -96,7 +152,8 @@ def test_help_explains_every_option() -> None:
 
     assert result.returncode == 0, result.stderr
     entries = help_entries(result.stdout)
-    for flag in ("--events", "--writers", "--subscribers", "--kills", "--kill-every", "--json"):
+    flags = ("--events", "--writers", "--subscribers", "--kills", "--kill-every", "--json")
+    for flag in (*flags, "--logs", "--shared", "--sidecars", "--nats-write-timeout"):
         assert len(entries[flag]) > len(flag) + 20, (flag, entries[flag])
     assert "exit status" in result.stdout
 
@@ -106,6 +163,13 @@ def test_bad_json_directory_is_a_usage_error(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "no directory" in result.stderr
+
+
+def test_shared_mode_options_without_shared_are_a_usage_error() -> None:
+    result = run_command("--events", "10", "--sidecars", "2")
+
+    assert result.returncode == 2
+    assert "go with --shared" in result.stderr
 
 
 # The checker, fed by hand ------------------------------------------------------------------
@@ -251,3 +315,183 @@ def test_checker_catches_disorder_and_wrong_content() -> None:
     assert "differs" in wrong[0]
     assert behind
     assert "behind position 2" in behind[0]
+
+
+def test_checker_catches_a_resync_for_a_lost_epoch_and_a_catch_up_that_goes_back() -> None:
+    ledger = ledger_with((1, "alpha", "a", '{"v":1}'), (2, "alpha", "a", '{"v":2}'))
+    opening = [event(ChangeType.SNAPSHOT_BEGIN, 0), event(ChangeType.CATCH_UP_END, 0)]
+    first = event(ChangeType.UPSERT, 1, "alpha", "a", '{"v":1}')
+    unknown_epoch = Event(ChangeType.RESYNC, 2, resync_reason=ResyncReason.UNKNOWN_EPOCH)
+    compacted = Event(ChangeType.RESYNC, 2, resync_reason=ResyncReason.HISTORY_COMPACTED)
+
+    lost = feed(["alpha"], ledger, *opening, first, unknown_epoch)
+    fine = feed(["alpha"], ledger, *opening, first, compacted)
+    back = feed(
+        ["alpha"],
+        ledger,
+        *opening,
+        event(ChangeType.CATCH_UP_BEGIN, 0),
+        event(ChangeType.UPSERT, 2, "alpha", "a", '{"v":2}'),
+        event(ChangeType.CATCH_UP_END, 1),
+    )
+
+    assert lost
+    assert "UNKNOWN_EPOCH" in lost[0]
+    assert fine == []
+    assert back
+    assert "behind" in back[0]
+
+
+# Shared mode's checks, fed by hand ---------------------------------------------------------
+
+
+def test_checker_accepts_a_stream_that_holds_each_acknowledged_write_or_a_later_one() -> None:
+    ledger = ledger_with(
+        (1, "alpha", "a", '{"v":1}'), (2, "alpha", "b", '{"v":2}'), (3, "bravo", "c", None)
+    )
+    ledger.record_ambiguous([("alpha", "b", '{"v":9}')], failed_at=9.0)
+    ledger.record_acked([("bravo", "d", None)], [0], sent_at=9.0)  # nothing to delete
+    stream = {
+        ("alpha", "a"): LastMessage(1, '{"v":1}'),
+        ("alpha", "b"): LastMessage(7, '{"v":9}'),  # the ambiguous write did commit
+        ("bravo", "c"): LastMessage(3, None),
+        ("bravo", "d"): LastMessage(8, None),  # the tombstone of the delete of nothing
+    }
+
+    assert stream_violations(ledger, stream) == []
+    assert documents_of(stream) == {
+        "alpha": {"a": StoredDocument('{"v":1}', 1), "b": StoredDocument('{"v":9}', 7)}
+    }
+
+
+def test_checker_catches_a_stream_that_lost_or_invented_a_write() -> None:
+    ledger = ledger_with((1, "alpha", "a", '{"v":1}'), (2, "alpha", "b", '{"v":2}'))
+
+    lost = stream_violations(ledger, {("alpha", "a"): LastMessage(1, '{"v":1}')})
+    older = stream_violations(
+        ledger, {("alpha", "a"): LastMessage(1, '{"v":1}'), ("alpha", "b"): LastMessage(1, "{}")}
+    )
+    invented = stream_violations(
+        ledger,
+        {
+            ("alpha", "a"): LastMessage(5, '{"v":5}'),
+            ("alpha", "b"): LastMessage(2, '{"v":2}'),
+        },
+    )
+
+    assert lost == ["stream: alpha/b acked at 2 has no message in the stream"]
+    assert older
+    assert "older than its write acked at 2" in older[0]
+    assert invented
+    assert "alpha/a at 5 holds a document no writer sent" in invented[0]
+
+
+def test_checker_catches_a_store_unlike_the_stream_or_another_store() -> None:
+    expected = {"alpha": {"a": StoredDocument('{"v":1}', 1)}}
+
+    assert replica_violations("s1", {"alpha": {"a": StoredDocument('{"v":1}', 1)}}, expected) == []
+    stale = replica_violations("s2", {"alpha": {"a": StoredDocument('{"v":1}', 0)}}, expected)
+    extra = replica_violations(
+        "s3",
+        {"alpha": {"a": StoredDocument('{"v":1}', 1)}, "bravo": {"z": StoredDocument("{}", 2)}},
+        expected,
+    )
+
+    assert stale
+    assert "a at 0, not 1" in stale[0]
+    assert extra
+    assert "extra ['z']" in extra[0]
+
+
+def test_checker_lets_a_feed_pass_over_a_superseded_write_only() -> None:
+    ledger = ledger_with(
+        (1, "alpha", "a", '{"v":1}'), (2, "alpha", "b", '{"v":2}'), (3, "alpha", "a", '{"v":3}')
+    )
+    stream = {("alpha", "a"): LastMessage(3, '{"v":3}'), ("alpha", "b"): LastMessage(2, '{"v":2}')}
+    opening = [event(ChangeType.SNAPSHOT_BEGIN, 0), event(ChangeType.CATCH_UP_END, 0)]
+    superseded = superseded_in(stream, ledger)
+
+    def shared_feed(*events: Event) -> list[str]:
+        record = FeedRecord("s", ["alpha"])
+        for each in events:
+            record.observe(each, ledger)
+        return feed_violations([record], ledger, excused=superseded)
+
+    second = event(ChangeType.UPSERT, 2, "alpha", "b", '{"v":2}')
+    third = event(ChangeType.UPSERT, 3, "alpha", "a", '{"v":3}')
+    assert shared_feed(*opening, second, third) == []  # 1 was superseded by 3
+    lost = shared_feed(*opening, event(ChangeType.UPSERT, 1, "alpha", "a", '{"v":1}'), third)
+    assert lost
+    assert "alpha/b at 2" in lost[0]
+
+
+def test_checker_catches_a_delete_of_nothing_acknowledged_at_a_sequence() -> None:
+    ledger = ledger_with(
+        (1, "alpha", "a", '{"v":1}'),
+        (2, "alpha", "a", None),  # deletes a document
+        (3, "alpha", "a", None),  # deletes nothing: 0 was due
+        (4, "alpha", "b", None),  # never written: 0 was due
+        (5, "alpha", "c", None),  # an ambiguous put may have come before
+    )
+    ledger.record_ambiguous([("alpha", "c", '{"v":5}')], failed_at=1.0)
+
+    found, sequences = noop_delete_violations(ledger)
+
+    assert sequences == {3, 4}
+    assert len(found) == 2
+    assert "alpha/b was acknowledged at 4" in found[1]
+    assert NOOP_DELETE_ACKED in found[1]
+
+
+def test_checker_catches_a_write_applied_twice() -> None:
+    ledger = ledger_with((1, "alpha", "a", '{"v":1}'), (2, "alpha", "b", '{"v":2}'))
+    sightings = Sightings()
+    record = FeedRecord("s", [], sightings)
+    for each in [
+        event(ChangeType.SNAPSHOT_BEGIN, 0),
+        event(ChangeType.CATCH_UP_END, 0),
+        event(ChangeType.UPSERT, 1, "alpha", "a", '{"v":1}'),
+        event(ChangeType.UPSERT, 2, "alpha", "b", '{"v":2}'),
+        event(ChangeType.UPSERT, 3, "alpha", "a", '{"v":1}'),  # the first write again
+    ]:
+        record.observe(each, ledger)
+    stream = {("alpha", "a"): LastMessage(3, '{"v":1}'), ("alpha", "b"): LastMessage(2, '{"v":2}')}
+
+    doubled = doubled_writes(sightings, ledger, stream, {})
+
+    assert doubled == [
+        "doubled: alpha/a: the same write at sequences 1 and 3 (the latter seen by s):"
+        " applied twice"
+    ]
+
+
+def test_checker_lets_a_feed_pass_over_a_delete_only_of_what_its_copy_did_not_hold() -> None:
+    """In shared mode a sidecar that never held a document (its puts were superseded by the
+    delete before the sidecar read them) applies the delete as no change: a follower there
+    that never held the document either has nothing to miss."""
+    ledger = ledger_with(
+        (1, "alpha", "a", '{"v":1}'), (2, "alpha", "a", None), (3, "alpha", "b", '{"v":3}')
+    )
+    stream = {("alpha", "a"): LastMessage(2, None), ("alpha", "b"): LastMessage(3, '{"v":3}')}
+    opening = [event(ChangeType.SNAPSHOT_BEGIN, 0), event(ChangeType.CATCH_UP_END, 0)]
+    third = event(ChangeType.UPSERT, 3, "alpha", "b", '{"v":3}')
+
+    def shared_feed(*events: Event) -> list[str]:
+        record = FeedRecord("s", ["alpha"], track_documents=True)
+        for each in events:
+            record.observe(each, ledger)
+        return feed_violations([record], ledger, excused=superseded_in(stream, ledger))
+
+    assert shared_feed(*opening, third) == []  # 1 superseded; 2 deleted what it never had
+    held = shared_feed(*opening, event(ChangeType.UPSERT, 1, "alpha", "a", '{"v":1}'), third)
+    assert held
+    assert "the delete of alpha/a at 2" in held[0]
+    snapshot_without_it = shared_feed(
+        *opening,
+        event(ChangeType.UPSERT, 1, "alpha", "a", '{"v":1}'),
+        event(ChangeType.RESYNC, 1),
+        event(ChangeType.SNAPSHOT_BEGIN, 1),
+        event(ChangeType.CATCH_UP_END, 1),
+        third,
+    )
+    assert snapshot_without_it == []
