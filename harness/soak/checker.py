@@ -120,12 +120,18 @@ def feed_violations(
     return found
 
 
-def noop_delete_violations(ledger: Ledger) -> tuple[list[str], set[int]]:
+def noop_delete_violations(
+    ledger: Ledger, superseded: Callable[[int], bool] | None = None
+) -> tuple[list[str], set[int]]:
     """A delete of a document that did not exist changes nothing, and is acknowledged with
     sequence 0: one acknowledged with a sequence is a violation (and no feed owes an event
     at that sequence). A document is known not to exist when it was never written before, or
     deleted last, and no ambiguous put of it could have come in between. Returns the
-    violations and their sequences."""
+    violations and their sequences.
+
+    Shared mode: a delete whose message was `superseded` in the stream before the sidecar
+    that took it read it is acknowledged at the sequence NATS stored it at, since that
+    sidecar cannot tell whether it changed anything: no violation."""
     present: dict[DocKey, bool] = {}
     found: list[str] = []
     sequences: set[int] = set()
@@ -136,6 +142,9 @@ def noop_delete_violations(ledger: Ledger) -> tuple[list[str], set[int]]:
         deleted = ledger.digest_at(sequence) == change_digest(*key, None)
         if deleted and not present.get(key, False) and not ledger.may_have_put(key):
             sequences.add(sequence)
+            if superseded is not None and superseded(sequence):
+                present[key] = False
+                continue
             found.append(
                 f"write: the delete of {'/'.join(key)} was acknowledged at {sequence}, though"
                 " the document did not exist: a delete that changes nothing is acknowledged"

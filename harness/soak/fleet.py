@@ -504,9 +504,9 @@ def _check(
         violations += copy_violations(
             follower.name, follower.collections, follower.copy.documents, store
         )
-    noop_deletes, noop_sequences = noop_delete_violations(ledger)
-    violations += noop_deletes
     superseded = superseded_in(stream, ledger)
+    noop_deletes, noop_sequences = noop_delete_violations(ledger, superseded)
+    violations += noop_deletes
     violations += feed_violations(
         [follower.record for follower in followers],
         ledger,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import trio
 
 from peat_sync.bridge import call_asyncio
+from peat_sync.node.collection_configs import CollectionConfigs
 from peat_sync.node.events import ChangeEvent
 from peat_sync.node.feed import Committed
 from peat_sync.node.stats import NodeStats
@@ -62,15 +63,18 @@ class Replica:
         *,
         node_id: str,
         max_batch: int,
+        collection_configs: CollectionConfigs,
     ) -> None:
         self.config = config
         self._store = store
+        # Told every change applied, to follow the collection configs of the stream.
+        self._collection_configs = collection_configs
         self.stats = NodeStats()
         self._node_id = node_id
         self._max_batch = max_batch
         self._changed = trio.Event()  # the connection came or went
         self.link = JetStreamLink(config, node_id, self._connection_changed)
-        self.writer = StreamWriter(self.link, config.write_timeout, lambda: self.applied)
+        self.writer = StreamWriter(self.link, config.write_timeout, store.head_sequence)
         self.stream_head = store.head_sequence
         self.syncing = True  # StartSync/StopSync
         self._sync_resumed = trio.Event()
@@ -285,6 +289,7 @@ class Replica:
         """The stream was recreated (or is another one) while the sidecar ran: empty the
         store, follow the new stream, and tell every subscriber."""
         old = await trio.to_thread.run_sync(self._store.follow, identity.name, identity.epoch)
+        self._collection_configs.emptied()
         self.stream_head = identity.last_sequence
         log.warning(
             "stream %s has epoch %s, not %s: it was recreated, so this sidecar's store was"
@@ -320,6 +325,7 @@ class Replica:
                 self._store.apply, documents, fresh[-1].sequence
             )
         self.stats.commits.add(time.perf_counter() - started)
+        self._collection_configs.committed(applied)
         outcome = iter(applied)
         runs: list[Committed] = []
         for message, change in zip(fresh, changes, strict=True):

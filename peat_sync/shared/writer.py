@@ -76,12 +76,12 @@ class _PendingWrite:
 
 
 class StreamWriter:
-    def __init__(
-        self, link: JetStreamLink, write_timeout: float, applied: Callable[[], int]
-    ) -> None:
+    def __init__(self, link: JetStreamLink, write_timeout: float, applied: int) -> None:
         self._link = link
         self._timeout = write_timeout
-        self._applied = applied  # the last stream sequence the replica applied
+        # The last stream sequence the replica has applied and told this writer about (the
+        # store's head moves a moment before, while the writes are not yet told).
+        self._applied = applied
         self._pending: dict[str, _PendingWrite] = {}
         # Acknowledged writes the replica has not passed yet, by sequence.
         self._acknowledged: list[tuple[int, str]] = []
@@ -96,13 +96,28 @@ class StreamWriter:
             pending.applied(index, change)
 
     def passed(self, head: int) -> None:
-        """Called by the replica once it applied the stream up to `head`."""
+        """Called by the replica once it applied the stream up to `head`, and told `applied`
+        of every message of this writer's up to it."""
+        self._applied = head
         acknowledged = self._acknowledged
         while acknowledged and acknowledged[0][0] <= head:
             _, write_id = heapq.heappop(acknowledged)
             pending = self._pending.get(write_id)
             if pending is not None:
                 pending.passed()
+
+    def restart(self) -> None:
+        """The store now follows a new stream: writes under way belong to the old one."""
+        self._applied = 0
+        self._acknowledged.clear()
+        for pending in self._pending.values():
+            if not pending.done.done():
+                pending.done.set_exception(
+                    StoreUnavailable(
+                        "the stream was recreated (a new epoch) while the write was under way:"
+                        " read the document back before retrying"
+                    )
+                )
 
     def write_nowait(self, mutations: Sequence[Mutation], done: WriteDone) -> None:
         """Start `write` without waiting, from asyncio; `done` gets its outcome. Raises
@@ -193,7 +208,7 @@ class StreamWriter:
             attempt += 1
         if sequence:
             pending.sequence = sequence
-            if self._applied() >= sequence:
+            if self._applied >= sequence:
                 pending.passed()
             else:
                 heapq.heappush(self._acknowledged, (sequence, write_id))
