@@ -21,6 +21,11 @@ class QueueFull(Exception):
     """A write that does not wait found the write queue full: wait for room instead."""
 
 
+class MustWait(QueueFull):
+    """A write that does not wait must read the store first (a delete in a SOFT_DELETE
+    collection rewrites the document): make it with the waiting twin instead."""
+
+
 class StoreUnavailable(RequestError):
     """The store failed to commit (a full disk, an I/O error); nothing of the write was stored."""
 

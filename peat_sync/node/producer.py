@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import trio
 
+from peat_sync.node.collection_configs import CollectionConfigs
 from peat_sync.node.errors import NodeClosed, QueueFull, StoreUnavailable
 from peat_sync.node.events import ChangeEvent
 from peat_sync.node.feed import Committed
@@ -39,10 +40,18 @@ class _QueuedWrite:
 
 
 class Producer:
-    def __init__(self, store: Store, max_batch: int, stats: NodeStats) -> None:
+    def __init__(
+        self,
+        store: Store,
+        max_batch: int,
+        stats: NodeStats,
+        *,
+        configs: CollectionConfigs | None = None,
+    ) -> None:
         self._store = store
         self._max_batch = max_batch
         self._stats = stats
+        self._configs = configs  # told every commit, to follow the collection configs
         self._send, self._receive = trio.open_memory_channel[_QueuedWrite](QUEUE_CAPACITY)
 
     async def write(self, mutations: Sequence[Mutation]) -> list[Change | None]:
@@ -134,6 +143,8 @@ class Producer:
             log.error("commit of %d changes failed, none stored: %s", len(mutations), exc)
             batch[0].done(StoreUnavailable(f"the store could not commit the write: {exc}"))
             return
+        if self._configs is not None:
+            self._configs.committed(changes)
         events = [ChangeEvent.from_change(change) for change in changes if change is not None]
         if events:
             await publish.send(Committed(events, events[-1].sequence))

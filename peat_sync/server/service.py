@@ -28,7 +28,8 @@ from peat_sync.node import (
     StoreUnavailable,
     WriteRefused,
 )
-from peat_sync.node.validation import excerpt
+from peat_sync.node.collection_configs import CollectionConfig
+from peat_sync.node.validation import check_name, excerpt
 from peat_sync.server import typed
 from peat_sync.server.request_limits import RequestAdmission, RequestLimits
 from peat_sync.server.stalled_streams import StreamStalled, cut_off, send_within
@@ -91,9 +92,9 @@ NO_MESH = (
     " Subscribe to the change feed to follow every change instead."
 )
 
-COLLECTION_CONFIGS_NOT_YET = (
-    "{rpc}: collection configs are not implemented by this peat-sync server yet; every"
-    " collection keeps deleted documents as tombstones for --tombstone-retention"
+NO_COLLECTION_CONFIG = (
+    "collection {collection} has no config: its deletes leave tombstones, kept for"
+    " --tombstone-retention. Set one with SetCollectionConfig"
 )
 
 # Upstream's attachment RPCs, with how each answers. Their messages are not in this proto
@@ -451,26 +452,42 @@ class SidecarService(pb.PeatSidecarBase):
 
     # Collection configs ------------------------------------------------------------------
 
+    # Kept as documents of a reserved collection and enforced by the node: see
+    # `peat_sync.node.collection_configs`. Read from the node's memory, which follows that
+    # collection.
+
     async def set_collection_config(
         self, message: pb.SetCollectionConfigRequest
     ) -> pb.SetCollectionConfigResponse:
-        raise GRPCError(
-            Status.UNIMPLEMENTED, COLLECTION_CONFIGS_NOT_YET.format(rpc="SetCollectionConfig")
+        config = _required(message.config, "config")
+        await call_trio(
+            self.node.set_collection_config,
+            CollectionConfig(
+                config.collection,
+                config.deletion_policy,
+                config.soft_delete_ttl_secs,
+                config.tombstone_ttl_secs,
+            ),
         )
+        return pb.SetCollectionConfigResponse()
 
     async def get_collection_config(
         self, message: pb.GetCollectionConfigRequest
     ) -> pb.GetCollectionConfigResponse:
-        raise GRPCError(
-            Status.UNIMPLEMENTED, COLLECTION_CONFIGS_NOT_YET.format(rpc="GetCollectionConfig")
-        )
+        check_name("collection", message.collection)
+        config = self.node.collection_configs.get(message.collection)
+        if config is None:
+            raise GRPCError(
+                Status.NOT_FOUND,
+                NO_COLLECTION_CONFIG.format(collection=excerpt(message.collection)),
+            )
+        return pb.GetCollectionConfigResponse(config=_collection_config(config))
 
     async def list_collection_configs(
         self, message: pb.ListCollectionConfigsRequest
     ) -> pb.ListCollectionConfigsResponse:
-        raise GRPCError(
-            Status.UNIMPLEMENTED, COLLECTION_CONFIGS_NOT_YET.format(rpc="ListCollectionConfigs")
-        )
+        configs = self.node.collection_configs.all()
+        return pb.ListCollectionConfigsResponse(configs=list(map(_collection_config, configs)))
 
     # Change feed -------------------------------------------------------------------------
 
@@ -575,6 +592,15 @@ class SidecarService(pb.PeatSidecarBase):
         if resume_point is None:
             return "resubscribe with snapshot=true: the snapshot was not complete"
         return f"resubscribe with since_sequence={resume_point} and epoch={self.node.epoch}"
+
+
+def _collection_config(config: CollectionConfig) -> pb.CollectionConfig:
+    return pb.CollectionConfig(
+        collection=config.collection,
+        deletion_policy=config.deletion_policy,
+        soft_delete_ttl_secs=config.soft_delete_ttl_secs,
+        tombstone_ttl_secs=config.tombstone_ttl_secs,
+    )
 
 
 async def _no_attachments(rpc: str, stream: grpclib.server.Stream[Any, Any]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -123,9 +123,25 @@ class Store(Protocol):
         A tombstone is included only if it is newer than `tombstones_after`.
         """
 
-    def purge_tombstones(self, deleted_before: float, limit: int) -> int:
+    def documents_written_before(
+        self, collection: str, written_before: float, limit: int, *, marked_deleted: bool
+    ) -> list[tuple[str, int]]:
+        """The doc_id and sequence of up to `limit` live documents of `collection` last put
+        before the unix time `written_before`, oldest change first; with `marked_deleted`,
+        only those whose JSON has `"_deleted": true` (soft-deleted)."""
+
+    def purge_tombstones(
+        self,
+        deleted_before: float,
+        limit: int,
+        *,
+        collection: str | None = None,
+        excluding: Collection[str] = (),
+    ) -> int:
         """Remove up to `limit` of the oldest tombstones of deletes made before the unix time
-        `deleted_before`, raising the catch-up floor past them. Returns how many were removed."""
+        `deleted_before` (of `collection` only, if given, and of none in `excluding`), raising
+        the catch-up floor past them. The floor is store-wide: it rises past every purged
+        tombstone, whichever its collection. Returns how many were removed."""
 
     def close(self) -> None:
         """Wait for the reads under way, then close; later reads raise `StoreClosed`."""

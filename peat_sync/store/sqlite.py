@@ -16,7 +16,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Self
@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS documents (
     json_data TEXT,            -- NULL marks a tombstone
     sequence INTEGER NOT NULL, -- the sequence of the last change to this document
     deleted_at REAL,           -- unix time of the delete, for tombstone retention
+    written_at REAL,           -- unix time of the last put, for collection configs' expiry
     PRIMARY KEY (collection, doc_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS documents_by_sequence ON documents (sequence);
@@ -124,9 +125,10 @@ def _not_a_store(path: Path, why: str) -> StoreError:
 
 # A put: insert the document, or replace it (and revive it, if it was deleted).
 _UPSERT = (
-    "INSERT INTO documents (collection, doc_id, json_data, sequence) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (collection, doc_id) DO UPDATE SET json_data = excluded.json_data,"
-    " sequence = excluded.sequence, deleted_at = NULL"
+    "INSERT INTO documents (collection, doc_id, json_data, sequence, written_at)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (collection, doc_id) DO UPDATE SET"
+    " json_data = excluded.json_data, sequence = excluded.sequence, deleted_at = NULL,"
+    " written_at = excluded.written_at"
 )
 
 
@@ -260,6 +262,17 @@ class SQLiteStore:
                     f"{SCHEMA_VERSION}. Use a peat-sync release that matches the data dir."
                 )
             _create_schema(db)  # what stores made by older releases lack
+            columns = {row[1] for row in db.execute("PRAGMA table_info(documents)")}
+            if "written_at" not in columns:
+                # Their documents' write times are unknown: expiry counts from now.
+                meta["written_at_since"] = str(time.time())
+                db.execute("ALTER TABLE documents ADD COLUMN written_at REAL")
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('written_at_since', ?)",
+                    (meta["written_at_since"],),
+                )
+        # The write time of documents written before the store recorded write times.
+        self._written_since = float(meta.get("written_at_since", "0"))
         self._stream = meta.get("stream")
         self._previous_epoch = meta.get("previous_epoch")
         if self._stream is not None:
@@ -272,7 +285,7 @@ class SQLiteStore:
             head = self._head
             now = time.time()
             changes: list[Change | None] = []
-            puts: list[tuple[str, str, str, int]] = []  # written in one executemany
+            puts: list[tuple[str, str, str, int, float]] = []  # written in one executemany
             for mutation in mutations:
                 if mutation.json_data is None or mutation.expected_sequence is not None:
                     # The document as the earlier mutations of this commit left it.
@@ -291,7 +304,9 @@ class SQLiteStore:
                     )
                 else:
                     head += 1
-                    puts.append((mutation.collection, mutation.doc_id, mutation.json_data, head))
+                    puts.append(
+                        (mutation.collection, mutation.doc_id, mutation.json_data, head, now)
+                    )
                 changes.append(
                     Change(head, mutation.collection, mutation.doc_id, mutation.json_data)
                 )
@@ -369,13 +384,45 @@ class SQLiteStore:
             changes, int(meta["head_sequence"]), int(meta.get("catch_up_floor", "0")), complete
         )
 
-    def purge_tombstones(self, deleted_before: float, limit: int) -> int:
-        with self._writing() as db:
-            purged = db.execute(
-                "SELECT collection, doc_id, sequence FROM documents WHERE json_data IS NULL"
-                " AND deleted_at < ? ORDER BY sequence LIMIT ?",
-                (deleted_before, limit),
+    def documents_written_before(
+        self, collection: str, written_before: float, limit: int, *, marked_deleted: bool
+    ) -> list[tuple[str, int]]:
+        query = (
+            "SELECT doc_id, sequence FROM documents WHERE collection = ?"
+            " AND json_data IS NOT NULL AND coalesce(written_at, ?) < ?"
+        )
+        if marked_deleted:
+            query += " AND json_type(json_data, '$._deleted') = 'true'"
+        query += " ORDER BY sequence LIMIT ?"
+        with self._reading() as db:
+            rows = db.execute(
+                query, (collection, self._written_since, written_before, limit)
             ).fetchall()
+        return [(doc_id, sequence) for doc_id, sequence in rows]
+
+    def purge_tombstones(
+        self,
+        deleted_before: float,
+        limit: int,
+        *,
+        collection: str | None = None,
+        excluding: Collection[str] = (),
+    ) -> int:
+        query = (
+            "SELECT collection, doc_id, sequence FROM documents WHERE json_data IS NULL"
+            " AND deleted_at < ?"
+        )
+        parameters: list[object] = [deleted_before]
+        if collection is not None:
+            query += " AND collection = ?"
+            parameters.append(collection)
+        if excluding:
+            query += f" AND collection NOT IN ({', '.join('?' * len(excluding))})"
+            parameters.extend(sorted(excluding))
+        query += " ORDER BY sequence LIMIT ?"
+        parameters.append(limit)
+        with self._writing() as db:
+            purged = db.execute(query, parameters).fetchall()
             if not purged:
                 return 0
             db.executemany(
@@ -450,11 +497,11 @@ class SQLiteStore:
         with self._writing() as db:
             now = time.time()
             applied: list[Change | None] = []
-            puts: list[tuple[str, str, str, int]] = []  # written in one executemany
+            puts: list[tuple[str, str, str, int, float]] = []  # written in one executemany
             for change in changes:
                 if change.json_data is not None:
                     puts.append(
-                        (change.collection, change.doc_id, change.json_data, change.sequence)
+                        (change.collection, change.doc_id, change.json_data, change.sequence, now)
                     )
                     applied.append(change)
                     continue
