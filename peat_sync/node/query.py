@@ -32,7 +32,7 @@ def compile_query(query: SubscriptionQuery, where: str = "query") -> Predicate:
 
 def _compile(query: SubscriptionQuery, where: str, depth: int) -> Predicate:
     if depth > MAX_DEPTH:
-        raise InvalidRequest(f"{where}: queries nest at most {MAX_DEPTH} deep")
+        raise InvalidRequest(f"queries nest at most {MAX_DEPTH} deep; this one is deeper: {where}")
     field, part = betterproto2.which_one_of(query, "q")
     kind = field.rstrip("_")  # and_, or_, not_: the generated names of and, or, not
     if part is None:

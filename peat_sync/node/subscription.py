@@ -409,6 +409,11 @@ class Subscription:
         catch_up_floor = self._history.catch_up_floor
         if self.position >= replay_floor:
             outcome = "replaying them from the replay log"
+        elif self._legacy:
+            outcome = (
+                f"the replay log starts after sequence {replay_floor}, so the subscriber gets"
+                " a RESYNC (its legacy stream knows no catch-up)"
+            )
         elif self.position >= catch_up_floor:
             outcome = (
                 f"the replay log starts after sequence {replay_floor}, so catching up from"

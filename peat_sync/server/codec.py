@@ -13,7 +13,6 @@ from grpclib import GRPCError
 from grpclib.const import Status
 from grpclib.encoding.proto import ProtoCodec
 
-from peat_sync.node.validation import excerpt
 from peat_sync.wire import WIRE_TYPE_NAMES, message_class
 
 
@@ -40,32 +39,44 @@ class RequestCodec(ProtoCodec):
         except Exception as exc:  # each runtime and each field raises its own kind
             raise GRPCError(
                 Status.INVALID_ARGUMENT,
-                f"the request is not a valid {message_type.__name__}: {excerpt(str(exc))}",
+                f"the request is not a valid {message_type.__name__}: {_explained(exc)}",
             ) from None
 
 
-def refuse_unknown_fields(message: Message, data: bytes) -> None:
+# Characters of a refusal's explanation sent at most: the server's own explanations fit, and
+# those quote a client's strings only cut short (`excerpt`); a runtime's error might not.
+EXPLANATION_CHARACTERS = 1000
+
+
+def _explained(exc: Exception) -> str:
+    text = str(exc)
+    if len(text) <= EXPLANATION_CHARACTERS:
+        return text
+    return f"{text[:EXPLANATION_CHARACTERS]}... ({len(text):,} characters)"
+
+
+def refuse_unknown_fields(message: Message, data: bytes, where: str = "the request") -> None:
     """ValueError naming a field of `message` (a runtime message, parsed from `data`), or of
     a message in it, that its type lacks: the runtime keeps those aside as it parses. Drops
     them from `message` (which is then refused)."""
     message.DiscardUnknownFields()  # all of them, at every depth
     if message.ByteSize() == len(data):
         return  # nothing was dropped (the usual case: no walk over every field)
-    _name_unknown_field(type(message).FromString(data), "")
+    _name_unknown_field(type(message).FromString(data), where)
 
 
 def _name_unknown_field(message: Message, where: str) -> None:
     for field in cast(Iterable[Any], UnknownFieldSet(message)):
         kind = WIRE_TYPE_NAMES.get(field.wire_type, "a value")
         raise ValueError(
-            f"field {field.field_number} ({kind}) of {where or 'the request'} is not a field of"
+            f"field {field.field_number} ({kind}) of {where} is not a field of"
             f" {type(message).__name__}: this server does not know it, and refuses the request"
             " rather than ignore it"
         )
     for descriptor, value in message.ListFields():
         if descriptor.message_type is None:
             continue
-        name = f"{where}.{descriptor.name}" if where else descriptor.name
+        name = f"{where}.{descriptor.name}"
         for index, item in enumerate(value if descriptor.is_repeated else [value]):
             _name_unknown_field(item, f"{name}[{index}]" if descriptor.is_repeated else name)
     # Otherwise the size differed for another reason (an encoding that is valid but not the

@@ -515,7 +515,7 @@ class SidecarService(pb.PeatSidecarBase):
                 subscription.name,
                 subscription.describe_collections(),
                 request.since_sequence,
-                "yes" if request.snapshot else "no",
+                "yes" if request.snapshot or (request.legacy and request.collections) else "no",
                 ", with a query" if request.query else "",
                 ", legacy: UPSERT, DELETE and RESYNC only" if request.legacy else "",
             )

@@ -85,5 +85,6 @@ class SubscribeRequest:
 def _strict_query(data: bytes) -> bytes:
     """Upstream's query bytes, checked by the protobuf runtime, which refuses what the
     generated decoder would take leniently."""
-    refuse_unknown_fields(message_class("SubscriptionQuery").FromString(data), data)
+    query = message_class("SubscriptionQuery").FromString(data)
+    refuse_unknown_fields(query, data, "the query at field 2")
     return data

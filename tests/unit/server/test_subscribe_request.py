@@ -80,7 +80,7 @@ def test_any_of_peat_syncs_fields_asks_for_the_whole_stream(fields: dict[str, ob
         ),
         (
             length_delimited(2, bytes([9 << 3, 1])),
-            "field 9 .a varint. of the request is not a field of SubscriptionQuery",
+            "field 9 .a varint. of the query at field 2 is not a field of SubscriptionQuery",
         ),
         (length_delimited(2, b"\xff\xff"), "Error parsing message|Truncated"),
         (length_delimited(2, bytes(SubscriptionQuery())), "query has no condition"),
