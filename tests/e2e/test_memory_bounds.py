@@ -187,7 +187,10 @@ def test_snapshot_subscribers_that_stop_reading_hold_a_page_each(
                     await streams.enter_async_context(
                         grpclib_subscribe(channel, pb.SubscribeRequest(snapshot=True))
                     )
-                await wait_for_subscribers_async(pb.PeatSidecarStub(channels[0]), 4)
+                # Asked on a channel of its own: the stalled streams' small windows, full,
+                # would hold the answer back.
+                async with grpclib.client.Channel(*host_port(server)) as status_channel:
+                    await wait_for_subscribers_async(pb.PeatSidecarStub(status_channel), 4)
                 # Each stream's first page is read and encoded, then its send blocks.
                 peak = 0
                 for _ in range(20):

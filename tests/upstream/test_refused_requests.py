@@ -80,6 +80,8 @@ BAD_QUERIES: dict[str, tuple[Callable[[Any], Any], str]] = {
     ),
     "17 levels": (lambda pb2: nested_not(pb2, 17), "queries nest at most 16 deep"),
 }
+
+
 @pytest.mark.parametrize("case", list(BAD_QUERIES))
 def test_a_query_at_field_2_that_does_not_validate_is_refused_naming_the_problem(
     server: ServerProcess, connect: Connect, upstream_today: GrpcioApi, case: str

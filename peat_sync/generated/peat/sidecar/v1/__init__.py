@@ -257,7 +257,8 @@ class DeletionPolicy(betterproto2.Enum):
     Collection configs
 
     What deleting a document of a collection does. Upstream stores a collection's policy but
-    does not enforce it yet.
+    does not enforce it yet; peat-sync enforces it (docs/subscribing.md). Every removal the
+    server makes on its own is a DELETE event with its sequence.
     """
 
     @betterproto2.staticproperty
@@ -266,11 +267,14 @@ class DeletionPolicy(betterproto2.Enum):
         return SIDECAR_PROTO_DESCRIPTOR.enum_types_by_name["DeletionPolicy"]
 
     UNSPECIFIED = 0
+    """
+    No policy: deletes as in a collection without a config.
+    """
 
     SOFT_DELETE = 1
     """
-    A delete marks the document `_deleted: true` and keeps it; upstream's default. It is
-    removed after soft_delete_ttl_secs.
+    A delete marks the document `_deleted: true` and keeps it (an UPSERT); upstream's
+    default. It is removed after soft_delete_ttl_secs, if set.
     """
 
     TOMBSTONE = 2
@@ -281,12 +285,12 @@ class DeletionPolicy(betterproto2.Enum):
 
     IMPLICIT_TTL = 3
     """
-    Documents not written for the TTL are removed.
+    Documents not written for soft_delete_ttl_secs (required) are removed.
     """
 
     IMMUTABLE = 4
     """
-    Documents cannot be deleted.
+    Documents cannot be deleted: a delete fails with FAILED_PRECONDITION.
     """
 
     @classmethod
@@ -589,10 +593,17 @@ class CollectionConfig(betterproto2.Message):
     soft_delete_ttl_secs: "int | None" = betterproto2.field(
         3, betterproto2.TYPE_UINT64, optional=True
     )
+    """
+    SOFT_DELETE: seconds a document marked deleted is kept; IMPLICIT_TTL: seconds a document
+    not written is kept. Refused with other policies.
+    """
 
     tombstone_ttl_secs: "int | None" = betterproto2.field(
         4, betterproto2.TYPE_UINT64, optional=True
     )
+    """
+    Seconds the collection's tombstones are kept for catch-ups, under any policy.
+    """
 
 
 default_message_pool.register_message(
@@ -2029,7 +2040,8 @@ class WriteDocumentsRequest(betterproto2.Message):
         1, betterproto2.TYPE_MESSAGE, repeated=True
     )
     """
-    Applied in order, so a later write to the same document wins. At most 10,000.
+    Applied in order, so a later write to the same document wins. At most 10,000; 1,000 in
+    shared mode, where they are one JetStream atomic batch.
     """
 
 
