@@ -96,10 +96,6 @@ def test_short_soak_under_kills_has_no_violation(tmp_path: Path) -> None:
     assert counts["reopens"] > 0
     assert counts["stalls"] > 0
     assert counts["events_received"] > counts["head_sequence"]
-    if counts["violations"]:
-        pytest.xfail(
-            f"{counts['violations']} deletes of absent documents acknowledged at a sequence"
-        )
     assert "writes acked" in result.stderr  # progress
     assert "violations         0" in result.stdout
 
@@ -134,6 +130,10 @@ def test_short_shared_soak_under_kills_of_sidecars_and_nats_nodes_has_no_violati
     assert counts["moves"] > 0
     assert counts["reconnections"] > 0
     assert counts["events_received"] > counts["head_sequence"]
+    if counts["violations"]:
+        pytest.xfail(
+            f"{counts['violations']} deletes of absent documents acknowledged at a sequence"
+        )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "violations         0" in result.stdout
 
