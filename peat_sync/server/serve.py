@@ -198,12 +198,15 @@ async def serve(
                     await call_asyncio(health.set_serving, True)
                     log.info(
                         "serving peat.sidecar.v1 on %s (%s, node %s, data dir %s, head"
-                        " sequence %d)",
+                        " sequence %d%s)",
                         bound,
                         tls.describe(config.tls),
                         node.node_id,
                         data_dir,
                         node.head_sequence,
+                        ""
+                        if node.replica is None
+                        else f"; shared: {node.replica.config.describe()}",
                     )
                     task_status.started(bound)
                     await stop.wait()

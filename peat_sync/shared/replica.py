@@ -49,7 +49,6 @@ CLOSE_TIMEOUT = 2.0
 class Peer:
     node_id: str
     endpoint: str
-    applied_sequence: int
 
 
 class Replica:
@@ -381,7 +380,7 @@ class Replica:
         entry = {"node_id": self._node_id, "endpoint": self.endpoint, "applied": self.applied}
         await call_asyncio(self.link.announce, encode_token(self._node_id), entry, ttl)
         self.peers = [
-            Peer(str(entry["node_id"]), str(entry["endpoint"]), int(str(entry["applied"])))
+            Peer(str(entry["node_id"]), str(entry["endpoint"]))
             for entry in await call_asyncio(self.link.peers)
             if entry.get("node_id") != self._node_id
         ]
