@@ -362,7 +362,9 @@ class Node:
         """Follow the changes to `collections` (empty: all) after `since` (None: from now).
 
         `epoch` is the store epoch `since` belongs to, if the caller knows it. With
-        `snapshot`, the current documents come first, and again after any RESYNC. Use the
+        `snapshot`, the current documents come first, and again after any RESYNC. `query`
+        (see `peat_sync.node.query`) keeps the documents it matches. A `legacy` subscription
+        is for a client that knows none of peat-sync's additions (see `Subscription`). Use the
         result as a context manager, and call its `next_batch` to receive events.
         """
         wanted = frozenset(collections)

@@ -39,3 +39,17 @@ async def store_documents(client: Client, collections: Iterable[str]) -> Documen
             assert document is not None, f"{collection}/{doc_id} is listed but absent"
             documents.setdefault(collection, {})[doc_id] = document.data
     return documents
+
+
+async def applied_everywhere(clients: list[Client], seconds: float = 30.0) -> int:
+    """Asyncio-flavoured, shared mode: wait until every sidecar of `clients` has applied the
+    stream's head, as GetSyncStats shows it; return that head."""
+    deadline = time.monotonic() + seconds
+    while True:
+        stats = [await client.sync_stats() for client in clients]
+        heads = {(each.applied_sequence, each.stream_head) for each in stats}
+        if len(heads) == 1 and stats[0].applied_sequence == stats[0].stream_head:
+            return stats[0].applied_sequence
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not converged after {seconds} s: {heads}")
+        await asyncio.sleep(0.05)

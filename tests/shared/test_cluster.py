@@ -32,7 +32,7 @@ from grpclib.exceptions import GRPCError
 from peat_sync.bench.launcher import ServerProcess
 from peat_sync.bench.nats_servers import NatsCluster, NatsServer, free_port
 from peat_sync.client import ChangeType, Client, ConsistentCopy, Event, Unavailable
-from tests.helpers.client_library import FAST_BACKOFF, QUICK_HEARTBEATS
+from tests.helpers.client_library import FAST_BACKOFF, QUICK_HEARTBEATS, applied_everywhere
 from tests.helpers.waiting import eventually, run_scenario, wait_until, within
 from tests.shared.conftest import PRESENCE, StartSidecar
 
@@ -247,18 +247,11 @@ async def store_of(client: Client) -> Store:
 async def converged(clients: list[Client], seconds: float = 30) -> tuple[int, Store]:
     """Wait until every sidecar has applied the stream's head; return it and the stores,
     which must be equal."""
-    deadline = time.monotonic() + seconds
-    while True:
-        stats = [await client.sync_stats() for client in clients]
-        heads = {(each.applied_sequence, each.stream_head) for each in stats}
-        if len(heads) == 1 and stats[0].applied_sequence == stats[0].stream_head:
-            break
-        assert time.monotonic() < deadline, f"not converged after {seconds} s: {heads}"
-        await asyncio.sleep(0.05)
+    head = await applied_everywhere(clients, seconds)
     stores = [await store_of(client) for client in clients]
     for client, store in zip(clients[1:], stores[1:], strict=True):
         assert store == stores[0], f"the store of {client.address} differs"
-    return stats[0].applied_sequence, stores[0]
+    return head, stores[0]
 
 
 def as_copy(store: Store) -> dict[str, dict[str, Any]]:

@@ -14,7 +14,12 @@ from peat_sync.bench.launcher import ServerProcess
 from peat_sync.bench.nats_servers import NatsServer
 from peat_sync.client import ChangeType, Client, PreconditionFailed, Rejected, ResyncReason
 from peat_sync.client.subscription import ResilientSubscription
-from tests.helpers.client_library import FAST_BACKOFF, Documents, store_documents
+from tests.helpers.client_library import (
+    FAST_BACKOFF,
+    Documents,
+    applied_everywhere,
+    store_documents,
+)
 from tests.helpers.metrics import scrape
 from tests.helpers.servers import StartServer
 from tests.helpers.waiting import run_scenario, within
@@ -29,13 +34,7 @@ def three_sidecars(nats_server: NatsServer, start_sidecar: StartSidecar) -> list
 
 async def converged(clients: list[Client]) -> Documents:
     """Wait until every sidecar has applied the stream's head; return their (equal) stores."""
-
-    while True:
-        stats = [await client.sync_stats() for client in clients]
-        heads = {(each.applied_sequence, each.stream_head) for each in stats}
-        if len(heads) == 1 and stats[0].applied_sequence == stats[0].stream_head:
-            break
-        await asyncio.sleep(0.05)
+    await applied_everywhere(clients)
     stores = [await store_documents(client, COLLECTIONS) for client in clients]
     for store in stores[1:]:
         assert store == stores[0]
