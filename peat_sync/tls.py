@@ -76,18 +76,22 @@ def _load_identity(context: ssl.SSLContext, cert: Path, key: Path) -> None:
         ) from None
 
 
-def _require_h2(context: ssl.SSLContext) -> ssl.SSLContext:
+def _require_h2(context: ssl.SSLContext, protocols: tuple[str, ...] = ("h2",)) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(H2_CIPHERS)
-    context.set_alpn_protocols(["h2"])
+    context.set_alpn_protocols(list(protocols))
     return context
 
 
-def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+def server_context(
+    cert: Path, key: Path, client_ca: Path | None = None, *, http1: bool = False
+) -> ssl.SSLContext:
     """The server's context: its certificate chain (`cert`, PEM, its own certificate first)
     and private key; with `client_ca`, mutual TLS: every client must present a certificate
-    that it signed. ValueError when the files do not make a usable pair."""
-    context = _require_h2(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+    that it signed. HTTP/2 only (gRPC's), or with `http1` HTTP/1.1 too (the HTTP
+    listener's). ValueError when the files do not make a usable pair."""
+    protocols = ("h2", "http/1.1") if http1 else ("h2",)
+    context = _require_h2(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), protocols)
     _load_identity(context, cert, key)
     if client_ca is not None:
         context.verify_mode = ssl.CERT_REQUIRED

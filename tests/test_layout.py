@@ -16,7 +16,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "peat_sync"
 BRIDGE = PACKAGE / "bridge.py"
 # What counts as each side of the bridge. trio_asyncio is both: only the bridge may use it.
 TRIO_SIDE = {"trio", "trio_asyncio"}
-ASYNCIO_SIDE = {"asyncio", "grpclib", "trio_asyncio", "betterproto2_grpclib", "nats"}
+ASYNCIO_SIDE = {
+    "asyncio",
+    "grpclib",
+    "trio_asyncio",
+    "betterproto2_grpclib",
+    "nats",
+    "connectrpc",
+    "hypercorn",
+    "starlette",
+}
 
 
 def product_modules() -> list[Path]:

@@ -33,6 +33,8 @@ LOG_LINES = 20_000
 # The server listens, and logs where, before it opens the store; then it serves.
 LISTENING = re.compile(r"listening on (?:tcp://[^ ;]+:(\d+)|unix://[^ ;]+)")
 SERVING = re.compile(r"serving peat\.sidecar\.v1 on ")
+# And where its HTTP listener is, before it serves.
+LIVE_PAGE = re.compile(r"the live page, and the API in Connect and gRPC-Web: (https?://\S+:(\d+)/)")
 # What the baseline prints once it serves, then its address.
 BASELINE_READY = "baseline serving on"
 _BASELINE_SERVING = re.compile(re.escape(BASELINE_READY) + r" 127\.0\.0\.1:(\d+)")
@@ -180,27 +182,33 @@ class ChildServer:
 
 
 class ServerProcess(ChildServer):
-    """`peat-sync serve --listen LISTEN --data-dir DATA_DIR FLAGS...`, started by `start`.
+    """`peat-sync serve --listen LISTEN --http-listen HTTP_LISTEN --data-dir DATA_DIR
+    FLAGS...`, started by `start`.
 
-    It listens on a free loopback port unless given another `listen` address."""
+    It listens on a free loopback port unless given another `listen` address, and serves
+    HTTP on another (`http_url`), which restarts keep; `http_listen` "off" serves none."""
 
     def __init__(
         self,
         data_dir: Path,
         *flags: str,
         listen: str = "tcp://127.0.0.1:0",
+        http_listen: str = "tcp://127.0.0.1:0",
         env: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(env)
         self.data_dir = data_dir
         self.flags = flags
         self.listen = listen
+        self.http_listen = http_listen
+        self.http_url = ""  # http://127.0.0.1:PORT/, once started
 
     @property
     def argv(self) -> list[str]:
         return [
             *(sys.executable, "-m", "peat_sync", "serve"),
             *("--listen", self.listen, "--data-dir", str(self.data_dir)),
+            *("--http-listen", self.http_listen),
             *self.flags,
         ]
 
@@ -208,6 +216,11 @@ class ServerProcess(ChildServer):
         match = LISTENING.search(line)
         if match and match[1]:  # the port is known before the line can be seen
             self.port = int(match[1])
+        page = LIVE_PAGE.search(line)
+        if page:
+            self.http_url = page[1]
+            if self.http_listen.endswith(":0"):  # a restart serves the page where it was
+                self.http_listen = f"tcp://127.0.0.1:{page[2]}"
         return SERVING.search(line) is not None
 
     @property

@@ -157,6 +157,22 @@ def metrics_address(text: str) -> ListenAddress:
     return address
 
 
+def http_address(text: str) -> ListenAddress | None:
+    if text == "off":
+        return None
+    return ListenAddress.parse(text)
+
+
+def show_http_address(address: ListenAddress | None) -> str:
+    return "off" if address is None else str(address)
+
+
+def cors_origin(text: str) -> str:
+    if text != "*" and not re.fullmatch(r"https?://[^/\s]+", text):
+        raise ValueError("an origin is scheme://host[:port], as in https://app.example.com, or *")
+    return text
+
+
 def server_address(text: str) -> str:
     """A server to connect to: HOST:PORT, tcp://HOST:PORT or unix:///PATH, kept as written."""
     ListenAddress.parse(text)
@@ -308,12 +324,28 @@ SERVE_OPTIONS = (
         ListenAddress.parse,
         "where to serve gRPC: tcp://HOST:PORT, tcp://[IPV6]:PORT or unix:///PATH",
     ),
+    _serve(
+        "--http-listen",
+        http_address,
+        "where to serve the live page and the API over HTTP (Connect and gRPC-Web, HTTP/1.1"
+        " and h2c, or TLS with --tls-cert): tcp://HOST:PORT, unix:///PATH, or off",
+        show=show_http_address,
+    ),
+    _serve(
+        "--http-cors-origin",
+        cors_origin,
+        "let pages of this origin (https://app.example.com, or * for any) call the API from"
+        " a browser; repeat for more",
+        metavar="ORIGIN",
+        repeat=True,
+        show=lambda origins: ", ".join(origins) or "none",
+    ),
     Option(
         "--tls-cert",
         tls.certificates_file,
-        "serve TLS with this PEM certificate chain (the server's certificate first); needs"
-        " --tls-key. TCP only: TLS is refused on a unix socket, which its file mode (0600)"
-        " already keeps to its owner",
+        "serve TLS (on both ports) with this PEM certificate chain (the server's certificate"
+        " first); needs --tls-key. TCP only: TLS is refused on a unix socket, which its file"
+        " mode (0600) already keeps to its owner",
         env=_env("--tls-cert"),
     ),
     Option(
@@ -781,7 +813,18 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
         tls=server_tls(
             values["tls_cert"], values["tls_key"], values["tls_client_ca"], values["listen"]
         ),
-        **_fields_of(ServeConfig, values),
+        http_tls=server_tls(
+            values["tls_cert"],
+            values["tls_key"],
+            values["tls_client_ca"],
+            values["http_listen"],
+            http1=True,
+        ),
+        **{
+            **_fields_of(ServeConfig, values),
+            "http_listen": values["http_listen"],  # None is "off", not unset
+            "http_cors_origin": tuple(values["http_cors_origin"]),
+        },
     )
     _check_request_limits(config)
     _check_stalled_stream_timeout(config.node)
@@ -852,9 +895,15 @@ def bench_sizes(values: Mapping[str, Any]) -> Sizes:
 
 
 def server_tls(
-    cert: Path | None, key: Path | None, client_ca: Path | None, listen: ListenAddress
+    cert: Path | None,
+    key: Path | None,
+    client_ca: Path | None,
+    listen: ListenAddress | None,
+    *,
+    http1: bool = False,
 ) -> ssl.SSLContext | None:
-    """The server's TLS context from the --tls-* values (their files already checked)."""
+    """The TLS context of the server's port at `listen` (None: not served) from the --tls-*
+    values (their files already checked); `http1` for the HTTP listener."""
     if cert is None and key is None:
         if client_ca is not None:
             raise ConfigError(
@@ -867,6 +916,8 @@ def server_tls(
             f"{given} is set without {missing}: give both the certificate chain and its private"
             " key, or neither to serve plaintext"
         )
+    if listen is None:
+        return None
     if listen.path is not None:
         raise ConfigError(
             f"--tls-cert: TLS is not served on a unix socket ({listen}), whose file"
@@ -874,7 +925,7 @@ def server_tls(
             " on tcp://HOST:PORT"
         )
     try:
-        return tls.server_context(cert, key, client_ca)
+        return tls.server_context(cert, key, client_ca, http1=http1)
     except ValueError as exc:
         raise ConfigError(f"--tls-cert/--tls-key: {exc}") from None
 

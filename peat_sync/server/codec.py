@@ -30,17 +30,27 @@ class RequestCodec(ProtoCodec):
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         try:
-            if issubclass(message_type, betterproto2.Message):
-                refuse_unknown_fields(message_class(message_type.__name__).FromString(data), data)
-            message = super().decode(data, message_type)
-            if isinstance(message, Message):  # a runtime class (see `wire.message_class`)
-                refuse_unknown_fields(message, data)
-            return message
+            return decode_request(data, message_type)
         except Exception as exc:  # each runtime and each field raises its own kind
-            raise GRPCError(
-                Status.INVALID_ARGUMENT,
-                f"the request is not a valid {message_type.__name__}: {_explained(exc)}",
-            ) from None
+            raise GRPCError(Status.INVALID_ARGUMENT, invalid_request(message_type, exc)) from None
+
+
+def decode_request(data: bytes, message_type: Any) -> Any:
+    """`data` as a `message_type`, a generated class or one of the runtime's (or any class
+    with `FromString`), decoded strictly; raises what the runtime raises for bytes that are
+    not the message, and ValueError for a field it lacks."""
+    if issubclass(message_type, betterproto2.Message):
+        refuse_unknown_fields(message_class(message_type.__name__).FromString(data), data)
+        return message_type.parse(data)
+    message = message_type.FromString(data)
+    if isinstance(message, Message):  # a runtime class (see `wire.message_class`)
+        refuse_unknown_fields(message, data)
+    return message
+
+
+def invalid_request(message_type: Any, error: Exception) -> str:
+    """Why a request that is not a valid `message_type` was refused."""
+    return f"the request is not a valid {message_type.__name__}: {_explained(error)}"
 
 
 # Characters of a refusal's explanation sent at most: the server's own explanations fit, and

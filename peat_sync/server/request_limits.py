@@ -66,6 +66,14 @@ class ByteBudget:
             granted.set_result(None)
 
 
+def too_large(length: int, limit: int, flag: str) -> str:
+    """Why a request of `length` bytes is refused, over the `limit` that `flag` sets."""
+    return (
+        f"the request is {length:,} bytes; the limit is {limit:,} ({flag}): send less in one"
+        " request"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class RequestLimits:
     """`max_message_bytes` bounds a request of any RPC but WriteDocuments, which
@@ -75,6 +83,13 @@ class RequestLimits:
     max_message_bytes: int
     max_request_bytes: int
     max_inflight_bytes: int
+
+    def of(self, request_name: str) -> tuple[int, str]:
+        """The most bytes a request named `request_name` may have, and the flag that sets
+        it."""
+        if request_name == "WriteDocumentsRequest":
+            return self.max_request_bytes, "--max-request-bytes"
+        return self.max_message_bytes, "--max-message-bytes"
 
 
 class RequestAdmission:
@@ -103,11 +118,7 @@ class RequestAdmission:
 
         async def admit(length: int) -> None:
             if length > limit:
-                raise GRPCError(
-                    Status.RESOURCE_EXHAUSTED,
-                    f"the request is {length:,} bytes; the limit is {limit:,} ({flag}): send"
-                    " less in one request",
-                )
+                raise GRPCError(Status.RESOURCE_EXHAUSTED, too_large(length, limit, flag))
             budget = self._per_connection.get(connection)
             if budget is None:
                 budget = self._per_connection[connection] = ByteBudget(

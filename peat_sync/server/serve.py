@@ -109,6 +109,14 @@ def _create_data_dir(path: Path) -> None:
         raise StoreError(f"cannot open the store in {path}: {exc}") from None
 
 
+def page_address(address: ListenAddress, tls_context: ssl.SSLContext | None) -> str:
+    """Where a browser opens the HTTP listener at `address`."""
+    if address.path is not None:
+        return f"{address} (HTTP over a unix socket)"
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    return f"{'https' if tls_context else 'http'}://{host}:{address.port}/"
+
+
 def _listens_everywhere(address: ListenAddress) -> bool:
     """Whether `address` is every interface of the machine (0.0.0.0, ::, or no host)."""
     if address.path is not None:
@@ -150,6 +158,58 @@ async def _grpc_server(
         await close()
 
 
+@asynccontextmanager
+async def _http_server(
+    config: ServeConfig, service: SidecarService
+) -> AsyncIterator[tuple[ListenAddress | None, Callable[[], Awaitable[None]]]]:
+    """Trio-flavoured, inside the asyncio loop: the HTTP listener (Connect, gRPC-Web and the
+    live page) for `service`, if `config` has one, for the duration of the block. Yields
+    the address it bound (None: no listener) and `close`, which closes it once, giving the
+    requests under way `SHUTDOWN_GRACE_SECONDS`; the block's end calls it too."""
+    listen = config.http_listen
+    if listen is None:
+        yield None, trio.lowlevel.checkpoint
+        return
+    from peat_sync.web.asgi import web_app
+    from peat_sync.web.listener import HttpServer
+
+    sock, bound = _bind(listen, config.node.heartbeat_interval)
+    app = web_app(
+        service,
+        stalled_after=config.node.stalled_after,
+        cors_origins=list(config.http_cors_origin),
+    )
+    server = HttpServer(app, sock, config.http_tls)
+    closed = False
+    async with trio.open_nursery() as nursery:
+
+        async def close() -> None:
+            nonlocal closed
+            if closed:
+                return
+            closed = True
+            server.close(SHUTDOWN_GRACE_SECONDS)
+            with trio.CancelScope(shield=True), trio.move_on_after(2 * SHUTDOWN_GRACE_SECONDS):
+                await serving.wait()
+            nursery.cancel_scope.cancel()
+            if listen.path is not None:
+                listen.path.unlink(missing_ok=True)
+
+        serving = trio.Event()
+
+        async def run() -> None:
+            try:
+                await call_asyncio(server.serve)
+            finally:
+                serving.set()
+
+        nursery.start_soon(run)
+        try:
+            yield bound, close
+        finally:
+            await close()
+
+
 async def serve(
     config: ServeConfig,
     stop: trio.Event,
@@ -187,9 +247,15 @@ async def serve(
         services = [service, health, *reflection([service, health])]
         async with (
             _grpc_server(services, sock, config.listen, config.tls) as close_server,
+            _http_server(config, service) as (http_bound, close_http),
             serving_metrics(config.metrics_listen, lambda: service.attached_node),
         ):
             log.info("listening on %s; opening the store in %s", bound, data_dir)
+            if http_bound is not None:
+                log.info(
+                    "the live page, and the API in Connect and gRPC-Web: %s (open it in a browser)",
+                    page_address(http_bound, config.http_tls),
+                )
             async with open_node(config.node) as node:
                 try:
                     service.attach(node)
@@ -238,5 +304,6 @@ async def serve(
                         )
                 finally:
                     # Before the node closes: calls under way finish on an open node.
+                    await close_http()
                     await close_server()
     log.info("stopped cleanly at sequence %d", node.head_sequence)

@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpclib.const
 import grpclib.server
+from betterproto2.casing import snake_case
 from grpclib import GRPCError
 from grpclib.const import Status
 from h2.exceptions import StreamClosedError
@@ -26,6 +27,7 @@ from peat_sync.node import (
     QueueFull,
     RequestError,
     StoreUnavailable,
+    Subscription,
     WriteRefused,
 )
 from peat_sync.node.collection_configs import CollectionConfig
@@ -116,6 +118,11 @@ _NODE_FREE = frozenset({GET_STATUS, *map(rpc_path, ATTACHMENT_RPCS)})
 StreamHandler = Callable[[grpclib.server.Stream[Any, Any]], Awaitable[None]]
 
 
+def grpc_error(error: RequestError) -> GRPCError:
+    """The gRPC status of a request the node refused, with the node's message."""
+    return GRPCError(_STATUS_OF[type(error)], str(error))
+
+
 def _peer_name(stream: grpclib.server.Stream[Any, Any]) -> str:
     address = stream.peer.addr()
     if not address:
@@ -183,11 +190,11 @@ class SidecarService(pb.PeatSidecarBase):
         # Read by `SubscribeRequest`, which tells upstream's query at field 2 from
         # since_sequence.
         mapping[SUBSCRIBE] = mapping[SUBSCRIBE]._replace(
-            func=functools.partial(self._subscribe, frame=_one_per_message),
+            func=functools.partial(self._subscribe, frame=one_per_message),
             request_type=SubscribeRequest,
         )
         mapping[SUBSCRIBE_BATCHED] = mapping[SUBSCRIBE_BATCHED]._replace(
-            func=functools.partial(self._subscribe, frame=_batched),
+            func=functools.partial(self._subscribe, frame=batched),
             request_type=SubscribeRequest,
         )
         for name, func, request_type, reply_type in (
@@ -202,52 +209,50 @@ class SidecarService(pb.PeatSidecarBase):
             mapping[rpc_path(rpc)] = grpclib.const.Handler(
                 functools.partial(_no_attachments, rpc), cardinality, bytes, bytes
             )
-        limits = self.admission.limits
         return {
-            name: handler._replace(
-                func=self._served(
-                    handler.func,
-                    needs_node=name not in _NODE_FREE,
-                    limit=(
-                        (limits.max_request_bytes, "--max-request-bytes")
-                        if name == WRITE_DOCUMENTS
-                        else (limits.max_message_bytes, "--max-message-bytes")
-                    ),
-                )
-            )
+            name: handler._replace(func=self._served(name, handler.func, handler.request_type))
             for name, handler in mapping.items()
         }
 
-    def _served(
-        self, handler: StreamHandler, *, needs_node: bool, limit: tuple[int, str]
-    ) -> StreamHandler:
-        """`handler`, counted while under way, its request bytes admitted within `limit`
-        (bytes, and the flag that sets them) and the budgets, with the node's request errors
-        turned into gRPC statuses with the node's message (a failed precondition, too); if it
-        `needs_node` (whether or not the RPC uses it), failing with UNAVAILABLE until the
-        node is attached and once it drains."""
+    @contextlib.contextmanager
+    def calling(self, path: str) -> Iterator[None]:
+        """A call of the RPC at `path`, over any transport: counted while under way, and,
+        unless the RPC answers without the node, refused with UNAVAILABLE until the node is
+        attached and once the server drains."""
+        if path not in _NODE_FREE:
+            if self._node is None:
+                raise GRPCError(Status.UNAVAILABLE, NODE_STARTING)
+            if self._draining:
+                raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
+        self._calls += 1
+        try:
+            yield
+        finally:
+            self._calls -= 1
+            if self._draining and self._calls == 0:
+                self._drained.set()
+
+    def _served(self, path: str, handler: StreamHandler, request_type: type) -> StreamHandler:
+        """`handler`, run as a call (`calling`), its request bytes admitted within the RPC's
+        limit and the budgets, with the node's request errors turned into gRPC statuses
+        with the node's message (a failed precondition, too)."""
+
+        limits = self.admission.limits
+        request_name = request_type.__name__
 
         @functools.wraps(handler)
         async def served(stream: grpclib.server.Stream[Any, Any]) -> None:
-            if needs_node and self._node is None:
-                raise GRPCError(Status.UNAVAILABLE, NODE_STARTING)
-            if needs_node and self._draining:
-                raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
-            self._calls += 1
             failure: GRPCError | None = None
-            try:
-                async with self.admission.admitting(stream, *limit):
-                    await handler(stream)
-            except RequestError as exc:
-                failure = GRPCError(_STATUS_OF[type(exc)], str(exc))
-            except PreconditionFailed as exc:
-                await _refuse_stale_write(stream, exc)
-            except GRPCError as exc:
-                failure = GRPCError(exc.status, exc.message, exc.details)
-            finally:
-                self._calls -= 1
-                if self._draining and self._calls == 0:
-                    self._drained.set()
+            with self.calling(path):
+                try:
+                    async with self.admission.admitting(stream, *limits.of(request_name)):
+                        await handler(stream)
+                except RequestError as exc:
+                    failure = grpc_error(exc)
+                except PreconditionFailed as exc:
+                    await _refuse_stale_write(stream, exc)
+                except GRPCError as exc:
+                    failure = GRPCError(exc.status, exc.message, exc.details)
             if failure is not None:
                 # Raised afresh, outside the handler's except: the original's traceback, with
                 # the frames that held the request's bytes, goes now, not when grpclib drops
@@ -372,9 +377,8 @@ class SidecarService(pb.PeatSidecarBase):
     # Decoded and answered with the runtime's C message classes (see `wire.message_class`):
     # the writes' share of the server's CPU.
 
-    async def _put_document(self, stream: grpclib.server.Stream[Any, Any]) -> None:
-        request = await stream.recv_message()
-        assert request is not None
+    async def put(self, request: Any) -> Any:
+        """PutDocument, in the runtime's classes."""
         expected = request.expected_sequence if request.HasField("expected_sequence") else None
         node = self.node
         sequence = await _committed(
@@ -384,11 +388,10 @@ class SidecarService(pb.PeatSidecarBase):
             request.doc_id,
             request.json_data,
         )
-        await stream.send_message(PutDocumentResponse(sequence=sequence))
+        return PutDocumentResponse(sequence=sequence)
 
-    async def _write_documents(self, stream: grpclib.server.Stream[Any, Any]) -> None:
-        request = await stream.recv_message()
-        assert request is not None
+    async def write(self, request: Any) -> Any:
+        """WriteDocuments, in the runtime's classes."""
         mutations = [
             Mutation(
                 write.collection,
@@ -399,7 +402,30 @@ class SidecarService(pb.PeatSidecarBase):
         ]
         node = self.node
         sequences = await _committed(node.write_nowait, node.write, mutations)
-        await stream.send_message(WriteDocumentsResponse(sequences=sequences))
+        return WriteDocumentsResponse(sequences=sequences)
+
+    async def _put_document(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        await stream.send_message(await self.put(request))
+
+    async def _write_documents(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        await stream.send_message(await self.write(request))
+
+    def answer(self, path: str) -> Callable[[Any], Awaitable[Any]]:
+        """The unary RPC at `path` as a function from its request message to its response,
+        for transports other than grpclib's; the request is of the class `__mapping__`
+        gives."""
+        if path == PUT_DOCUMENT:
+            return self.put
+        if path == WRITE_DOCUMENTS:
+            return self.write
+        rpc = path.rsplit("/", 1)[1]
+        if rpc in ATTACHMENT_RPCS:
+            return functools.partial(_no_attachment, rpc)
+        return cast(Callable[[Any], Awaitable[Any]], getattr(self, snake_case(rpc)))
 
     # Typed collections -------------------------------------------------------------------
 
@@ -500,25 +526,7 @@ class SidecarService(pb.PeatSidecarBase):
         # Read the request before streaming: an unread request holds flow-control window.
         request = await stream.recv_message()
         assert request is not None
-        await self._learn_stream_head(request.since_sequence)
-        with self.node.subscribe(
-            request.collections,
-            request.since_sequence,
-            epoch=request.epoch,
-            snapshot=request.snapshot,
-            peer=_peer_name(stream),
-            query=request.query,
-            legacy=request.legacy,
-        ) as subscription:
-            log.info(
-                "subscriber %s opened (collections: %s, since: %s, snapshot: %s%s%s)",
-                subscription.name,
-                subscription.describe_collections(),
-                request.since_sequence,
-                "yes" if request.snapshot or (request.legacy and request.collections) else "no",
-                ", with a query" if request.query else "",
-                ", legacy: UPSERT, DELETE and RESYNC only" if request.legacy else "",
-            )
+        async with self.subscription(request, _peer_name(stream)) as subscription:
             await stream.send_initial_metadata()  # then each message is only its bytes
             pump = BatchPump(functools.partial(subscription.next_batch, SEND_BATCH))
             stalled_after = self.node.config.stalled_after
@@ -531,7 +539,7 @@ class SidecarService(pb.PeatSidecarBase):
                 async with pump.running():
                     while True:
                         events = await pump.next()
-                        paced = frame is _one_per_message and feed.subscriber_count <= PACED_STREAMS
+                        paced = frame is one_per_message and feed.subscriber_count <= PACED_STREAMS
                         await send_within(
                             stream, frame(events), paced=paced, stalled_after=stalled_after
                         )
@@ -547,7 +555,7 @@ class SidecarService(pb.PeatSidecarBase):
                 await stream.send_trailing_metadata(
                     status=Status.UNAVAILABLE,
                     status_message="the server is shutting down; "
-                    + self._resume_advice(subscription.resume_point),
+                    + self.resume_advice(subscription.resume_point),
                 )
             except StreamStalled as stall:
                 self.node.stats.stalled_streams += 1
@@ -567,8 +575,36 @@ class SidecarService(pb.PeatSidecarBase):
                     stall,
                     f"cut off: the stream sent nothing for {stall.stalled_for:.1f}s because the"
                     " client did not read it (--stalled-stream-timeout); "
-                    + self._resume_advice(resume_point),
+                    + self.resume_advice(resume_point),
                 )
+
+    @contextlib.asynccontextmanager
+    async def subscription(
+        self, request: SubscribeRequest, peer: str
+    ) -> AsyncIterator[Subscription]:
+        """The node's subscription for `request` from `peer`, over any transport, logged as
+        it opens and closes."""
+        await self._learn_stream_head(request.since_sequence)
+        with self.node.subscribe(
+            request.collections,
+            request.since_sequence,
+            epoch=request.epoch,
+            snapshot=request.snapshot,
+            peer=peer,
+            query=request.query,
+            legacy=request.legacy,
+        ) as subscription:
+            log.info(
+                "subscriber %s opened (collections: %s, since: %s, snapshot: %s%s%s)",
+                subscription.name,
+                subscription.describe_collections(),
+                request.since_sequence,
+                "yes" if request.snapshot or (request.legacy and request.collections) else "no",
+                ", with a query" if request.query else "",
+                ", legacy: UPSERT, DELETE and RESYNC only" if request.legacy else "",
+            )
+            try:
+                yield subscription
             finally:
                 log.info(
                     "subscriber %s closed at sequence %d",
@@ -587,7 +623,7 @@ class SidecarService(pb.PeatSidecarBase):
             head = await asyncio.wait_for(replica.link.last_sequence(), STREAM_HEAD_WAIT)
             replica.stream_head = max(replica.stream_head, head)
 
-    def _resume_advice(self, resume_point: int | None) -> str:
+    def resume_advice(self, resume_point: int | None) -> str:
         """What a subscriber whose stream ends at `resume_point` resubscribes with."""
         if resume_point is None:
             return "resubscribe with snapshot=true: the snapshot was not complete"
@@ -606,6 +642,10 @@ def _collection_config(config: CollectionConfig) -> pb.CollectionConfig:
 async def _no_attachments(rpc: str, stream: grpclib.server.Stream[Any, Any]) -> None:
     """Asyncio-flavoured: answer an attachment RPC UNIMPLEMENTED, its request unread (grpclib
     resets the stream after a failed status, which gives back its flow-control window)."""
+    await _no_attachment(rpc, None)
+
+
+async def _no_attachment(rpc: str, request: object) -> None:
     raise GRPCError(Status.UNIMPLEMENTED, NO_ATTACHMENTS.format(rpc=rpc))
 
 
@@ -637,12 +677,12 @@ async def _committed(
         return cast(T, await call_trio(wait, *args))
 
 
-def _one_per_message(events: list[ChangeEvent]) -> Iterator[bytes]:
+def one_per_message(events: list[ChangeEvent]) -> Iterator[bytes]:
     """Subscribe: each event is one `DocumentChange` message."""
     return (event.encoded for event in events)
 
 
-def _batched(events: list[ChangeEvent]) -> Iterator[bytes]:
+def batched(events: list[ChangeEvent]) -> Iterator[bytes]:
     """SubscribeBatched: `DocumentChangeBatch` messages of up to `BATCH_MESSAGE_BYTES`, each
     the concatenation of its events' bytes, as the wire format of a repeated field allows."""
     parts: list[bytes] = []

@@ -1,0 +1,158 @@
+"""The HTTP listener's application: the API (Connect and gRPC-Web) under the service's
+path, the live page everywhere else, and CORS for the browser origins allowed.
+
+Asyncio-flavoured. Around the API it holds what HTTP needs of its own, as the gRPC port
+does for its requests:
+- a request's bytes are taken from the server's budget of request bytes in flight
+  (`--max-inflight-request-bytes`) before its body is read, and given back when its call
+  ends; its size is bounded by its RPC's limit (see `codecs`);
+- every send of a response must complete within `--stalled-stream-timeout`: a client that
+  reads nothing is cut off and its subscriber slot freed, while a slow reader is only slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from connectrpc.server import ConnectASGIApplication
+from starlette.middleware.cors import CORSMiddleware
+from starlette.staticfiles import StaticFiles
+
+from peat_sync.server.service import SidecarService
+from peat_sync.web.codecs import BinaryCodec, JsonCodec
+from peat_sync.web.endpoints import connect_endpoints
+from peat_sync.wire import CURRENT_SEQUENCE_TRAILER, SERVICE
+
+log = logging.getLogger("peat_sync.web")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+PAGE = Path(__file__).parent / "page"
+API_PREFIX = f"/{SERVICE}/"
+
+# What a browser may send and read across origins: Connect's and gRPC-Web's headers.
+CORS_REQUEST_HEADERS = [
+    "content-type",
+    "connect-protocol-version",
+    "connect-timeout-ms",
+    "connect-accept-encoding",
+    "connect-content-encoding",
+    "grpc-timeout",
+    "grpc-accept-encoding",
+    "x-grpc-web",
+    "x-user-agent",
+]
+CORS_RESPONSE_HEADERS = [
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    CURRENT_SEQUENCE_TRAILER,
+    f"trailer-{CURRENT_SEQUENCE_TRAILER}",
+]
+
+
+class _ConnectApp(ConnectASGIApplication[SidecarService]):
+    @property
+    def path(self) -> str:
+        return f"/{SERVICE}"
+
+
+class SendStalled(Exception):
+    """A send of a response made no progress for the stalled-stream timeout."""
+
+
+def web_app(service: SidecarService, *, stalled_after: float, cors_origins: list[str]) -> App:
+    """The listener's ASGI application for `service`."""
+    limits = service.admission.limits
+    largest = max(limits.max_message_bytes, limits.max_request_bytes)
+    api = _ConnectApp(
+        service=service,
+        endpoints=connect_endpoints,
+        codecs=[BinaryCodec(limits), JsonCodec(limits)],
+        read_max_bytes=largest,
+    )
+    page = StaticFiles(directory=PAGE, html=True)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return  # nothing to start or stop: the server's own block does that
+        if scope["path"].startswith(API_PREFIX):
+            await _guarded(api, service, stalled_after, largest, scope, receive, send)
+        else:
+            await page(scope, receive, send)
+
+    if not cors_origins:
+        return app
+    return CORSMiddleware(
+        app,
+        allow_origins=cors_origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=CORS_REQUEST_HEADERS,
+        expose_headers=CORS_RESPONSE_HEADERS,
+        max_age=7200,
+    )
+
+
+async def _guarded(
+    api: App,
+    service: SidecarService,
+    stalled_after: float,
+    largest: int,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+) -> None:
+    """Run `api` for one request within the budget of request bytes and the bound on
+    stalled sends."""
+    length = _content_length(scope)
+    held = min(largest if length is None else length, largest)
+    budget = service.admission.total
+    await budget.acquire(held)
+
+    async def send_within(message: Message) -> None:
+        try:
+            async with asyncio.timeout(stalled_after):
+                await send(message)
+        except TimeoutError:
+            raise SendStalled from None
+
+    try:
+        await api(scope, receive, send_within)
+    except SendStalled:
+        node = service.attached_node
+        if node is not None and scope["path"].endswith(("/Subscribe", "/SubscribeBatched")):
+            node.stats.stalled_streams += 1
+        log.warning(
+            "%s from %s stalled: no send completed for %gs (--stalled-stream-timeout), its"
+            " client reading nothing; cutting it off",
+            scope["path"].removeprefix(API_PREFIX),
+            _client(scope),
+            stalled_after,
+        )
+    finally:
+        budget.release(held)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return max(int(value), 0)
+            except ValueError:
+                return None
+    return None
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    if not client:
+        return "a unix socket"
+    return f"{client[0]}:{client[1]}"
