@@ -117,6 +117,20 @@ def page_address(address: ListenAddress, tls_context: ssl.SSLContext | None) -> 
     return f"{'https' if tls_context else 'http'}://{host}:{address.port}/"
 
 
+def _warn_if_open(
+    listen: ListenAddress, bound: ListenAddress, tls_context: ssl.SSLContext | None
+) -> None:
+    """Warn of a port that every interface reaches in plaintext."""
+    if tls_context is None and _listens_everywhere(listen):
+        log.warning(
+            "listening on every interface (%s) without TLS: anyone who can reach this port"
+            " can read and change every document, and see the traffic; serve TLS with"
+            " --tls-cert/--tls-key (and --tls-client-ca to admit only known clients), or"
+            " listen on loopback (tcp://127.0.0.1:PORT)",
+            bound,
+        )
+
+
 def _listens_everywhere(address: ListenAddress) -> bool:
     """Whether `address` is every interface of the machine (0.0.0.0, ::, or no host)."""
     if address.path is not None:
@@ -174,6 +188,7 @@ async def _http_server(
     from peat_sync.web.listener import HttpServer
 
     sock, bound = _bind(listen, config.node.heartbeat_interval)
+    _warn_if_open(listen, bound, config.http_tls)
     app = web_app(
         service,
         stalled_after=config.node.stalled_after,
@@ -231,14 +246,7 @@ async def serve(
     from peat_sync.server.standard import Health, reflection, service_names
 
     sock, bound = _bind(config.listen, config.node.heartbeat_interval)
-    if config.tls is None and _listens_everywhere(config.listen):
-        log.warning(
-            "listening on every interface (%s) without TLS: anyone who can reach this port"
-            " can read and change every document, and see the traffic; serve TLS with"
-            " --tls-cert/--tls-key (and --tls-client-ca to admit only known clients), or"
-            " listen on loopback (tcp://127.0.0.1:PORT)",
-            bound,
-        )
+    _warn_if_open(config.listen, bound, config.tls)
     _create_data_dir(config.node.data_dir)
     data_dir = config.node.data_dir.resolve()
     async with open_asyncio_loop():

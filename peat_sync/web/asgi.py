@@ -20,6 +20,7 @@ from typing import Any
 
 from connectrpc.server import ConnectASGIApplication
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.staticfiles import StaticFiles
 
 from peat_sync.server.service import SidecarService
@@ -79,7 +80,8 @@ def web_app(service: SidecarService, *, stalled_after: float, cors_origins: list
         codecs=[BinaryCodec(limits), JsonCodec(limits)],
         read_max_bytes=largest,
     )
-    page = StaticFiles(directory=PAGE, html=True)
+    # Missing files answer 404, not a server error.
+    page = ExceptionMiddleware(StaticFiles(directory=PAGE, html=True))
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -10,6 +10,7 @@ the `peat-sync` commands all connect over real sockets.
 from __future__ import annotations
 
 import datetime
+import http.client
 import ipaddress
 import os
 import ssl
@@ -28,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from peat_sync.bench.launcher import ServerProcess
 from peat_sync.client import ChangeType, Client, Unavailable
 from peat_sync.tls import client_context
+from tests.helpers import connect_http
 from tests.helpers.cli import assert_one_line_error, run_cli
 from tests.helpers.clients import GrpcioApi, GrpcioClient, get, put, status
 from tests.helpers.servers import StartServer
@@ -549,15 +551,31 @@ def test_unix_socket_is_for_its_owner_only(
         client.close()
 
 
+def test_the_http_listener_serves_tls_with_the_same_certificate(
+    tls_server: ServerProcess, pki: Pki
+) -> None:
+    assert tls_server.http_url.startswith("https://127.0.0.1:")
+    trusting = ssl.create_default_context(cafile=pki.ca)
+    reply = connect_http.call(tls_server.http_url, "GetStatus", tls=trusting)
+    assert reply.status == 200
+    assert reply.body["phase"] == "NODE_PHASE_READY"
+    # Not in plaintext, and not to a client that does not trust its CA.
+    plaintext = tls_server.http_url.replace("https://", "http://")
+    with pytest.raises((ConnectionError, http.client.HTTPException)):
+        connect_http.call(plaintext, "GetStatus")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        connect_http.call(tls_server.http_url, "GetStatus", tls=ssl.create_default_context())
+
+
 EVERY_INTERFACE_WARNING = "listening on every interface (tcp://0.0.0.0:"
 
 
 def test_plaintext_on_every_interface_is_warned_about(
     start_server: StartServer, grpcio_api: GrpcioApi
 ) -> None:
-    server = start_server(listen="tcp://0.0.0.0:0")
+    server = start_server("--http-listen", "tcp://0.0.0.0:0", listen="tcp://0.0.0.0:0")
     warnings = [line for line in server.log.splitlines() if EVERY_INTERFACE_WARNING in line]
-    assert len(warnings) == 1, server.log
+    assert len(warnings) == 2, server.log  # one for each port
     assert " WARNING " in warnings[0]
     for advice in ("without TLS", "--tls-cert/--tls-key", "loopback"):
         assert advice in warnings[0], warnings[0]
