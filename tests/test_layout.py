@@ -23,7 +23,7 @@ ASYNCIO_SIDE = {
     "betterproto2_grpclib",
     "nats",
     "connectrpc",
-    "hypercorn",
+    "anycorn",
     "starlette",
 }
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpclib.const
@@ -526,7 +526,8 @@ class SidecarService(pb.PeatSidecarBase):
         # Read the request before streaming: an unread request holds flow-control window.
         request = await stream.recv_message()
         assert request is not None
-        async with self.subscription(request, _peer_name(stream)) as subscription:
+        await self.learn_stream_head(request.since_sequence)
+        with self.opened_subscription(request, _peer_name(stream)) as subscription:
             await stream.send_initial_metadata()  # then each message is only its bytes
             pump = BatchPump(functools.partial(subscription.next_batch, SEND_BATCH))
             stalled_after = self.node.config.stalled_after
@@ -578,13 +579,10 @@ class SidecarService(pb.PeatSidecarBase):
                     + self.resume_advice(resume_point),
                 )
 
-    @contextlib.asynccontextmanager
-    async def subscription(
-        self, request: SubscribeRequest, peer: str
-    ) -> AsyncIterator[Subscription]:
+    @contextlib.contextmanager
+    def opened_subscription(self, request: SubscribeRequest, peer: str) -> Iterator[Subscription]:
         """The node's subscription for `request` from `peer`, over any transport, logged as
-        it opens and closes."""
-        await self._learn_stream_head(request.since_sequence)
+        it opens and closes. Learn the stream's head first (`learn_stream_head`)."""
         with self.node.subscribe(
             request.collections,
             request.since_sequence,
@@ -612,10 +610,10 @@ class SidecarService(pb.PeatSidecarBase):
                     subscription.position,
                 )
 
-    async def _learn_stream_head(self, since: int | None) -> None:
-        """Shared mode: a position from another sidecar can be ahead of what this one has
-        applied. Learn the stream's head before judging it, so that it is followed (once this
-        sidecar gets there) rather than refused as ahead."""
+    async def learn_stream_head(self, since: int | None) -> None:
+        """Asyncio-flavoured. Shared mode: a position from another sidecar can be ahead of
+        what this one has applied. Learn the stream's head before judging it, so that it is
+        followed (once this sidecar gets there) rather than refused as ahead."""
         replica = self.node.replica
         if replica is None or since is None or since <= replica.stream_head:
             return

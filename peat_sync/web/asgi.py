@@ -85,8 +85,8 @@ def web_app(service: SidecarService, *, stalled_after: float, cors_origins: list
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            return  # nothing to start or stop: the server's own block does that
-        if scope["path"].startswith(API_PREFIX):
+            await _no_lifespan(receive, send)
+        elif scope["path"].startswith(API_PREFIX):
             await _guarded(api, service, stalled_after, largest, scope, receive, send)
         else:
             await page(scope, receive, send)
@@ -116,7 +116,7 @@ async def _guarded(
     stalled sends."""
     length = _content_length(scope)
     held = min(largest if length is None else length, largest)
-    budget = service.admission.total
+    budget = service.admission.total  # shared with the gRPC port
     await budget.acquire(held)
 
     async def send_within(message: Message) -> None:
@@ -141,6 +141,15 @@ async def _guarded(
         )
     finally:
         budget.release(held)
+
+
+async def _no_lifespan(receive: Receive, send: Send) -> None:
+    """Nothing to start or stop with the server: `serve` opens and closes the node."""
+    while True:
+        message = await receive()
+        await send({"type": f"{message['type']}.complete"})
+        if message["type"] == "lifespan.shutdown":
+            return
 
 
 def _content_length(scope: Scope) -> int | None:

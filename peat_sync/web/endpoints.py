@@ -128,8 +128,9 @@ async def _subscribe(
     subscription then catches up or resyncs as on the gRPC port; one that reads nothing is
     cut off by the listener (see `asgi`)."""
     with _connect_errors(context), service.calling(path):
+        await service.learn_stream_head(request.since_sequence)
         peer = context.client_address or "unix socket"
-        async with service.subscription(request, peer) as subscription:
+        with service.opened_subscription(request, peer) as subscription:
             pump = BatchPump(functools.partial(subscription.next_batch, SEND_BATCH))
             async with pump.running():
                 while True:

@@ -1,5 +1,11 @@
-"""hypercorn serving the listener's application on a bound socket, over HTTP/1.1 and h2c,
-or TLS. Asyncio-flavoured: the trio side runs it through the bridge."""
+"""anycorn serving the listener's application on a bound socket, over HTTP/1.1 and h2c, or
+TLS. Asyncio-flavoured (anycorn runs on AnyIO, here on asyncio): the trio side runs it
+through the bridge.
+
+anycorn is hypercorn's fork on AnyIO. It is used for the fixes hypercorn lacks: an HTTP/2
+stream whose client grants no window must hold its writer back (flow control, the bound on
+a slow subscriber's memory), and a request body arriving for a stream already answered must
+not end the connection's task with an error."""
 
 from __future__ import annotations
 
@@ -9,9 +15,9 @@ import socket
 import ssl
 from typing import Any, cast
 
-from hypercorn.asyncio.run import worker_serve
-from hypercorn.config import Config, Sockets
-from hypercorn.utils import wrap_app
+from anycorn.config import Config, Sockets
+from anycorn.run import worker_serve
+from anycorn.utils import wrap_app
 
 from peat_sync.web.asgi import App
 
@@ -24,7 +30,7 @@ MAX_HEADER_BYTES = 64 * 1024
 
 
 class _Config(Config):
-    """hypercorn's configuration, with the server's own TLS context."""
+    """anycorn's configuration, with the server's own TLS context."""
 
     def __init__(self, tls: ssl.SSLContext | None) -> None:
         super().__init__()
@@ -34,14 +40,13 @@ class _Config(Config):
     def ssl_enabled(self) -> bool:
         return self._tls is not None
 
-    def create_ssl_context(self) -> ssl.SSLContext:
-        assert self._tls is not None
+    def create_ssl_context(self) -> ssl.SSLContext | None:
         return self._tls
 
 
 class HttpServer:
-    """Serves `app` on `sock` until `close`; with `tls`, over TLS (the context offers h2 and
-    http/1.1 through ALPN)."""
+    """Serves `app` on `sock` from `serve` until `close`; with `tls`, over TLS (the context
+    offers h2 and http/1.1 through ALPN)."""
 
     def __init__(self, app: App, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
         self._app = app
@@ -51,6 +56,9 @@ class HttpServer:
         config.ssl_handshake_timeout = TLS_HANDSHAKE_SECONDS
         config.h11_max_incomplete_size = MAX_HEADER_BYTES
         config.h2_max_header_list_size = MAX_HEADER_BYTES
+        # A client keeps its connection for as many calls as it likes, as on the gRPC port
+        # (the default closes it after 1,000, and clients differ in how they retry).
+        config.keep_alive_max_requests = 2**62
         config.include_server_header = False
         config.accesslog = None
         # Its start-up line repeats the server's own; its errors are worth a warning.
@@ -60,13 +68,17 @@ class HttpServer:
         self._closing = asyncio.Event()
 
     async def serve(self) -> None:
-        """Serve until `close`; then stop accepting connections, and give the requests
-        under way `grace` seconds (see `close`) to finish before cancelling them."""
+        """Serve until `close`; then stop accepting, and give the requests under way the
+        grace `close` gave."""
+
+        async def closing() -> None:
+            await self._closing.wait()
+
         await worker_serve(
             wrap_app(cast(Any, self._app), self._config.wsgi_max_body_size, "asgi"),
             self._config,
             sockets=self._sockets,
-            shutdown_trigger=self._closing.wait,
+            shutdown_trigger=closing,
         )
 
     def close(self, grace: float) -> None:
