@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,30 @@ from tests.browser.live_page import (
 from tests.helpers.clients import GrpcioApi, GrpcioClient, status
 from tests.helpers.servers import StartServer, stop_and_start
 from tests.helpers.waiting import wait_until
+
+# The burst written while the page's script is busy: about 8 MB, more than a browser and the
+# loopback sockets buffer for a stream nobody reads.
+BURST_WRITES = 100
+PAD = 80_000
+# Keeps the page's script busy (so it reads nothing) until the store has purged the tombstones
+# up to a sequence, asking GetStatus in Connect's JSON with synchronous requests: true once
+# purged, false after a timeout (ms).
+BUSY_UNTIL_PURGED = """
+const [sequence, timeout] = arguments;
+const deadline = Date.now() + timeout;
+while (Date.now() < deadline) {
+  const request = new XMLHttpRequest();
+  request.open("POST", "/peat.sidecar.v1.PeatSidecar/GetStatus", false);
+  request.setRequestHeader("Content-Type", "application/json");
+  request.send("{}");
+  if (Number(JSON.parse(request.responseText).catchUpFloor ?? 0) >= sequence) {
+    return true;
+  }
+  const pause = Date.now() + 20;
+  while (Date.now() < pause) {}
+}
+return false;
+"""
 
 # Markup in a doc_id and in a document: the page must show it as text.
 HOSTILE_ID = "<img src=x onerror=window.injected=1>"
@@ -238,5 +263,48 @@ def test_a_catch_up_patches_the_copy_and_a_resync_re_lists_it(
         readme = screenshot_to()
         if readme is not None:
             page.screenshot(readme)
+    finally:
+        client.close()
+
+
+def test_a_page_that_stops_reading_is_healed_and_equal_to_the_store(
+    start_server: StartServer, browser: WebDriver, grpcio_api: GrpcioApi
+) -> None:
+    """The page's script is kept busy (it reads nothing) while a burst of large writes fills
+    what the browser and the sockets buffer, on a server whose subscriber buffer holds 4
+    events and replay log 8: the server detaches the page's subscriber (a lag). Deletes
+    follow, and their tombstones are purged (`--tombstone-retention 0`) before the page reads
+    again: it gets RESYNC (slow consumer) and a snapshot, and shows the store."""
+    server = start_server(
+        "--broadcast-buffer-size", "4", "--replay-log-size", "8", "--tombstone-retention", "0"
+    )
+    client = connect(server, grpcio_api)
+    try:
+        writer = Writer(client, status(client)["epoch"])
+        for number in range(10):
+            writer.put("burst", f"d{number}", {"n": number})
+        page = open_page(browser, server)
+        wait_for_store(page, writer)
+
+        def burst() -> None:
+            for number in range(BURST_WRITES):
+                writer.put("bulk", f"b{number % 20:02d}", {"n": number, "pad": "x" * PAD})
+            # Deletes the page misses, being stalled by now.
+            for number in range(10):
+                writer.delete("burst", f"d{number}")
+
+        # The sequence of the last delete: the page reads again once its tombstone is purged.
+        last_delete = 10 + BURST_WRITES + 10
+        busy = threading.Thread(target=burst)
+        busy.start()
+        purged = browser.execute_script(BUSY_UNTIL_PURGED, last_delete, PAGE_TIMEOUT * 1000)
+        busy.join(PAGE_TIMEOUT)
+        assert not busy.is_alive(), "the burst did not end"
+        assert purged, f"the tombstones up to {last_delete} were not purged: {status(client)}"
+        assert status(client)["lag_events"] >= 1, f"no lag:\n{server.log}"
+        shown = wait_for_store(page, writer)
+        assert set(shown.documents) == {"bulk"}
+        [resync] = page.wait_for_notice("resync")
+        assert "slow consumer" in resync
     finally:
         client.close()
