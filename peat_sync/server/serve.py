@@ -117,6 +117,17 @@ def page_address(address: ListenAddress, tls_context: ssl.SSLContext | None) -> 
     return f"{'https' if tls_context else 'http'}://{host}:{address.port}/"
 
 
+def _log_unhandled(loop: Any, context: dict[str, Any]) -> None:
+    """An error that no handler took, on one connection, say, is logged: trio_asyncio's own
+    handler would raise it into the server and end it, for every client."""
+    exception = context.get("exception")
+    log.error(
+        "an error nothing handled (the server goes on): %s",
+        context.get("message") or "no message",
+        exc_info=exception if isinstance(exception, BaseException) else None,
+    )
+
+
 def _warn_if_open(
     listen: ListenAddress, bound: ListenAddress, tls_context: ssl.SSLContext | None
 ) -> None:
@@ -249,7 +260,8 @@ async def serve(
     _warn_if_open(config.listen, bound, config.tls)
     _create_data_dir(config.node.data_dir)
     data_dir = config.node.data_dir.resolve()
-    async with open_asyncio_loop():
+    async with open_asyncio_loop() as loop:
+        loop.set_exception_handler(_log_unhandled)
         service = SidecarService(config.node.node_id, str(bound), config.request_limits)
         health = Health(service_names([service]))
         services = [service, health, *reflection([service, health])]

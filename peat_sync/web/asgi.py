@@ -26,7 +26,7 @@ from starlette.staticfiles import StaticFiles
 from peat_sync.server.service import SidecarService
 from peat_sync.web.codecs import BinaryCodec, JsonCodec
 from peat_sync.web.endpoints import connect_endpoints
-from peat_sync.wire import CURRENT_SEQUENCE_TRAILER, SERVICE
+from peat_sync.wire import CURRENT_SEQUENCE_TRAILER, SERVICE, WRITE_DOCUMENTS
 
 log = logging.getLogger("peat_sync.web")
 
@@ -113,11 +113,34 @@ async def _guarded(
     send: Send,
 ) -> None:
     """Run `api` for one request within the budget of request bytes and the bound on
-    stalled sends."""
+    stalled sends.
+
+    A body of a known length holds that many bytes; one of unknown length (a stream's)
+    holds its RPC's limit while it arrives. Once it is in, it holds what it is, so a
+    long-lived stream does not keep the room its request might have taken."""
     length = _content_length(scope)
-    held = min(largest if length is None else length, largest)
+    if length is None:
+        limits = service.admission.limits
+        held = (
+            limits.max_request_bytes
+            if scope["path"] == WRITE_DOCUMENTS
+            else limits.max_message_bytes
+        )
+    else:
+        held = min(length, largest)
     budget = service.admission.total  # shared with the gRPC port
     await budget.acquire(held)
+    received = 0
+
+    async def receive_counted() -> Message:
+        nonlocal held, received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if not message.get("more_body", False) and received < held:
+                budget.release(held - received)
+                held = received
+        return message
 
     async def send_within(message: Message) -> None:
         try:
@@ -127,7 +150,7 @@ async def _guarded(
             raise SendStalled from None
 
     try:
-        await api(scope, receive, send_within)
+        await api(scope, receive_counted, send_within)
     except SendStalled:
         node = service.attached_node
         if node is not None and scope["path"].endswith(("/Subscribe", "/SubscribeBatched")):
