@@ -1,22 +1,11 @@
 """The HTTP listener's application: the API (Connect and gRPC-Web) under the service's
-path, the live page everywhere else, and CORS for the browser origins allowed.
-
-Asyncio-flavoured. Around the API it holds what HTTP needs of its own, as the gRPC port
-does for its requests:
-- a request's bytes are taken from the server's budget of request bytes in flight
-  (`--max-inflight-request-bytes`) before its body is read, and given back when its call
-  ends; its size is bounded by its RPC's limit (see `codecs`);
-- every send of a response must complete within `--stalled-stream-timeout`: a client that
-  reads nothing is cut off and its subscriber slot freed, while a slow reader is only slow.
-"""
+path, within the limits of `guard`; the live page everywhere else; and CORS for the browser
+origins allowed. Asyncio-flavoured."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import Any
 
 from connectrpc.server import ConnectASGIApplication
 from starlette.middleware.cors import CORSMiddleware
@@ -26,15 +15,8 @@ from starlette.staticfiles import StaticFiles
 from peat_sync.server.service import SidecarService
 from peat_sync.web.codecs import BinaryCodec, JsonCodec
 from peat_sync.web.endpoints import connect_endpoints
-from peat_sync.wire import CURRENT_SEQUENCE_TRAILER, SERVICE, WRITE_DOCUMENTS
-
-log = logging.getLogger("peat_sync.web")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
+from peat_sync.web.guard import App, Guard, Receive, Scope, Send
+from peat_sync.wire import CURRENT_SEQUENCE_TRAILER, SERVICE
 
 PAGE = Path(__file__).parent / "page"
 API_PREFIX = f"/{SERVICE}/"
@@ -66,10 +48,6 @@ class _ConnectApp(ConnectASGIApplication[SidecarService]):
         return f"/{SERVICE}"
 
 
-class SendStalled(Exception):
-    """A send of a response made no progress for the stalled-stream timeout."""
-
-
 def web_app(service: SidecarService, *, stalled_after: float, cors_origins: list[str]) -> App:
     """The listener's ASGI application for `service`."""
     limits = service.admission.limits
@@ -79,15 +57,20 @@ def web_app(service: SidecarService, *, stalled_after: float, cors_origins: list
         endpoints=connect_endpoints,
         codecs=[BinaryCodec(limits), JsonCodec(limits)],
         read_max_bytes=largest,
+        # No compression: a sidecar's clients are near, and gzip cost a stream a quarter of
+        # its CPU.
+        compressions=[],
     )
     # Missing files answer 404, not a server error.
     page = ExceptionMiddleware(StaticFiles(directory=PAGE, html=True))
 
+    guard = Guard(service, stalled_after, largest)
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _no_lifespan(receive, send)
+            await _lifespan(guard, receive, send)
         elif scope["path"].startswith(API_PREFIX):
-            await _guarded(api, service, stalled_after, largest, scope, receive, send)
+            await guard.call(api, scope, receive, send)
         else:
             await page(scope, receive, send)
 
@@ -103,90 +86,14 @@ def web_app(service: SidecarService, *, stalled_after: float, cors_origins: list
     )
 
 
-async def _guarded(
-    api: App,
-    service: SidecarService,
-    stalled_after: float,
-    largest: int,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-) -> None:
-    """Run `api` for one request within the budget of request bytes and the bound on
-    stalled sends.
-
-    A body of a known length holds that many bytes; one of unknown length (a stream's)
-    holds its RPC's limit while it arrives. Once it is in, it holds what it is, so a
-    long-lived stream does not keep the room its request might have taken."""
-    length = _content_length(scope)
-    if length is None:
-        limits = service.admission.limits
-        held = (
-            limits.max_request_bytes
-            if scope["path"] == WRITE_DOCUMENTS
-            else limits.max_message_bytes
-        )
-    else:
-        held = min(length, largest)
-    budget = service.admission.total  # shared with the gRPC port
-    await budget.acquire(held)
-    received = 0
-
-    async def receive_counted() -> Message:
-        nonlocal held, received
-        message = await receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if not message.get("more_body", False) and received < held:
-                budget.release(held - received)
-                held = received
-        return message
-
-    async def send_within(message: Message) -> None:
-        try:
-            async with asyncio.timeout(stalled_after):
-                await send(message)
-        except TimeoutError:
-            raise SendStalled from None
-
+async def _lifespan(guard: Guard, receive: Receive, send: Send) -> None:
+    """The guard's watch runs while the server does (`serve` opens and closes the node)."""
+    watch = asyncio.create_task(guard.watch())
     try:
-        await api(scope, receive_counted, send_within)
-    except SendStalled:
-        node = service.attached_node
-        if node is not None and scope["path"].endswith(("/Subscribe", "/SubscribeBatched")):
-            node.stats.stalled_streams += 1
-        log.warning(
-            "%s from %s stalled: no send completed for %gs (--stalled-stream-timeout), its"
-            " client reading nothing; cutting it off",
-            scope["path"].removeprefix(API_PREFIX),
-            _client(scope),
-            stalled_after,
-        )
+        while True:
+            message = await receive()
+            await send({"type": f"{message['type']}.complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
     finally:
-        budget.release(held)
-
-
-async def _no_lifespan(receive: Receive, send: Send) -> None:
-    """Nothing to start or stop with the server: `serve` opens and closes the node."""
-    while True:
-        message = await receive()
-        await send({"type": f"{message['type']}.complete"})
-        if message["type"] == "lifespan.shutdown":
-            return
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return max(int(value), 0)
-            except ValueError:
-                return None
-    return None
-
-
-def _client(scope: Scope) -> str:
-    client = scope.get("client")
-    if not client:
-        return "a unix socket"
-    return f"{client[0]}:{client[1]}"
+        watch.cancel()

@@ -19,7 +19,7 @@ from anycorn.config import Config, Sockets
 from anycorn.run import worker_serve
 from anycorn.utils import wrap_app
 
-from peat_sync.web.asgi import App
+from peat_sync.web.guard import App
 
 # A connection must send its request's headers within this many seconds of opening (or of
 # its previous request ending): a client that trickles them holds no connection for long.
