@@ -62,6 +62,7 @@ class ChildServer:
         self.env = dict(env or {})
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
+        self.http_url = ""  # where it serves HTTP, for a server that does
         self._lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
         self._changed = threading.Condition()
         self._serving = False
@@ -201,7 +202,6 @@ class ServerProcess(ChildServer):
         self.flags = flags
         self.listen = listen
         self.http_listen = http_listen
-        self.http_url = ""  # http://127.0.0.1:PORT/, once started
 
     @property
     def argv(self) -> list[str]:

@@ -56,6 +56,7 @@ class Server:
 
     target: str
     pid: int | None
+    http_url: str = ""  # its HTTP listener, http://HOST:PORT/, if it has one
 
     def rss(self) -> int | None:
         return None if self.pid is None else rss_bytes(self.pid)
@@ -73,7 +74,7 @@ def _running(process: ChildServer, name: str) -> Iterator[Server]:
     except ServerStartError:
         raise BenchError(f"{name} did not start: {process.last_words()}") from None
     try:
-        yield Server(process.address, process.pid)
+        yield Server(process.address, process.pid, process.http_url)
         if not process.running:
             raise BenchError(f"{name} exited during the run: {process.last_words()}")
     finally:

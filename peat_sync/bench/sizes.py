@@ -20,6 +20,7 @@ SCENARIO_SUMMARIES = {
     "idle": "server RSS with 1,000 idle subscribers",
     "batched": "WriteDocuments docs/s and SubscribeBatched replay events/s",
     "shared": "sidecars on one NATS stream: writes, a join, latency, / nats-py",
+    "connect": "Connect (h2c, HTTP/1.1) against gRPC from one Node client: stream, puts",
 }
 
 

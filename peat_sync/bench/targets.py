@@ -142,6 +142,15 @@ TARGETS = (
         at_least=False,
         unit="ms",
     ),
+    TargetSpec(
+        "connect_stream_vs_grpc",
+        "connect",
+        "connect_ratio",
+        "Connect Subscribe (binary, h2c) events/s / gRPC Subscribe, one Node client",
+        0.5,
+        at_least=True,
+        unit="x",
+    ),
 )
 
 

@@ -37,6 +37,7 @@ SCENARIOS = [
     "idle",
     "batched",
     "shared",
+    "connect",
 ]
 TARGETS = [
     "subscribe_vs_baseline",
@@ -50,6 +51,7 @@ TARGETS = [
     "shared_write_vs_publish",
     "shared_join_vs_replay",
     "shared_latency_p99",
+    "connect_stream_vs_grpc",
 ]
 # A difference of two growth rates: it may be negative, or nothing, on a quiet server.
 SIGNED_TARGETS = {"stalled_rss_growth"}

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from peat_sync.bench.report import ScenarioResult
 from peat_sync.bench.scenarios.batched import batched
+from peat_sync.bench.scenarios.connect import connect
 from peat_sync.bench.scenarios.context import Bench
 from peat_sync.bench.scenarios.fanout import fanout
 from peat_sync.bench.scenarios.idle import idle
@@ -39,4 +40,5 @@ SCENARIOS: dict[str, Callable[[Bench], ScenarioResult]] = {
     "idle": idle,
     "batched": batched,
     "shared": shared,
+    "connect": connect,
 }
