@@ -258,6 +258,12 @@ def test_a_catch_up_patches_the_copy_and_a_resync_re_lists_it(
         page.wait_for_notice("snapshot")
         shown = wait_for_store(page, writer)
         assert "t-1" not in shown.documents["tracks"]
+        # The status panel is polled: the picture shows it once it has caught up too.
+        wait_until(
+            lambda: page.status("head_sequence") == str(shown.sequence),
+            timeout=PAGE_TIMEOUT,
+            what="the status panel to show the head",
+        )
 
         page.screenshot(tmp_path / "live-page.png")
         readme = screenshot_to()

@@ -270,3 +270,10 @@ def test_bad_http_options_exit_2_with_one_line(flag: str, value: str, says: str)
     result = run_cli("serve", flag, value)
     assert result.returncode == 2
     assert_one_line_error(result, flag, says)
+
+
+def test_a_client_that_trickles_its_headers_is_dropped(server: ServerProcess) -> None:
+    port = int(server.http_url.rsplit(":", 1)[1].rstrip("/"))
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
+        slow.sendall(b"GET / HTTP/1.1\r\nHost: peat\r\n")  # and never the blank line
+        assert slow.recv(100) == b""  # closed: within the header timeout, not the socket's
