@@ -110,11 +110,11 @@ def _create_data_dir(path: Path) -> None:
 
 
 def page_address(address: ListenAddress, tls_context: ssl.SSLContext | None) -> str:
-    """Where a browser opens the HTTP listener at `address`."""
+    """Where the HTTP listener at `address` is reached, and how."""
     if address.path is not None:
-        return f"{address} (HTTP over a unix socket)"
+        return f"{address} (HTTP over a unix socket: through a proxy, or curl --unix-socket)"
     host = f"[{address.host}]" if ":" in address.host else address.host
-    return f"{'https' if tls_context else 'http'}://{host}:{address.port}/"
+    return f"{'https' if tls_context else 'http'}://{host}:{address.port}/ (open it in a browser)"
 
 
 def _log_unhandled(loop: Any, context: dict[str, Any]) -> None:
@@ -273,7 +273,7 @@ async def serve(
             log.info("listening on %s; opening the store in %s", bound, data_dir)
             if http_bound is not None:
                 log.info(
-                    "the live page, and the API in Connect and gRPC-Web: %s (open it in a browser)",
+                    "the live page, and the API in Connect and gRPC-Web: %s",
                     page_address(http_bound, config.http_tls),
                 )
             async with open_node(config.node) as node:

@@ -5,6 +5,7 @@ CORS, and its options. The Connect-Node and browser tests cover the other client
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -277,3 +278,38 @@ def test_a_client_that_trickles_its_headers_is_dropped(server: ServerProcess) ->
     with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
         slow.sendall(b"GET / HTTP/1.1\r\nHost: peat\r\n")  # and never the blank line
         assert slow.recv(100) == b""  # closed: within the header timeout, not the socket's
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=10)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(str(self._path))
+
+
+def test_the_http_listener_serves_a_unix_socket(
+    start_server: StartServer, socket_dir: Path
+) -> None:
+    path = socket_dir / "http.sock"
+    server = start_server("--http-listen", f"unix://{path}")
+    assert f"Connect and gRPC-Web: unix://{path} (HTTP over a unix socket" in server.log
+    assert path.stat().st_mode & 0o777 == 0o600
+    conn = _UnixConnection(path)
+    try:
+        conn.request(
+            "POST",
+            "/peat.sidecar.v1.PeatSidecar/GetStatus",
+            body="{}",
+            headers={"content-type": "application/json"},
+        )
+        reply = conn.getresponse()
+        assert reply.status == 200
+        assert json.loads(reply.read())["phase"] == "NODE_PHASE_READY"
+    finally:
+        conn.close()
+    assert server.stop() == 0
+    assert not path.exists()  # removed on the way out
