@@ -10,13 +10,25 @@ from pathlib import Path
 
 from peat_sync.bench.launcher import server_env
 
-INTEROP = Path(__file__).resolve().parents[2] / "interop"
-CONNECT_NODE = INTEROP / "connect-node"
 NPM_TIMEOUT = 100.0  # under pytest's 120 s per test, which counts a fixture's set-up
 
 
 class NodeClientError(Exception):
     """A Node client cannot run here; the message says why."""
+
+
+def interop_client(name: str) -> Path:
+    """The directory of the client `name` of interop/: beside the package in a checkout (an
+    editable install), else under the current directory (a checkout with the package
+    installed from it)."""
+    for checkout in (Path(__file__).resolve().parents[2], Path.cwd()):
+        directory = checkout / "interop" / name
+        if (directory / "package-lock.json").exists():
+            return directory
+    raise NodeClientError(
+        f"interop/{name} is not here: run this from a checkout of the repository, which has"
+        " the Node clients"
+    )
 
 
 def node_home() -> Path:
@@ -50,10 +62,6 @@ def install_dependencies(directory: Path) -> None:
     install as new as its lock file: npm writes node_modules/.package-lock.json last, so its
     age tells. NodeClientError, with npm's output, if the install fails."""
     lock = directory / "package-lock.json"
-    if not lock.exists():
-        raise NodeClientError(
-            f"{directory} is not here: the Node clients come with a checkout of the repository"
-        )
     installed = directory / "node_modules" / ".package-lock.json"
     if installed.exists() and installed.stat().st_mtime >= lock.stat().st_mtime:
         return

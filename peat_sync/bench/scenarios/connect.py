@@ -13,11 +13,12 @@ import json
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from peat_sync.bench.node_clients import (
-    CONNECT_NODE,
     NodeClientError,
     install_dependencies,
+    interop_client,
     node,
     node_env,
 )
@@ -50,7 +51,7 @@ class Run:
     latency: Latency | None
 
 
-def _client(server: Server, protocol: Protocol, *args: str) -> dict[str, object]:
+def _client(client: Path, server: Server, protocol: Protocol, *args: str) -> dict[str, object]:
     url = f"http://{server.target}" if protocol.grpc_port else server.http_url.rstrip("/")
     command = [
         str(node()),
@@ -62,7 +63,7 @@ def _client(server: Server, protocol: Protocol, *args: str) -> dict[str, object]
     try:
         done = subprocess.run(
             command,
-            cwd=CONNECT_NODE,
+            cwd=client,
             env=node_env(),
             capture_output=True,
             text=True,
@@ -76,9 +77,9 @@ def _client(server: Server, protocol: Protocol, *args: str) -> dict[str, object]
     return result
 
 
-def _measured(server: Server, protocol: Protocol, *args: str) -> Run:
+def _measured(client: Path, server: Server, protocol: Protocol, *args: str) -> Run:
     with cpu_of(server) as cpu:
-        result = _client(server, protocol, *args)
+        result = _client(client, server, protocol, *args)
     count = int(str(result["count"]))
     latencies = result.get("latencies_ms")
     latency = None
@@ -115,7 +116,8 @@ def connect(bench: Bench) -> ScenarioResult:
         f" events from the replay log, and {calls:,} PutDocument calls, {clients} at a time",
     )
     try:
-        install_dependencies(CONNECT_NODE)
+        client = interop_client("connect-node")
+        install_dependencies(client)
     except NodeClientError as exc:
         raise BenchError(str(exc)) from None
     with bench.server() as server:
@@ -125,11 +127,17 @@ def connect(bench: Bench) -> ScenarioResult:
         last, _ = head(server)
         since, until = str(last - events), str(last)
         streams = [
-            [_measured(server, protocol, "subscribe", since, until) for protocol in PROTOCOLS]
+            [
+                _measured(client, server, protocol, "subscribe", since, until)
+                for protocol in PROTOCOLS
+            ]
             for _ in bench.each_run(f"{events:,} events over gRPC, Connect h2c, Connect HTTP/1.1")
         ]
         puts = [
-            [_measured(server, protocol, "put", str(calls), str(clients)) for protocol in PROTOCOLS]
+            [
+                _measured(client, server, protocol, "put", str(calls), str(clients))
+                for protocol in PROTOCOLS
+            ]
             for _ in bench.each_run(f"{calls:,} puts over gRPC, Connect h2c, Connect HTTP/1.1")
         ]
         result.rows += _rows(streams, "Subscribe", server)
