@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import weakref
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,31 +104,44 @@ class RequestAdmission:
     def inflight_bytes(self) -> int:
         return self.total.used
 
-    @asynccontextmanager
-    async def admitting(
-        self, stream: grpclib.server.Stream[Any, Any], limit: int, flag: str
-    ) -> AsyncIterator[None]:
+    def per_connection(self, connection: Any) -> ByteBudget:
+        """The budget of request bytes of `connection`."""
+        budget = self._per_connection.get(connection)
+        if budget is None:
+            budget = self._per_connection[connection] = ByteBudget(self.limits.max_request_bytes)
+        return budget
+
+    def admit(self, stream: grpclib.server.Stream[Any, Any], limit: int, flag: str) -> Held:
         """For the call on `stream`: refuse request messages over `limit` bytes (`flag` is the
-        option that sets it), admit the others within the budgets, and give their bytes
-        back when the block ends."""
-        connection = stream._stream.connection
-        held: list[tuple[ByteBudget, int]] = []
+        option that sets it), and admit the others within the budgets as their lengths
+        arrive. The call gives their bytes back with `release` when it ends."""
+        held = Held(self, stream._stream.connection, limit, flag)
+        on_request_length(stream, held.admit)
+        return held
 
-        async def admit(length: int) -> None:
-            if length > limit:
-                raise GRPCError(Status.RESOURCE_EXHAUSTED, too_large(length, limit, flag))
-            budget = self._per_connection.get(connection)
-            if budget is None:
-                budget = self._per_connection[connection] = ByteBudget(
-                    self.limits.max_request_bytes
-                )
-            for each in (budget, self.total):
-                await each.acquire(length)
-                held.append((each, length))
 
-        on_request_length(stream, admit)
-        try:
-            yield
-        finally:
-            for budget, size in held:
-                budget.release(size)
+class Held:
+    """The request bytes one call holds of its connection's budget and the server's."""
+
+    __slots__ = ("_admission", "_connection", "_flag", "_held", "_limit")
+
+    def __init__(self, admission: RequestAdmission, connection: Any, limit: int, flag: str) -> None:
+        self._admission = admission
+        self._connection = connection
+        self._limit = limit
+        self._flag = flag
+        self._held: list[tuple[ByteBudget, int]] = []
+
+    async def admit(self, length: int) -> None:
+        if length > self._limit:
+            raise GRPCError(Status.RESOURCE_EXHAUSTED, too_large(length, self._limit, self._flag))
+        admission = self._admission
+        budget = admission.per_connection(self._connection)
+        for each in (budget, admission.total):
+            await each.acquire(length)
+            self._held.append((each, length))
+
+    def release(self) -> None:
+        for budget, size in self._held:
+            budget.release(size)
+        self._held.clear()

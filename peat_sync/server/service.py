@@ -118,6 +118,23 @@ _NODE_FREE = frozenset({GET_STATUS, *map(rpc_path, ATTACHMENT_RPCS)})
 StreamHandler = Callable[[grpclib.server.Stream[Any, Any]], Awaitable[None]]
 
 
+class _Call:
+    """A call under way (see `SidecarService.calling`): a plain class, since a generator's
+    context manager cost a unary call a few percent of its CPU."""
+
+    __slots__ = ("_service",)
+
+    def __init__(self, service: SidecarService) -> None:
+        self._service = service
+        service._calls += 1
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._service.call_ended()
+
+
 def grpc_error(error: RequestError) -> GRPCError:
     """The gRPC status of a request the node refused, with the node's message."""
     return GRPCError(_STATUS_OF[type(error)], str(error))
@@ -214,45 +231,44 @@ class SidecarService(pb.PeatSidecarBase):
             for name, handler in mapping.items()
         }
 
-    @contextlib.contextmanager
-    def calling(self, path: str) -> Iterator[None]:
-        """A call of the RPC at `path`, over any transport: counted while under way, and,
-        unless the RPC answers without the node, refused with UNAVAILABLE until the node is
-        attached and once the server drains."""
+    def calling(self, path: str) -> _Call:
+        """A call of the RPC at `path`, over any transport, for `with`: counted while under
+        way, and, unless the RPC answers without the node, refused with UNAVAILABLE until
+        the node is attached and once the server drains."""
         if path not in _NODE_FREE:
             if self._node is None:
                 raise GRPCError(Status.UNAVAILABLE, NODE_STARTING)
             if self._draining:
                 raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
-        self._calls += 1
-        try:
-            yield
-        finally:
-            self._calls -= 1
-            if self._draining and self._calls == 0:
-                self._drained.set()
+        return _Call(self)
+
+    def call_ended(self) -> None:
+        self._calls -= 1
+        if self._draining and self._calls == 0:
+            self._drained.set()
 
     def _served(self, path: str, handler: StreamHandler, request_type: type) -> StreamHandler:
         """`handler`, run as a call (`calling`), its request bytes admitted within the RPC's
         limit and the budgets, with the node's request errors turned into gRPC statuses
         with the node's message (a failed precondition, too)."""
-
-        limits = self.admission.limits
-        request_name = request_type.__name__
+        limit, flag = self.admission.limits.of(request_type.__name__)
+        admission = self.admission
 
         @functools.wraps(handler)
         async def served(stream: grpclib.server.Stream[Any, Any]) -> None:
             failure: GRPCError | None = None
             with self.calling(path):
+                held = admission.admit(stream, limit, flag)
                 try:
-                    async with self.admission.admitting(stream, *limits.of(request_name)):
-                        await handler(stream)
+                    await handler(stream)
                 except RequestError as exc:
                     failure = grpc_error(exc)
                 except PreconditionFailed as exc:
                     await _refuse_stale_write(stream, exc)
                 except GRPCError as exc:
                     failure = GRPCError(exc.status, exc.message, exc.details)
+                finally:
+                    held.release()
             if failure is not None:
                 # Raised afresh, outside the handler's except: the original's traceback, with
                 # the frames that held the request's bytes, goes now, not when grpclib drops
