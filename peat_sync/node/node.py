@@ -24,6 +24,7 @@ from peat_sync.node.errors import (
     InvalidRequest,
     LimitExceeded,
     MustWait,
+    NodeClosed,
     RequestError,
     WriteRefused,
 )
@@ -45,6 +46,7 @@ from peat_sync.store import (
     PreconditionFailed,
     SQLiteStore,
     Store,
+    StoreClosed,
     StoredDocument,
 )
 from peat_sync.store.sqlite import StoreError
@@ -319,9 +321,7 @@ class Node:
         unless the caller's own condition failed."""
         attempt = 1
         while True:
-            plan = await plan_soft_deletes(
-                mutations, self.collection_configs.soft_deleting, self.get
-            )
+            plan = plan_soft_deletes(mutations, self.collection_configs.soft_deleting, self.get)
             writes = [write for write in plan.writes if write is not None]
             try:
                 changes = await self._producer.write(writes) if writes else []
@@ -335,10 +335,17 @@ class Node:
                 continue
             return plan.sequences(_sequences(changes))
 
-    async def get(self, collection: str, doc_id: str) -> StoredDocument | None:
+    def get(self, collection: str, doc_id: str) -> StoredDocument | None:
+        """The document, read on the caller's thread, from either side of the bridge: a
+        lookup by primary key takes microseconds (WAL readers never wait for the writer),
+        less than the hops to a trio task and a worker thread, which were most of a point
+        read's latency."""
         check_name("collection", collection)
         check_name("doc_id", doc_id)
-        return await read_store(self._store.get, collection, doc_id, limiter=self._read_limiter)
+        try:
+            return self._store.get(collection, doc_id)
+        except StoreClosed:
+            raise NodeClosed("the node is shutting down; retry against a running node") from None
 
     async def list_ids(self, collection: str) -> list[str]:
         check_name("collection", collection)

@@ -9,12 +9,12 @@ made in between is never overwritten with the older content.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from peat_sync.store import Mutation, PreconditionFailed, StoredDocument
 
-Read = Callable[[str, str], Awaitable[StoredDocument | None]]
+Read = Callable[[str, str], StoredDocument | None]
 
 
 def mark_deleted(json_data: str) -> str | None:
@@ -43,10 +43,10 @@ class SoftDeletePlan:
         return [0 if write is None else next(made) for write in self.writes]
 
 
-async def plan_soft_deletes(
+def plan_soft_deletes(
     mutations: Sequence[Mutation], soft_deleting: frozenset[str], read: Read
 ) -> SoftDeletePlan:
-    """Trio-flavoured: `mutations`, their deletes in the `soft_deleting` collections made
+    """`mutations`, their deletes in the `soft_deleting` collections made
     puts of the documents as `read` finds them (or as the request's earlier writes leave
     them). Raises `PreconditionFailed` when a caller's `expected_sequence` does not hold."""
     plan = SoftDeletePlan()
@@ -61,7 +61,7 @@ async def plan_soft_deletes(
         if key in written:
             json_data = written[key]
         else:
-            document = await read(*key)
+            document = read(*key)
             json_data = None if document is None else document.json_data
             if document is not None:
                 if expected is not None and expected != document.sequence:

@@ -371,7 +371,7 @@ class SidecarService(pb.PeatSidecarBase):
     # Documents ---------------------------------------------------------------------------
 
     async def get_document(self, message: pb.GetDocumentRequest) -> pb.GetDocumentResponse:
-        document = await call_trio(self.node.get, message.collection, message.doc_id)
+        document = self.node.get(message.collection, message.doc_id)
         if document is None:
             return pb.GetDocumentResponse()
         return pb.GetDocumentResponse(json_data=document.json_data, sequence=document.sequence)

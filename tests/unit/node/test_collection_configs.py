@@ -78,7 +78,7 @@ async def test_a_config_is_a_document_of_the_reserved_collection_and_survives_a_
             assert await node.set_collection_config(soft) == 0, "unchanged: nothing written"
             locked = config("ledger", DeletionPolicy.IMMUTABLE)
             assert await node.set_collection_config(locked) == 3
-            stored = await node.get(CONFIGS_COLLECTION, "notes")
+            stored = node.get(CONFIGS_COLLECTION, "notes")
             assert stored is not None
             assert stored.sequence == 2
             assert json.loads(stored.json_data) == {
@@ -173,7 +173,7 @@ async def test_immutable_refuses_deletes_and_a_request_holding_one_commits_nothi
                 await node.write([Mutation("other", "o1", "{}"), Mutation("ledger", "e1", None)])
             assert node.head_sequence == head, "nothing of the refused request is committed"
             assert await node.put("ledger", "e2", "{}") == head + 1, "puts are allowed"
-            assert await node.get("ledger", "e1") is not None
+            assert node.get("ledger", "e1") is not None
             await node.set_collection_config(config("ledger", DeletionPolicy.UNSPECIFIED))
             assert await node.delete("ledger", "e1") > 0, "UNSPECIFIED undoes the policy"
 
@@ -195,13 +195,13 @@ async def test_soft_delete_marks_the_document_and_the_server_removes_it_after_th
             deleted = await node.delete("notes", "n1")
             assert await node.delete("notes", "n1") == 0, "soft-deleted already"
             assert await node.delete("notes", "never") == 0
-            marked = await node.get("notes", "n1")
+            marked = node.get("notes", "n1")
             assert marked is not None
             assert marked.sequence == deleted
             assert json.loads(marked.json_data) == {"text": "keep me", "n": 1.5, "_deleted": True}
             assert await node.remove_expired(later(HOUR - 60)) == 0, "not yet"
             assert await node.remove_expired(later(HOUR + 60)) == 1
-            assert await node.get("notes", "n1") is None
+            assert node.get("notes", "n1") is None
             assert await node.list_ids("notes") == ["n2"], "a live document is kept"
             changes = await changes_of(node, ["notes"], since=base)
     assert changes == [
@@ -231,13 +231,13 @@ async def test_soft_delete_inside_write_documents_and_with_a_precondition(
                 ]
             )
             assert sequences == [first + 1, first + 2, first + 3, 0, first + 4]
-            n2 = await node.get("notes", "n2")
+            n2 = node.get("notes", "n2")
             assert n2 is not None
             assert json.loads(n2.json_data) == {"v": 2, "_deleted": True}
             assert await node.delete("notes", "n2", expected_sequence=first + 3) == 0
             revived = await node.put("notes", "n1", '{"v": 3}')
             assert await node.remove_expired(later(DAY)) == 0, "no TTL: kept for good"
-            n1 = await node.get("notes", "n1")
+            n1 = node.get("notes", "n1")
             assert n1 is not None
             assert (n1.sequence, n1.json_data) == (revived, '{"v": 3}')
 

@@ -43,15 +43,13 @@ async def test_put_get_list_delete(tmp_path: Path) -> None:
             assert await node.put("other", "o1", "{}") == 3
             assert await node.put("tasks", "t2", '{"state": "done"}') == 4
 
-            assert await node.get("tasks", "t2") == StoredDocument(
-                "tasks", "t2", '{"state": "done"}', 4
-            )
-            assert await node.get("tasks", "missing") is None
+            assert node.get("tasks", "t2") == StoredDocument("tasks", "t2", '{"state": "done"}', 4)
+            assert node.get("tasks", "missing") is None
             assert await node.list_ids("tasks") == ["t1", "t2"]
             assert [d.doc_id for d in await node.list_documents("tasks")] == ["t1", "t2"]
 
             assert await node.delete("tasks", "t1") == 5
-            assert await node.get("tasks", "t1") is None
+            assert node.get("tasks", "t1") is None
             assert await node.list_ids("tasks") == ["t2"]
             assert await node.delete("tasks", "t1") == 0
             assert await node.delete("tasks", "never") == 0

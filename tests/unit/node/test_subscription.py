@@ -552,7 +552,7 @@ async def test_closing_the_node_during_a_catch_up_ends_it_with_node_closed(
             async with running_node(tmp_path, replay_log_size=1) as node:
                 for number in range(3):
                     await node.put("c", doc_id(number), "{}")
-                await node.get("c", doc_id(0))  # a reader connection waits in the pool
+                node.get("c", doc_id(0))  # a reader connection waits in the pool
                 subscription = node.subscribe(["c"], since=0)  # a catch-up
                 nursery.start_soon(read_until_node_closed, subscription, outcome)
                 await trio.to_thread.run_sync(reading.wait)

@@ -34,7 +34,7 @@ async def test_bad_names_are_refused_before_anything_is_stored(tmp_path: Path, n
             with pytest.raises(InvalidRequest, match=r"^doc_id "):
                 await node.delete("c", name)
             with pytest.raises(InvalidRequest, match=r"^collection "):
-                await node.get(name, "d")
+                node.get(name, "d")
             with pytest.raises(InvalidRequest, match=r"^collection "):
                 await node.list_ids(name)
             with pytest.raises(InvalidRequest, match=r"^collection "):
@@ -79,7 +79,7 @@ async def test_bad_documents_are_refused(tmp_path: Path, json_data: str, complai
             with pytest.raises(InvalidRequest, match=complaint):
                 await node.put("c", "d", json_data)
             assert node.head_sequence == 0
-            assert await node.get("c", "d") is None
+            assert node.get("c", "d") is None
 
 
 async def test_oversized_document_is_refused_by_byte_size(tmp_path: Path) -> None:
