@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
@@ -41,8 +40,6 @@ from peat_sync.wire import (
     SUBSCRIBE_BATCHED,
     rpc_path,
 )
-
-log = logging.getLogger("peat_sync.web")
 
 # gRPC's status codes, as Connect names them (the same codes, one spelling apart).
 CONNECT_CODE: dict[Status, Code] = {
@@ -126,7 +123,7 @@ async def _subscribe(
     """A change-feed stream. Each message goes once the previous one was taken by the
     connection, so a client that reads slowly holds back only its own stream, whose
     subscription then catches up or resyncs as on the gRPC port; one that reads nothing is
-    cut off by the listener (see `asgi`)."""
+    cut off (see `guard`)."""
     with _connect_errors(context), service.calling(path):
         await service.learn_stream_head(request.since_sequence)
         peer = context.client_address or "unix socket"
