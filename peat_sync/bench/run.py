@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
+import importlib
 import os
 import platform
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from peat_sync.address import ListenAddress
 from peat_sync.bench import report
 from peat_sync.bench.nats_servers import NatsServerMissing, nats_server_binary
+from peat_sync.bench.redis_servers import RedisServerMissing, redis_server_binary
 from peat_sync.bench.scenarios import SCENARIOS, Bench
+from peat_sync.bench.scenarios.peer_redis import KEY as REDIS_PEER
+from peat_sync.bench.scenarios.peer_redis import QUICK_PEER, PeerSizes, redis_peer
 from peat_sync.bench.servers import BenchError, get_status
 from peat_sync.bench.sizes import SCENARIO_SUMMARIES, Sizes
 
@@ -40,10 +46,14 @@ def run_bench(
     json_path: Path | None,
     plot_path: Path | None,
     quick: bool,
+    peer: str | None = None,
 ) -> int:
-    """Run the selected `scenarios` (all, if empty); returns the exit code."""
+    """Run the selected `scenarios`, then the `peer` ("redis") if given; returns the exit
+    code. No scenario selected means all of them, or none beside a peer: a peer's comparison
+    is a run of its own, of minutes."""
     target = None if addr is None else ListenAddress.parse(addr).grpc_target
-    selected = [name for name in SCENARIO_SUMMARIES if name in (scenarios or SCENARIO_SUMMARIES)]
+    wanted = scenarios or ([] if peer else list(SCENARIO_SUMMARIES))
+    selected = [name for name in SCENARIO_SUMMARIES if name in wanted]
     for flag, path in (("--json", json_path), ("--plot", plot_path)):
         # Found out now rather than after minutes of measuring.
         if path is not None and not path.resolve().parent.is_dir():
@@ -55,6 +65,10 @@ def run_bench(
             report.check_plotting()
         except report.PlotUnavailable as exc:
             return _fail(str(exc), EXIT_FAILED)
+    if peer is not None:
+        problem = _redis_problem()
+        if problem is not None:
+            return _fail(f"--peer {peer}: {problem}", EXIT_FAILED)
     shared_problem = _shared_problem(target) if "shared" in selected else None
     if shared_problem is not None and "shared" in scenarios:
         return _fail(f"--scenario shared: {shared_problem}", EXIT_USAGE if target else EXIT_FAILED)
@@ -70,8 +84,15 @@ def run_bench(
     # SIGTERM stops the bench as Ctrl-C does: the servers and workers it started are
     # stopped on the way out, not left running.
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    steps: dict[str, Callable[[Bench], report.ScenarioResult]] = {
+        name: SCENARIOS[name] for name in selected
+    }
+    if peer is not None:
+        steps[REDIS_PEER] = functools.partial(
+            redis_peer, sizes=QUICK_PEER if quick else PeerSizes()
+        )
     try:
-        return _run(sizes, target, selected, json_path, plot_path, quick)
+        return _run(sizes, target, steps, json_path, plot_path, quick)
     except BenchError as exc:
         return _fail(str(exc), EXIT_FAILED)
     except OSError as exc:  # --json or --plot cannot be written, /proc unreadable ...
@@ -94,6 +115,20 @@ def _shared_problem(target: str | None) -> str | None:
     return None
 
 
+def _redis_problem() -> str | None:
+    """Why the Redis peer cannot run, if it cannot: it needs redis-py (the bench extra) and
+    Debian's redis-server."""
+    try:
+        importlib.import_module("redis")  # by name: the extra is absent from most installs
+    except ImportError:
+        return "redis-py is not installed: pip install 'peat-sync[bench]'"
+    try:
+        redis_server_binary()
+    except RedisServerMissing as exc:
+        return str(exc)
+    return None
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -101,7 +136,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def _run(
     sizes: Sizes,
     target: str | None,
-    selected: list[str],
+    steps: dict[str, Callable[[Bench], report.ScenarioResult]],
     json_path: Path | None,
     plot_path: Path | None,
     quick: bool,
@@ -113,17 +148,17 @@ def _run(
         elapsed = time.monotonic() - started
         number, name = step
         print(
-            f"[{elapsed:5.1f}s] {number}/{len(selected)} {name}: {message}",
+            f"[{elapsed:5.1f}s] {number}/{len(steps)} {name}: {message}",
             file=sys.stderr,
             flush=True,
         )
 
     with tempfile.TemporaryDirectory(prefix="peat-bench-") as workdir:
         bench = Bench(sizes, Path(workdir), progress, addr=target)
-        for number, name in enumerate(selected, start=1):
+        for number, (name, scenario) in enumerate(steps.items(), start=1):
             step = (number, name)
             progress("starting")
-            bench.results[name] = SCENARIOS[name](bench)
+            bench.results[name] = scenario(bench)
     results = list(bench.results.values())
     found = report.targets(bench.results)
     meta = _meta(quick, sizes, target, time.monotonic() - started)

@@ -90,4 +90,5 @@ def run_bench_command(args: argparse.Namespace) -> int:
         json_path=values["json"],
         plot_path=values["plot"],
         quick=values["quick"],
+        peer=values["peer"],
     )

@@ -619,6 +619,9 @@ WRITE_OPTIONS = (
     ),
 )
 
+# What `peat-sync bench --peer` measures peat-sync against.
+BENCH_PEERS = ("redis",)
+
 BENCH_OPTIONS = (
     Option(
         "--addr",
@@ -636,6 +639,16 @@ BENCH_OPTIONS = (
         unset="all",
     ),
     Option("--quick", bool, "tiny sizes and one run: a smoke test of seconds", switch=True),
+    Option(
+        "--peer",
+        one_of(*BENCH_PEERS),
+        "measure peat-sync and a peer side by side, with the same documents and one client"
+        " each, instead of the scenarios (or after those given with --scenario): 'redis'"
+        " starts Debian's redis-server (apt-get install redis-server), durable per write"
+        " (appendfsync always), and compares XADD, MULTI/EXEC, XREAD and XRANGE with"
+        " PutDocument, WriteDocuments, Subscribe and SubscribeBatched",
+        metavar="NAME",
+    ),
     Option("--json", path, "write every figure as JSON", metavar="PATH"),
     Option(
         "--plot",
