@@ -175,7 +175,8 @@ def targets(results: dict[str, ScenarioResult]) -> list[Target]:
         value = figures.get(spec.figure)
         measured = None if value is None else float(value)
         text = spec.text(figures)
-        found.append(Target(spec.key, text, measured, spec.goal, spec.at_least, spec.unit))
+        goal = spec.goal_in(figures)
+        found.append(Target(spec.key, text, measured, goal, spec.at_least, spec.unit))
     return found
 
 
@@ -247,7 +248,7 @@ def target_lines(found: Sequence[Target]) -> list[str]:
     for target in found:
         sign = ">=" if target.at_least else "<="
         met = {True: "met", False: "MISSED", None: "n/a"}[target.met]
-        digits = 0 if target.goal >= 1000 else 2
+        digits = 0 if target.goal >= 1000 or target.unit.endswith("/s") else 2
         shown = digits
         if target.met is False and f"{target.measured:.{digits}f}" == f"{target.goal:.{digits}f}":
             shown += 1  # "0.50 x ... >= 0.50 x  MISSED" would not say why
@@ -311,40 +312,61 @@ def check_plotting() -> None:
     _pyplot()
 
 
+def _values(points: Sequence[dict[str, Any]], key: str) -> list[float]:
+    """The points' figure `key`, NaN where it is not known (matplotlib leaves a gap)."""
+    return [math.nan if point.get(key) is None else float(point[key]) for point in points]
+
+
 def plot(fanout: ScenarioResult, path: Path) -> None:
-    """One PNG: latency p50/p99 (left axis, log) and aggregate delivered events/s (right
-    axis) against the number of subscribers, from the fan-out scenario."""
+    """One PNG of two panels against the number of subscribers, from the fan-out scenario:
+    the put-to-delivery latency p50 and p99 at the fixed rate (log scales), and the events
+    delivered per second with writes as fast as they go. A count at which the server did not
+    keep up with the fixed rate is drawn hollow: its latency includes a queue."""
     plt = _pyplot()
     points = fanout.figures["points"]
+    rate = fanout.figures.get("rate")
     subscribers = [point["subscribers"] for point in points]
-    figure, latency_axis = plt.subplots(figsize=(7, 4.5), dpi=120)
-    latency_axis.plot(subscribers, [p["p50_ms"] for p in points], "o-", label="latency p50")
-    latency_axis.plot(subscribers, [p["p99_ms"] for p in points], "s-", label="latency p99")
-    latency_axis.set_xscale("log")
-    latency_axis.set_yscale("log")
-    latency_axis.set_xlabel("subscribers")
-    latency_axis.set_ylabel("put-to-delivery latency (ms)")
-    latency_axis.set_xticks(subscribers, [str(s) for s in subscribers])
-    latency_axis.xaxis.set_minor_locator(plt.NullLocator())
+    queued = [point for point in points if point.get("kept_up") is False]
+    figure, (latency_axis, rate_axis) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
     plain = plt.FuncFormatter(lambda value, _: f"{value:,.4g}")
+    for key, marker, label in (("p50_ms", "o", "p50"), ("p99_ms", "s", "p99")):
+        (line,) = latency_axis.plot(subscribers, _values(points, key), f"{marker}-", label=label)
+        if queued:
+            latency_axis.plot(
+                [point["subscribers"] for point in queued],
+                _values(queued, key),
+                marker,
+                color=line.get_color(),
+                markerfacecolor="white",
+                label=f"{label}: the server did not keep up (a queue)",
+            )
+    latency_axis.set_yscale("log")
+    latency_axis.set_ylabel("put-to-delivery latency (ms)")
     latency_axis.yaxis.set_major_formatter(plain)
     latency_axis.yaxis.set_minor_locator(plt.LogLocator(subs=(2, 5)))
     latency_axis.yaxis.set_minor_formatter(plain)
-    rate_axis = latency_axis.twinx()
+    at = "" if rate is None else f" at {rate:,.0f} PutDocument/s"
+    latency_axis.set_title(f"latency{at}", fontsize=10)
+    latency_axis.legend(loc="upper left")
     rate_axis.plot(
         subscribers,
-        [p["events_per_s"] for p in points],
-        "^--",
+        _values(points, "events_per_s"),
+        "^-",
         color="tab:green",
-        label="delivered events/s (all subscribers)",
+        label="delivered events/s, all subscribers",
     )
-    rate_axis.set_ylabel("delivered events/s")
     rate_axis.set_ylim(bottom=0)
+    rate_axis.set_ylabel("delivered events/s")
     rate_axis.yaxis.set_major_formatter(plt.FuncFormatter(lambda value, _: f"{value:,.0f}"))
-    handles = latency_axis.get_legend_handles_labels()
-    rate_handles = rate_axis.get_legend_handles_labels()
-    latency_axis.legend(handles[0] + rate_handles[0], handles[1] + rate_handles[1], loc="best")
-    latency_axis.set_title("peat-sync bench, fan-out: latency and throughput by subscribers")
+    rate_axis.set_title("throughput: WriteDocuments as fast as they go", fontsize=10)
+    rate_axis.legend(loc="lower right")
+    for axis in (latency_axis, rate_axis):
+        axis.set_xscale("log")
+        axis.set_xlabel("subscribers")
+        axis.set_xticks(subscribers, [f"{count:,}" for count in subscribers])
+        axis.xaxis.set_minor_locator(plt.NullLocator())
+        axis.grid(True, which="major", alpha=0.3)
+    figure.suptitle("peat-sync bench, fan-out: latency and throughput by subscribers")
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -2,20 +2,21 @@
 
     python -m peat_sync.bench.workers '{"kind": "subscribe", "target": "127.0.0.1:PORT", ...}'
 
-A worker's one argument is its settings, as JSON: a `SubscriberSettings` (kind "subscribe")
-or a `WriterSettings` (kind "put" or "write"). The driver makes them; the command line of the
-bench is peat_sync.cli.bench.
+A worker's one argument is its settings, as JSON: a `SubscriberSettings` (kind "subscribe"),
+a `WriterSettings` (kind "put" or "write") or a `CallerSettings` (kind "calls"). The driver
+makes them; the command line of the bench is peat_sync.cli.bench.
 
 Each runs in a process of its own, apart from the server and from the driver, so that client
-cost does not hide server cost. They use the official grpcio client (grpc.aio) with generic
-calls and the protobuf runtime's message classes (`wire.message_class`). Each stream or
-client has a channel, and so a connection, of its own, as separate subscribers and clients
-would.
+cost does not hide server cost. They use the official grpcio client with generic calls and the
+protobuf runtime's message classes (`wire.message_class`): grpc.aio for subscribers and
+writers, which keep many streams or calls going at once in one process, and the blocking
+client for a caller, which makes one call at a time. Each stream or client has a channel, and
+so a connection, of its own, as separate subscribers and clients would.
 
 A worker talks JSON lines: it prints {"ready": ...} once connected (a subscriber: once every
 stream has its opening event), then takes commands on stdin, one per line:
 
-- `go`: writers start (every writer of a run starts at once);
+- `go`: writers start (every writer of a run starts at once); a caller makes its calls;
 - `until SEQ`: a subscriber prints a report once every stream has reached sequence SEQ;
 - `control TYPE`: ... once every stream has had a control event of TYPE since the last
   report;
@@ -25,7 +26,8 @@ Subscriber reports hold the events received since the previous report: counts pe
 type, the first control events, the receive times, and a histogram of put-to-delivery
 latency (receive time minus the writer's timestamp in the document). Writers print one report
 when done: count, start and end times, the last sequence committed, and a histogram of
-acknowledgement latency. Any failure is a line {"error": "..."} and exit status 1.
+acknowledgement latency. A caller prints one report per `go`: a histogram of the latency of
+each RPC. Any failure is a line {"error": "..."} and exit status 1.
 """
 
 from __future__ import annotations
@@ -52,11 +54,13 @@ from peat_sync.bench.messages import COLLECTION, DELETE, UPSERT, document, sent_
 from peat_sync.bench.report import Histogram
 from peat_sync.bench.servers import BenchError
 from peat_sync.wire import (
+    GET_STATUS,
     PUT_DOCUMENT,
     SUBSCRIBE,
     SUBSCRIBE_BATCHED,
     WRITE_DOCUMENTS,
     message_class,
+    rpc_path,
 )
 
 # Any: the runtime's classes are built at run time, and their fields are not known to mypy.
@@ -68,6 +72,11 @@ PutDocumentResponse: Any = message_class("PutDocumentResponse")
 DocumentWrite: Any = message_class("DocumentWrite")
 WriteDocumentsRequest: Any = message_class("WriteDocumentsRequest")
 WriteDocumentsResponse: Any = message_class("WriteDocumentsResponse")
+GetStatusRequest: Any = message_class("GetStatusRequest")
+GetStatusResponse: Any = message_class("GetStatusResponse")
+GetDocumentRequest: Any = message_class("GetDocumentRequest")
+GetDocumentResponse: Any = message_class("GetDocumentResponse")
+GET_DOCUMENT = rpc_path("GetDocument")
 
 # Control events kept per report, to say how a stream resumed.
 CONTROLS_KEPT = 8
@@ -125,7 +134,21 @@ class WriterSettings:
     wait_go: bool = False  # start on "go" from stdin
 
 
-Settings = SubscriberSettings | WriterSettings
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallerSettings:
+    """A caller process: one client that, on each `go`, makes `count` calls of each RPC of
+    SINGLE_CALLS, one at a time, in turns of `turn` calls of one RPC."""
+
+    target: str
+    count: int
+    turn: int = 100
+    warmup: int = 50  # calls of each RPC before the first `go`, not measured
+    collection: str = COLLECTION
+    prefix: str = "doc-"  # of the doc_ids that PutDocument writes
+    kind: Literal["calls"] = "calls"
+
+
+Settings = SubscriberSettings | WriterSettings | CallerSettings
 
 
 def encode_settings(settings: Settings) -> str:
@@ -142,6 +165,8 @@ def decode_settings(text: str) -> Settings:
             return SubscriberSettings(**{**data, "collections": tuple(data["collections"])})
         if kind in ("put", "write"):
             return WriterSettings(**data)
+        if kind == "calls":
+            return CallerSettings(**data)
     except (KeyError, TypeError) as exc:  # a field missing, or one of no worker
         raise ValueError(f"bad {kind} worker settings: {exc}") from None
     raise ValueError(f"no worker of kind {kind!r}")
@@ -528,14 +553,112 @@ async def writer(settings: WriterSettings) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# A caller: one call at a time
+
+# What a caller calls, in this order in each turn: the cheapest answer the server gives, a
+# point read from its store, and a durable write.
+SINGLE_CALLS = ("GetStatus", "GetDocument", "PutDocument")
+
+
+def _single_calls(
+    channel: grpc.Channel, settings: CallerSettings
+) -> dict[str, Callable[[], object]]:
+    """Each RPC of SINGLE_CALLS as a call without arguments. GetDocument reads the first
+    document that PutDocument writes; each PutDocument writes a document of its own."""
+    status = channel.unary_unary(
+        GET_STATUS,
+        request_serializer=GetStatusRequest.SerializeToString,
+        response_deserializer=GetStatusResponse.FromString,
+    )
+    get = channel.unary_unary(
+        GET_DOCUMENT,
+        request_serializer=GetDocumentRequest.SerializeToString,
+        response_deserializer=GetDocumentResponse.FromString,
+    )
+    put = channel.unary_unary(
+        PUT_DOCUMENT,
+        request_serializer=PutDocumentRequest.SerializeToString,
+        response_deserializer=PutDocumentResponse.FromString,
+    )
+    status_request = GetStatusRequest()
+    get_request = GetDocumentRequest(collection=settings.collection, doc_id=f"{settings.prefix}0")
+    numbers = itertools.count()
+
+    def put_document() -> object:
+        n = next(numbers)
+        request = PutDocumentRequest(
+            collection=settings.collection,
+            doc_id=f"{settings.prefix}{n}",
+            json_data=document(n, time.monotonic_ns()),
+        )
+        return put(request, timeout=CALL_TIMEOUT)
+
+    calls: dict[str, Callable[[], object]] = {
+        "GetStatus": lambda: status(status_request, timeout=CALL_TIMEOUT),
+        "GetDocument": lambda: get(get_request, timeout=CALL_TIMEOUT),
+        "PutDocument": put_document,
+    }
+    return {name: calls[name] for name in SINGLE_CALLS}
+
+
+def _one_at_a_time(
+    calls: dict[str, Callable[[], object]], settings: CallerSettings
+) -> dict[str, Any]:
+    """`count` calls of each RPC, each once the one before it has returned, in turns of
+    `turn` calls of one RPC: every RPC is measured warm, and a while in which the machine is
+    busy slows each of them rather than one. The latency of each RPC, as a histogram."""
+    latency = {name: Histogram() for name in calls}
+    for start in range(0, settings.count, settings.turn):
+        for name, call in calls.items():
+            histogram = latency[name]
+            for _ in range(min(settings.turn, settings.count - start)):
+                sent = time.monotonic_ns()
+                call()
+                histogram.add(max(time.monotonic_ns() - sent, 1))
+    return {name: histogram.to_json() for name, histogram in latency.items()}
+
+
+def call_one_at_a_time(settings: CallerSettings) -> None:
+    """A caller: one blocking grpcio client (the lightest a client gets, so that the latency
+    is the server's), warmed up with `warmup` calls of each RPC, then measured on each `go`."""
+    with grpc.insecure_channel(settings.target, options=CHANNEL_OPTIONS) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
+        except grpc.FutureTimeoutError:
+            raise BenchError(
+                f"cannot connect to {settings.target} within {CONNECT_TIMEOUT:g} s"
+            ) from None
+        calls = _single_calls(channel, settings)
+        calls["PutDocument"]()  # the document GetDocument reads
+        for call in calls.values():
+            for _ in range(settings.warmup):
+                call()
+        _emit(ready=True)
+        for line in sys.stdin:
+            command = line.strip()
+            if command in ("", "quit"):
+                return
+            if command != "go":
+                raise BenchError(f"unknown command {command!r}")
+            _emit(report=_one_at_a_time(calls, settings))
+
+
+# ---------------------------------------------------------------------------------------------
 # The worker process
 
 
-async def _main(settings: Settings) -> None:
+async def _main(settings: SubscriberSettings | WriterSettings) -> None:
     if isinstance(settings, SubscriberSettings):
         await subscribe(settings)
     else:
         await writer(settings)
+
+
+def _run(settings: Settings) -> None:
+    if isinstance(settings, CallerSettings):
+        call_one_at_a_time(settings)
+    else:
+        asyncio.run(_main(settings))
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -557,8 +680,8 @@ def main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     try:
-        asyncio.run(_main(decode_settings(argv[0])))
-    except grpc.aio.AioRpcError as exc:
+        _run(decode_settings(argv[0]))
+    except grpc.RpcError as exc:  # of either client, grpc.aio's or the blocking one
         _emit(error=f"{exc.code().name}: {exc.details()}")
         return 1
     except (BenchError, OSError, ValueError) as exc:

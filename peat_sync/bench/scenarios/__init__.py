@@ -24,6 +24,7 @@ from peat_sync.bench.scenarios.latency import latency
 from peat_sync.bench.scenarios.put import put_throughput
 from peat_sync.bench.scenarios.replay import replay
 from peat_sync.bench.scenarios.shared import shared
+from peat_sync.bench.scenarios.single import single
 from peat_sync.bench.scenarios.stalled import stalled
 from peat_sync.bench.scenarios.subscribe import subscribe_throughput
 
@@ -41,4 +42,5 @@ SCENARIOS: dict[str, Callable[[Bench], ScenarioResult]] = {
     "batched": batched,
     "shared": shared,
     "connect": connect,
+    "single": single,
 }

@@ -36,8 +36,12 @@ from peat_sync.bench.workers import (
     workers,
 )
 
-# Clients of a paced PutDocument load, which are in flight at once when the server lags.
-PACED_CLIENTS = 8
+# Clients of a paced PutDocument load, all in one writer process. One grpc.aio client keeps
+# the load lean, so that it leaves the server its core (issue 16: 18 client processes on 2
+# cores measured their contention); HTTP/2 carries the calls in flight side by side.
+PACED_CLIENTS = 1
+# A paced load is taken when the server takes at least this fraction of the rate offered.
+KEPT_UP = 0.95
 
 
 @dataclass(slots=True)
@@ -293,10 +297,69 @@ def preload(bench: Bench, server: Server, count: int) -> Written:
     return write(bench.writes(server, count, sizes.write_clients, sizes.write_batch))
 
 
-def paced(bench: Bench, server: Server, seconds: float) -> WriterSettings:
-    """PutDocument writers at the rate of the run, for `seconds`."""
-    rate = bench.sizes.rate
-    return bench.puts(server, round(rate * seconds), PACED_CLIENTS, rate)
+def paced(
+    bench: Bench, server: Server, seconds: float, rate: float | None = None
+) -> WriterSettings:
+    """A PutDocument writer at `rate` (by default the run's), for `seconds`."""
+    rate = bench.sizes.rate if rate is None else rate
+    return bench.puts(server, max(1, round(rate * seconds)), PACED_CLIENTS, rate)
+
+
+@dataclass(slots=True)
+class Paced:
+    """A paced PutDocument load delivered to subscribers: the rate asked and achieved, the
+    put-to-delivery latency, and the server's CPU."""
+
+    asked: float
+    achieved: float | None
+    latency: Latency | None
+    cpu_us: float | None  # server CPU per put, its deliveries included
+    busy: float | None  # server CPU as % of one core, from the first put to the last delivery
+
+    @property
+    def kept_up(self) -> bool:
+        return self.achieved is not None and self.achieved >= KEPT_UP * self.asked
+
+    @classmethod
+    def median_of(cls, runs: Sequence[Paced]) -> Paced:
+        """Each figure the median of the runs' (of one rate)."""
+        return cls(
+            runs[0].asked,
+            median(run.achieved for run in runs),
+            Latency.median_of([run.latency for run in runs]),
+            median(run.cpu_us for run in runs),
+            median(run.busy for run in runs),
+        )
+
+    def figures(self) -> dict[str, float | None]:
+        latency = self.latency
+        return {
+            "rate": self.asked,
+            "writer_rate": self.achieved,
+            "p50_ms": latency.p50 if latency else None,
+            "p99_ms": latency.p99 if latency else None,
+            "max_ms": latency.max if latency else None,
+            "server_cpu_us_per_put": self.cpu_us,
+            "server_busy_percent": self.busy,
+        }
+
+
+def paced_run(
+    bench: Bench, server: Server, subscribers: Sequence[Worker], rate: float, seconds: float
+) -> Paced:
+    """One writer process at `rate` puts/s for `seconds`, each put delivered to every stream
+    of `subscribers`."""
+    writers = start_writers(paced(bench, server, seconds, rate))
+    with workers(*writers), cpu_of(server) as cpu:
+        written = finish_writers(writers)
+        received = collect(subscribers, written.last_sequence)
+    return Paced(
+        rate,
+        written.rate,
+        Latency.of(received.latency),
+        per_event_us(cpu, written.count),
+        busy_percent(cpu, received.reached_ns - written.start_ns),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,12 +421,12 @@ def paired_rows(
     return rows
 
 
-def shortfall(asked: int, achieved: float | None) -> list[str]:
+def shortfall(asked: float, achieved: float | None) -> list[str]:
     """A note when the server took fewer writes per second than the writer offered."""
-    if achieved is None or achieved >= 0.95 * asked:
+    if achieved is None or achieved >= KEPT_UP * asked:
         return []
     return [
-        f"the server did not keep up: it took {achieved:,.0f} puts/s of the {asked:,} offered,"
+        f"the server did not keep up: it took {achieved:,.0f} puts/s of the {asked:,.0f} offered,"
         " so calls queued, and the latency (and memory) figures include that queue"
     ]
 

@@ -1,5 +1,12 @@
-"""Scenario 3, fan-out: events written as fast as they go, delivered live to 1, 10 and 100
-subscribers; the server's CPU per delivered event at each count."""
+"""Scenario 3, fan-out: for 1, 10, 100 and 1,000 subscribers, the put-to-delivery latency at
+a fixed rate of PutDocument calls that the server sustains; then the events delivered per
+second, and the server's CPU per delivered event, with events written as fast as they go.
+
+The two are measured apart: with writes as fast as they go, events wait in a queue, and its
+latency is the queue's, not the server's (issue 16). The load is lean, as scenario 4's: one
+writer process at the fixed rate, and the subscribers in as few processes as hold
+`streams_per_process` streams each.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from peat_sync.bench.messages import CHANGE_TYPE_NAMES
-from peat_sync.bench.report import Latency, Row, ScenarioResult, median
+from peat_sync.bench.report import Row, ScenarioResult, fmt, median
 from peat_sync.bench.scenarios.context import (
     Bench,
     Received,
@@ -16,6 +23,7 @@ from peat_sync.bench.scenarios.context import (
     finish_writers,
     following,
     new_result,
+    paced_run,
     per_event_us,
     rate_of,
     ratio,
@@ -33,22 +41,26 @@ FANOUT_WRITERS = 2
 
 def fanout(bench: Bench) -> ScenarioResult:
     sizes = bench.sizes
+    fixed = sizes.fanout_rate
     result = new_result(
         "fanout",
-        f"Fan-out: events written with WriteDocuments (batches of {FANOUT_BATCH}) as fast as"
-        " they go, delivered live to every subscriber",
+        f"Fan-out: latency at {fixed:,} PutDocument/s, and events written with WriteDocuments"
+        f" (batches of {FANOUT_BATCH}) as fast as they go, delivered live to every subscriber",
     )
     points = []
     with bench.server() as server:
         for count in sizes.fanout:
             events = min(sizes.fanout_events, sizes.fanout_deliveries // count)
-            bench.progress(f"{count} subscribers: starting them")
+            bench.progress(f"{count:,} subscribers: starting them")
             subscribers = start_subscribers(
                 following(server), count, sizes.streams_per_process, "subscriber process"
             )
-            rates, latencies, cpus = [], [], []
+            rates, cpus = [], []
             with workers(*subscribers):
-                what = f"{count} subscribers: {events:,} events, {events * count:,} deliveries"
+                seconds = sizes.fanout_latency_seconds
+                bench.progress(f"{count:,} subscribers: {fixed:,} puts/s for {seconds:g} s")
+                steady = paced_run(bench, server, subscribers, fixed, seconds)
+                what = f"{count:,} subscribers: {events:,} events, {events * count:,} deliveries"
                 for _ in bench.each_run(what):
                     writers = start_writers(
                         bench.writes(server, events, FANOUT_WRITERS, FANOUT_BATCH)
@@ -68,31 +80,51 @@ def fanout(bench: Bench) -> ScenarioResult:
                             f" {get_status(server.target).lag_events})"
                         )
                     rates.append(rate_of(received, deliveries, written.start_ns))
-                    latencies.append(Latency.of(received.latency))
                     cpus.append(per_event_us(cpu, deliveries))
-            rate, latency, cpu_us = median(rates), Latency.median_of(latencies), median(cpus)
-            label = f"{count} subscriber{'s' if count > 1 else ''}"
-            result.rows.append(Row(label, rate, latency, server.rss(), None, cpu_us))
+            rate, cpu_us = median(rates), median(cpus)
+            label = f"{count:,} subscriber{'s' if count > 1 else ''}"
+            steady_cpu = None if steady.cpu_us is None else steady.cpu_us / count
+            busy = fmt(steady.busy, ".0f", "% of one core")
+            result.rows += [
+                Row(
+                    f"{label}, {fixed:,} puts/s",
+                    steady.achieved,
+                    steady.latency,
+                    None,
+                    None,
+                    steady_cpu,
+                    f"server busy {busy}"
+                    + ("" if steady.kept_up else "; the server did not keep up: calls queued"),
+                ),
+                Row(f"{label}, as fast as they go", rate, None, server.rss(), None, cpu_us),
+            ]
             points.append(
                 {
                     "subscribers": count,
+                    **steady.figures(),
+                    "kept_up": steady.kept_up,
+                    "steady_cpu_us_per_event": steady_cpu,
                     "events": events,
                     "events_per_s": rate,
-                    "p50_ms": latency.p50 if latency else None,
-                    "p99_ms": latency.p99 if latency else None,
-                    "max_ms": latency.max if latency else None,
                     "cpu_us_per_event": cpu_us,
                 }
             )
     first, most = points[0], points[-1]
     cpu_ratio = ratio(most["cpu_us_per_event"], first["cpu_us_per_event"])
-    result.figures.update(points=points, max_subscribers=most["subscribers"], cpu_ratio=cpu_ratio)
-    result.notes.append(
-        "per s: events delivered per second, all subscribers together, from the first write"
-        " to the last delivery; CPU us/ev: server CPU over that time / events delivered;"
-        f" {sizes.streams_per_process} subscribers per process at most, each on its own"
-        " connection"
+    result.figures.update(
+        points=points, rate=fixed, max_subscribers=most["subscribers"], cpu_ratio=cpu_ratio
     )
+    result.notes += [
+        f"{fixed:,} puts/s: one writer process, PutDocument at that rate for"
+        f" {sizes.fanout_latency_seconds:g} s (one run); per s: puts/s it achieved; latency:"
+        " from the put's send to each subscriber's receipt; CPU us/ev: server CPU per"
+        " delivered event",
+        "as fast as they go: per s: events delivered per second, all subscribers together,"
+        " from the first write to the last delivery; CPU us/ev: server CPU over that time /"
+        " events delivered",
+        f"{sizes.streams_per_process:,} subscribers per process at most, each on its own"
+        " connection",
+    ]
     return result
 
 

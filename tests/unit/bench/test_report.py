@@ -145,26 +145,29 @@ def test_targets_compare_each_figure_with_its_goal() -> None:
         "subscribe_vs_baseline",
         "put_vs_baseline",
         "latency_p99",
+        "latency_max_rate",
         "fanout_cpu_ratio",
     }
     assert found["subscribe_vs_baseline"].met is True
     assert found["put_vs_baseline"].met is False
     assert found["latency_p99"].met is True
-    assert "1,000 events/s, 10 subscribers" in found["latency_p99"].text
+    assert "1,000 puts/s, 10 subscribers" in found["latency_p99"].text
     assert found["fanout_cpu_ratio"].met is None
     assert "100 subscribers" in found["fanout_cpu_ratio"].text
 
 
 def test_every_scenario_that_has_targets_reports_them() -> None:
-    """With every scenario run, the eleven targets are all there."""
+    """With every scenario run, the fourteen targets are all there."""
     figures = {
         "subscribe": {"ratio": 1.0},
         "batched": {"replay_events_per_s": 1.0, "write_documents_per_s": 1.0},
         "put": {"ratio": 1.0},
         "fanout": {"cpu_ratio": 1.0, "max_subscribers": 100},
-        "latency": {"p99_ms": 1.0, "rate": 1000, "subscribers": 10},
+        "latency": {"p99_ms": 1.0, "rate": 1000, "subscribers": 10, "max_rate": 1000},
         "stalled": {"p99_ratio": 1.0, "rss_growth_kib_per_1000_events": 1.0},
         "shared": {"write_ratio": 1.0, "join_ratio": 1.0, "p99_ms": 1.0, "put_rate": 500},
+        "connect": {"connect_ratio": 1.0},
+        "single": {"put_ratio": 1.0, "get_ratio": 1.0},
     }
     results = {key: result_with(key, **values) for key, values in figures.items()}
 
@@ -175,12 +178,36 @@ def test_every_scenario_that_has_targets_reports_them() -> None:
         "put_vs_baseline",
         "fanout_cpu_ratio",
         "latency_p99",
+        "latency_max_rate",
         "stalled_p99_vs_latency",
         "stalled_rss_growth",
         "shared_write_vs_publish",
         "shared_join_vs_replay",
         "shared_latency_p99",
+        "connect_stream_vs_grpc",
+        "single_put_vs_status",
+        "single_get_vs_status",
     ]
+
+
+def test_the_latency_targets_read_the_p99_at_the_rate_and_the_highest_rate_below_it() -> None:
+    """The p99 at the rate asked misses its 10 ms; the highest rate that meets it is the
+    figure of the second target, whose goal is the rate asked (the search goes no higher):
+    met when the rate asked meets it, missed when only a lower one does."""
+    missed = result_with("latency", p99_ms=83.0, rate=1000, subscribers=10, max_rate=170)
+    met = result_with("latency", p99_ms=6.0, rate=500, subscribers=3, max_rate=500)
+
+    at_1000 = {t.key: t for t in targets({"latency": missed})}
+    at_500 = {t.key: t for t in targets({"latency": met})}
+
+    assert at_1000["latency_p99"].met is False
+    assert (at_1000["latency_max_rate"].measured, at_1000["latency_max_rate"].goal) == (170, 1000)
+    assert at_1000["latency_max_rate"].met is False
+    assert "p99 <= 10 ms, 10 subscribers" in at_1000["latency_max_rate"].text
+    assert (at_500["latency_max_rate"].goal, at_500["latency_max_rate"].met) == (500, True)
+    (line,) = (line for line in target_lines(list(at_1000.values())) if "highest rate" in line)
+    assert "170 puts/s" in line
+    assert ">= 1,000 puts/s" in line
 
 
 def test_a_missed_target_never_shows_its_goal_as_the_figure() -> None:
@@ -233,16 +260,23 @@ def test_render_and_json_hold_every_figure(tmp_path: Path) -> None:
 
 
 def test_the_plot_is_a_png(tmp_path: Path) -> None:
-    """--plot draws the fan-out's latency and throughput into a PNG (matplotlib is an
-    optional dependency of the package, and a test dependency)."""
+    """--plot draws the fan-out's latency at its fixed rate and its throughput into a PNG
+    (matplotlib is an optional dependency of the package, and a test dependency), a count
+    the server did not keep up with and a figure not known included."""
     from peat_sync.bench.report import plot
 
     points = [
-        {"subscribers": n, "events_per_s": 1000.0 * n, "p50_ms": 1.0 * n, "p99_ms": 2.0 * n}
-        for n in (1, 10, 100)
+        {
+            "subscribers": n,
+            "events_per_s": 1000.0 * n,
+            "p50_ms": 1.0 * n,
+            "p99_ms": None if n == 10 else 2.0 * n,
+            "kept_up": n < 1000,
+        }
+        for n in (1, 10, 100, 1000)
     ]
     path = tmp_path / "fanout.png"
 
-    plot(result_with("fanout", points=points), path)
+    plot(result_with("fanout", points=points, rate=2), path)
 
     assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

@@ -18,12 +18,16 @@ def test_the_help_shows_each_bound_and_the_full_runs_figures() -> None:
     figures = full_run_figures()
     texts = {spec.key: spec.text(figures) for spec in TARGETS}
 
-    assert texts["latency_p99"] == "put-to-delivery p99 at 1,000 events/s, 10 subscribers"
-    assert "100 subscribers" in texts["fanout_cpu_ratio"]
+    assert texts["latency_p99"] == "put-to-delivery p99 at 1,000 puts/s, 10 subscribers"
+    assert texts["latency_max_rate"].endswith("p99 <= 10 ms, 10 subscribers")
+    assert "1,000 subscribers / 1" in texts["fanout_cpu_ratio"]
     bounds = {spec.key: spec.bound for spec in TARGETS}
     assert bounds["subscribe_vs_baseline"] == ">= 0.9 x"
     assert bounds["batched_replay"] == ">= 1,000,000 events/s"
     assert bounds["latency_p99"] == "<= 10 ms"
+    assert bounds["latency_max_rate"] == ">= 1,000 puts/s"
+    assert bounds["single_put_vs_status"] == "<= 1.5 x"
+    assert bounds["single_get_vs_status"] == "<= 1.2 x"
     assert bounds["stalled_rss_growth"] == "<= 15 KiB"
     assert texts["shared_latency_p99"].endswith("p99 at 500 puts/s")
     assert bounds["shared_latency_p99"] == "<= 25 ms"
@@ -37,7 +41,7 @@ def test_the_report_takes_each_target_from_its_row() -> None:
     figures = {"p99_ms": 12, "rate": 2000, "subscribers": 3}
     result = ScenarioResult("latency", 4, "", figures=figures)
 
-    (found,) = targets({"latency": result})
+    found, _ = targets({"latency": result})
 
     assert (found.key, found.goal, found.unit, found.at_least) == (
         spec.key,
@@ -46,4 +50,4 @@ def test_the_report_takes_each_target_from_its_row() -> None:
         spec.at_least,
     )
     assert found.measured == 12.0
-    assert found.text == "put-to-delivery p99 at 2,000 events/s, 3 subscribers"
+    assert found.text == "put-to-delivery p99 at 2,000 puts/s, 3 subscribers"

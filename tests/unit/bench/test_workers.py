@@ -6,6 +6,7 @@ import pytest
 
 from peat_sync.bench.scenarios.context import writer_shares
 from peat_sync.bench.workers import (
+    CallerSettings,
     SubscriberSettings,
     WriterSettings,
     decode_settings,
@@ -31,10 +32,12 @@ from peat_sync.bench.workers import (
         ),
         WriterSettings(kind="put", target="127.0.0.1:1", count=5),
         WriterSettings(kind="write", target="127.0.0.1:1", count=5, rate=2.5, wait_go=True),
+        CallerSettings(target="127.0.0.1:1", count=1000),
+        CallerSettings(target="127.0.0.1:1", count=10, turn=5, warmup=0, prefix="p-"),
     ],
 )
 def test_settings_reach_the_worker_as_they_were_made(
-    settings: SubscriberSettings | WriterSettings,
+    settings: SubscriberSettings | WriterSettings | CallerSettings,
 ) -> None:
     """A worker's one argument is its settings as JSON: they come back equal."""
     assert decode_settings(encode_settings(settings)) == settings
@@ -46,6 +49,7 @@ def test_settings_reach_the_worker_as_they_were_made(
         ('{"kind": "read", "target": "x"}', "no worker of kind 'read'"),
         ("[1]", "no worker of kind None"),
         ('{"kind": "put", "target": "x"}', "bad put worker settings"),
+        ('{"kind": "calls", "target": "x"}', "bad calls worker settings"),
         ('{"kind": "subscribe", "target": "x", "collections": [], "speed": 1}', "speed"),
     ],
 )
