@@ -6,9 +6,16 @@ import asyncio
 
 import pytest
 import trio
+import trio.testing
 import trio_asyncio
 
-from peat_sync.bridge import BatchPump, call_asyncio, call_trio
+from peat_sync.bridge import (
+    TIMER_SWEEP_SECONDS,
+    BatchPump,
+    call_asyncio,
+    call_trio,
+    open_asyncio_loop,
+)
 
 DEADLINE = 10
 
@@ -77,3 +84,27 @@ async def test_cancelling_the_consumer_cancels_the_pump_task() -> None:
             with pytest.raises(TimeoutError):
                 await call_asyncio(consume)
             await fetch_cancelled.wait()
+
+
+async def test_the_loop_drops_cancelled_timers_and_keeps_live_ones(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """trio_asyncio keeps a cancelled timer until it falls due; the bridge's loop sweeps them
+    out (a guard on the loop's private heap, which the sweep relies on)."""
+    fired: list[int] = []
+
+    async def schedule() -> None:
+        loop = asyncio.get_running_loop()
+        for number in range(1000):
+            loop.call_later(3600, fired.append, number).cancel()  # a call's deadline, say
+        loop.call_later(5, fired.append, -1)  # live: it stays, and fires
+
+    with trio.fail_after(DEADLINE):
+        async with open_asyncio_loop() as loop:
+            await call_asyncio(schedule)
+            await trio.sleep(0.1)  # the loop takes the queued timers into its heap
+            assert len(loop._timers) == 1001
+            await trio.sleep(TIMER_SWEEP_SECONDS)
+            assert len(loop._timers) == 1
+            await trio.sleep(5)
+    assert fired == [-1]
