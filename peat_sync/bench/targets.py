@@ -45,6 +45,10 @@ class TargetSpec:
         return f"{'>=' if self.at_least else '<='} {goal} {self.unit}"
 
 
+# The peer that `--peer redis` measures, named as its scenarios are (it is not one of them:
+# only data here, no import of its module).
+PEER_REDIS = "redis"
+
 # A retained event costs at least its ~120 encoded bytes plus a Python object around them, so
 # keeping every event would grow the RSS by well over 150 KiB per 1,000 events: a tenth of
 # the smallest real leak counts as not growing.
@@ -163,6 +167,15 @@ TARGETS = (
         25.0,
         at_least=False,
         unit="ms",
+    ),
+    TargetSpec(
+        "put_vs_redis",
+        PEER_REDIS,
+        "one_at_a_time_ratio",
+        "one write at a time, one client: PutDocument calls/s / Redis XADD (appendfsync always)",
+        1.0,
+        at_least=True,
+        unit="x",
     ),
     TargetSpec(
         "connect_stream_vs_grpc",

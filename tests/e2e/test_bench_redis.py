@@ -74,6 +74,11 @@ def test_the_redis_peer_measures_four_workloads_beside_peat_sync(tmp_path: Path)
         assert figures[f"redis_{name}_per_s"] > 0, name
         assert figures[f"{name}_ratio"] > 0, name
     assert figures["redis_version"] != "unknown"
+    # Its target, one write at a time against Redis, is judged with the figure measured.
+    assert list(document["targets"]) == ["put_vs_redis"]
+    target = document["targets"]["put_vs_redis"]
+    assert target["measured"] == figures["one_at_a_time_ratio"]
+    assert target["met"] in (True, False)
     assert f"{number}. Redis Streams peer" in result.stdout
     assert " 1/1 redis: " in result.stderr
     assert "appendfsync always" in result.stdout

@@ -42,9 +42,10 @@ from peat_sync.bench.scenarios.context import (
 )
 from peat_sync.bench.servers import Server
 from peat_sync.bench.sizes import SCENARIO_SUMMARIES
+from peat_sync.bench.targets import PEER_REDIS
 from peat_sync.bench.workers import SubscriberSettings, WriterSettings, workers
 
-KEY = "redis"
+KEY = PEER_REDIS
 # The figures' names, in the order the workloads run; each has {name}_per_s (peat-sync),
 # redis_{name}_per_s and {name}_ratio (peat-sync / Redis).
 WORKLOADS = ("one_at_a_time", "batches", "replay", "replay_batched")
