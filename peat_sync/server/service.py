@@ -126,13 +126,12 @@ class _Call:
 
     def __init__(self, service: SidecarService) -> None:
         self._service = service
-        service._calls += 1
 
     def __enter__(self) -> None:
-        pass
+        self._service.calls_under_way(+1)
 
     def __exit__(self, *exc_info: object) -> None:
-        self._service.call_ended()
+        self._service.calls_under_way(-1)
 
 
 def grpc_error(error: RequestError) -> GRPCError:
@@ -242,8 +241,10 @@ class SidecarService(pb.PeatSidecarBase):
                 raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
         return _Call(self)
 
-    def call_ended(self) -> None:
-        self._calls -= 1
+    def calls_under_way(self, change: int) -> None:
+        """Count a call that starts (+1) or ends (-1); the last to end after `drain` sets
+        the server drained."""
+        self._calls += change
         if self._draining and self._calls == 0:
             self._drained.set()
 
