@@ -37,8 +37,8 @@ from peat_sync.bench.workers import (
 )
 
 # Clients of a paced PutDocument load, all in one writer process. One grpc.aio client keeps
-# the load lean, so that it leaves the server its core (issue 16: 18 client processes on 2
-# cores measured their contention); HTTP/2 carries the calls in flight side by side.
+# the load lean, so that it leaves the server its core (18 client processes on 2 cores
+# measured their own contention); HTTP/2 carries the calls in flight side by side.
 PACED_CLIENTS = 1
 # A paced load is taken when the server takes at least this fraction of the rate offered.
 KEPT_UP = 0.95

@@ -3,7 +3,7 @@ a fixed rate of PutDocument calls that the server sustains; then the events deli
 second, and the server's CPU per delivered event, with events written as fast as they go.
 
 The two are measured apart: with writes as fast as they go, events wait in a queue, and its
-latency is the queue's, not the server's (issue 16). The load is lean, as scenario 4's: one
+latency is the queue's, not the server's. The load is lean, as scenario 4's: one
 writer process at the fixed rate, and the subscribers in as few processes as hold
 `streams_per_process` streams each.
 """

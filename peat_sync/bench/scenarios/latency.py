@@ -3,7 +3,7 @@ steady rate, delivered to several subscribers, with the server's CPU beside them
 the p99 misses its goal at that rate, the highest rate at which it meets it.
 
 The load is lean, so that the figures are the server's and not the contention of its clients
-for the machine's cores (issue 16): one writer process with one grpc.aio client, which sends
+for the machine's cores: one writer process with one grpc.aio client, which sends
 each put when it is due whether or not the earlier ones are answered, and one subscriber
 process that holds every stream, each on a connection of its own.
 """

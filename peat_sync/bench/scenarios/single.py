@@ -4,7 +4,7 @@ nothing else loads.
 
 GetStatus is the cheapest answer the server gives: a call's whole way through the transport
 and back. GetDocument's ratio to it is what a point read from the store adds, PutDocument's
-what a durable write adds (issue 16: a point read cost a millisecond more than GetStatus,
+what a durable write adds (a point read once cost a millisecond more than GetStatus,
 although SQLite answers it in microseconds).
 """
 
