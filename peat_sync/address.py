@@ -45,13 +45,15 @@ class ListenAddress:
         """The address as a grpcio channel target."""
         if self.path is not None:
             return f"unix://{self.path}"
-        return f"{self._bracketed_host}:{self.port}"
+        return self.host_port
 
     @property
-    def _bracketed_host(self) -> str:
-        return f"[{self.host}]" if ":" in self.host else self.host
+    def host_port(self) -> str:
+        """HOST:PORT as a URL writes it: an IPv6 host in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     def __str__(self) -> str:
         if self.path is not None:
             return f"unix://{self.path}"
-        return f"tcp://{self._bracketed_host}:{self.port}"
+        return f"tcp://{self.host_port}"

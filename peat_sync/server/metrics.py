@@ -182,8 +182,8 @@ async def serving_metrics(
             f"cannot serve metrics on {address}: {exc.strerror or exc}"
             " (choose another --metrics-listen)"
         ) from None
-    host, port = str(server.server_address[0]), server.server_address[1]
-    log.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, port)
+    bound = ListenAddress(str(server.server_address[0]), server.server_address[1])
+    log.info("metrics on http://%s/metrics", bound.host_port)
     try:
         yield
     finally:

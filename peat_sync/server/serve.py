@@ -114,8 +114,7 @@ def page_address(address: ListenAddress, tls_context: ssl.SSLContext | None) -> 
     """Where the HTTP listener at `address` is reached, and how."""
     if address.path is not None:
         return f"{address} (HTTP over a unix socket: through a proxy, or curl --unix-socket)"
-    host = f"[{address.host}]" if ":" in address.host else address.host
-    return f"{'https' if tls_context else 'http'}://{host}:{address.port}/ (open it in a browser)"
+    return f"{'https' if tls_context else 'http'}://{address.host_port}/ (open it in a browser)"
 
 
 def _log_unhandled(loop: Any, context: dict[str, Any]) -> None:
