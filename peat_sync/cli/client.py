@@ -1,4 +1,4 @@
-"""The client commands of `peat-sync`: put, get, delete, list, status and watch.
+"""The client commands of `peat-sync`: put, get, delete, list, status, health and watch.
 
 Each talks to a running server at --addr (or PEAT_SIDECAR_ADDR), over TLS when a --tls-*
 option (or its variable) is given, and prints JSON to stdout; errors go to stderr as one line,
@@ -124,6 +124,13 @@ async def status(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def health(client: Client, args: argparse.Namespace) -> int:
+    if await client.serving():
+        print("serving", flush=True)
+        return EXIT_OK
+    return _fail("not serving: the server is starting or draining", EXIT_UNAVAILABLE)
+
+
 async def watch(client: Client, args: argparse.Namespace) -> int:
     # SIGTERM stops a watch as cleanly as Ctrl-C does: it is the way to end it.
     task = asyncio.current_task()
@@ -194,6 +201,16 @@ def add_client_commands(commands: argparse._SubParsersAction[Any]) -> None:
         "print the server's status",
         "Print the node's status as JSON: node id, phase, head sequence, epoch, subscribers,"
         " lag events and the replay and catch-up floors.",
+    )
+
+    add(
+        "health",
+        health,
+        "check that the server serves (for probes)",
+        "Ask the server's gRPC health service (grpc.health.v1.Health/Check) whether it"
+        " serves. Exits 0 when it does, and 3 while it starts or drains, or when it cannot"
+        " be reached: a container's health check, or a Kubernetes exec probe where the"
+        " server listens on a unix socket (the native grpc probe needs TCP).",
     )
 
     parser = add(

@@ -169,6 +169,17 @@ class Client:
         """The node's id, phase, head sequence, epoch, subscribers and replay floors."""
         return await self._call(self.stub.get_status, pb.GetStatusRequest())
 
+    async def serving(self) -> bool:
+        """Whether the server's health service (`grpc.health.v1.Health/Check`) reports it
+        SERVING: False while it starts or drains."""
+        # Imported here: grpclib's health proto clashes with grpcio's copy in a process that
+        # imports both (a test run), and only this call needs it.
+        from grpclib.health.v1.health_grpc import HealthStub
+        from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+
+        response = await self._call(HealthStub(self.channel).Check, HealthCheckRequest())
+        return bool(response.status == HealthCheckResponse.SERVING)
+
     # Documents ---------------------------------------------------------------------------
 
     async def put(

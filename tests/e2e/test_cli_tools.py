@@ -52,6 +52,7 @@ CLIENT_COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "delete": (("collection", "DOC_ID"), ("--expected-sequence",)),
     "list": (("collection",), ()),
     "status": ((), ()),
+    "health": ((), ()),
     "watch": ((), ("--collection", "--since", "--epoch", "--snapshot", "--heartbeats")),
 }
 # A call of each command that talks to the server once and exits.
@@ -61,6 +62,7 @@ ONE_SHOT_CALLS = {
     "delete": ("delete", "c", "d"),
     "list": ("list", "c"),
     "status": ("status",),
+    "health": ("health",),
 }
 EXIT_CODES = {
     "0": "done",
@@ -474,6 +476,7 @@ def test_every_command_over_a_unix_socket(
     assert run_cli("list", "c", **env).stdout == "d\n"
     assert printed_json(run_cli("delete", "c", "d", **env))["sequence"] == 2
     assert printed_json(run_cli("status", **env))["endpoint_addr"] == unix_server.address
+    assert run_cli("health", **env).stdout == "serving\n"
     watch = start_watch("--since", "0", **env)
     assert [line["type"] for line in watch.until(reaches(2), "the delete")] == ["upsert", "delete"]
     watch.stop()

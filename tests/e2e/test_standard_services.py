@@ -26,6 +26,7 @@ from peat_sync.bench.launcher import START_TIMEOUT, ServerProcess
 from peat_sync.generated.peat.sidecar import v1 as pb
 from peat_sync.store import SQLiteStore
 from peat_sync.store.sqlite import DATABASE_FILE
+from tests.helpers.cli import assert_one_line_error, run_cli
 from tests.helpers.clients import GrpcioApi, GrpcioClient, RpcFailure, failure_of, get, put, status
 from tests.helpers.waiting import CALL_TIMEOUT
 
@@ -115,6 +116,9 @@ def test_not_serving_while_the_store_opens(tmp_path: Path, grpcio_api: GrpcioApi
         statuses = watch(channel, "")
         assert next(statuses).status == NOT_SERVING
         assert check(channel, SIDECAR) == NOT_SERVING
+        probe = run_cli("health", "--addr", server.address)
+        assert probe.returncode == 3
+        assert_one_line_error(probe, "not serving: the server is starting or draining")
         starting = status(client)
         assert starting["phase"] == pb.NodePhase.INITIALIZING.value
         assert starting["epoch"] == "", "nothing is known of the store yet"
@@ -126,6 +130,7 @@ def test_not_serving_while_the_store_opens(tmp_path: Path, grpcio_api: GrpcioApi
         lock.rollback()
         assert next(statuses).status == SERVING
         started.result(START_TIMEOUT)
+        assert run_cli("health", "--addr", server.address).returncode == 0
         assert status(client)["phase"] == pb.NodePhase.READY.value
         sequence = put(client, "c", "d", "{}")
         assert get(client, "c", "d") == ("{}", sequence)
