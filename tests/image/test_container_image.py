@@ -11,6 +11,7 @@ signals a container's first process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -138,6 +139,10 @@ class ContainerServer:
 
     def remove(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            # Killed, buildah leaves its child running: kill the server and buildah's helper.
+            for pid in descendants(self.process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.process.kill()
             self.process.wait(STOP_TIMEOUT)
         subprocess.run(["buildah", "rm", self.name], capture_output=True, timeout=120)

@@ -10,6 +10,7 @@ import trio.testing
 import trio_asyncio
 
 from peat_sync.bridge import (
+    CALLBACKS_PER_STEP,
     TIMER_SWEEP_SECONDS,
     BatchPump,
     call_asyncio,
@@ -108,3 +109,34 @@ async def test_the_loop_drops_cancelled_timers_and_keeps_live_ones(
             assert len(loop._timers) == 1
             await trio.sleep(5)
     assert fired == [-1]
+
+
+async def test_the_loop_runs_the_ready_callbacks_in_one_step() -> None:
+    """The bridge's loop runs the callbacks already queued when its trio task is scheduled,
+    up to CALLBACKS_PER_STEP, where trio_asyncio's own runs one per step. A trio task that is
+    always ready counts the scheduler's rounds: none passes within a batch. (Trio orders the
+    tasks of a round at random, so two batches in a row may see the same count; three may
+    not.)"""
+    rounds = 0
+    seen: list[int] = []
+
+    async def count_rounds() -> None:
+        nonlocal rounds
+        while True:
+            await trio.lowlevel.checkpoint()
+            rounds += 1
+
+    queued = 2 * CALLBACKS_PER_STEP + 1
+    with trio.fail_after(DEADLINE):
+        async with open_asyncio_loop() as loop, trio.open_nursery() as nursery:
+            # The loop's first step began before the bridge set its own: let it end.
+            await call_asyncio(asyncio.sleep, 0)
+            nursery.start_soon(count_rounds)
+            for _ in range(queued):
+                loop.call_soon(lambda: seen.append(rounds))
+            while len(seen) < queued:
+                await trio.lowlevel.checkpoint()
+            nursery.cancel_scope.cancel()
+    first_batch = seen[:CALLBACKS_PER_STEP]
+    assert set(first_batch) == {seen[0]}, "no scheduler round within a batch"
+    assert seen[-1] > seen[0], "a batch stops at CALLBACKS_PER_STEP"
