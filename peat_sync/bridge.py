@@ -45,23 +45,27 @@ async def open_asyncio_loop() -> AsyncIterator[Any]:
 
 
 def _run_ready_in_batches(loop: Any) -> None:
-    """Make `loop` run up to CALLBACKS_PER_STEP ready callbacks each time its trio task is
-    scheduled, instead of one.
+    """Make `loop` run the callbacks that are ready when its trio task is scheduled, up to
+    CALLBACKS_PER_STEP, instead of one.
 
     trio_asyncio's loop is a trio task that takes one callback from its queue per step, and
     each step is a round of the trio scheduler. A unary call makes several callbacks (its
     task's start and each wake-up): with the scheduler, about 30% of the server's CPU per
-    PutDocument. Running the callbacks already queued in the same step (`no_wait=True`
-    runs one if there is one, else raises WouldBlock) took PutDocument from about 1,700 to
-    2,100 calls/s with 16 in flight, and from 1,780 to 2,800 with 64. The bound keeps the
-    trio tasks' wait for their turn short. The step is trio_asyncio's private
-    `_main_loop_one`, looked up on the loop at every step: this sets it on the instance,
-    and tests/unit/test_bridge.py checks that it takes effect."""
+    PutDocument. Running the callbacks already queued in the same step took PutDocument from
+    about 1,700 to 2,100 calls/s with 16 in flight, and from 1,780 to 2,800 with 64.
+
+    As asyncio's own loop does, a step runs only the callbacks queued before it began, not
+    those they queue: `asyncio.sleep(0)` still lets I/O in before the task goes on, which
+    paced sends rely on (`wire.send_encoded`). The bound keeps the trio tasks' wait for their
+    turn short. The step is trio_asyncio's private `_main_loop_one` (`no_wait=True` runs one
+    callback if one is queued, else raises WouldBlock), looked up on the loop at every step,
+    and its queue is the private `_q_recv`: tests/unit/test_bridge.py checks both."""
     step = type(loop)._main_loop_one
 
     async def run_ready(no_wait: bool = False) -> None:
+        queued = loop._q_recv.statistics().current_buffer_used
         await step(loop, no_wait)
-        for _ in range(CALLBACKS_PER_STEP - 1):
+        for _ in range(min(queued, CALLBACKS_PER_STEP) - 1):
             try:
                 await step(loop, True)
             except (trio.WouldBlock, trio.EndOfChannel):  # none ready, or closed (told next step)

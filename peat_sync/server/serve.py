@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import ipaddress
 import logging
 import os
@@ -20,6 +19,7 @@ from peat_sync import tls
 from peat_sync.address import ListenAddress
 from peat_sync.bridge import call_asyncio, open_asyncio_loop
 from peat_sync.node import open_node
+from peat_sync.server.collector import long_lived_objects_set_aside
 from peat_sync.server.config import ServeConfig
 from peat_sync.server.grpc_server import GrpcServer
 from peat_sync.server.metrics import serving_metrics
@@ -276,14 +276,9 @@ async def serve(
                     "the live page, and the API in Connect and gRPC-Web: %s",
                     page_address(http_bound, config.http_tls),
                 )
-            async with open_node(config.node) as node:
+            async with open_node(config.node) as node, long_lived_objects_set_aside():
                 try:
                     service.attach(node)
-                    # What start-up made lives as long as the server: set aside, the garbage
-                    # collector's full passes no longer walk it (60,000 objects, a third to
-                    # a half of each pass, which paused every call for 25 to 75 ms).
-                    gc.collect()
-                    gc.freeze()
                     if node.replica is not None:
                         node.replica.endpoint = str(bound)  # what ListPeers shows the others
                     await call_asyncio(health.set_serving, True)

@@ -111,14 +111,15 @@ async def test_the_loop_drops_cancelled_timers_and_keeps_live_ones(
     assert fired == [-1]
 
 
-async def test_the_loop_runs_the_ready_callbacks_in_one_step() -> None:
-    """The bridge's loop runs the callbacks already queued when its trio task is scheduled,
-    up to CALLBACKS_PER_STEP, where trio_asyncio's own runs one per step. A trio task that is
-    always ready counts the scheduler's rounds: none passes within a batch. (Trio orders the
-    tasks of a round at random, so two batches in a row may see the same count; three may
-    not.)"""
+async def test_the_loop_runs_the_queued_callbacks_in_one_step_not_those_they_queue() -> None:
+    """The bridge's loop runs the callbacks queued when a step of its trio task begins, up to
+    CALLBACKS_PER_STEP, where trio_asyncio's own runs one per step; a callback queued by one
+    of them waits for a later step, as in asyncio's own loop. A trio task that is always
+    ready counts the scheduler's rounds: none passes within a step. (Trio orders the tasks
+    of a round at random, so two steps in a row may see the same count; three may not.)"""
     rounds = 0
     seen: list[int] = []
+    chain: list[int] = []
 
     async def count_rounds() -> None:
         nonlocal rounds
@@ -126,7 +127,13 @@ async def test_the_loop_runs_the_ready_callbacks_in_one_step() -> None:
             await trio.lowlevel.checkpoint()
             rounds += 1
 
-    queued = 2 * CALLBACKS_PER_STEP + 1
+    def chained(links: int) -> None:
+        chain.append(rounds)
+        if links > 1:
+            asyncio.get_running_loop().call_soon(chained, links - 1)
+
+    # The loop waits for its first callback, and runs it alone: then the others are queued.
+    queued = 1 + 3 * CALLBACKS_PER_STEP
     with trio.fail_after(DEADLINE):
         async with open_asyncio_loop() as loop, trio.open_nursery() as nursery:
             # The loop's first step began before the bridge set its own: let it end.
@@ -134,9 +141,11 @@ async def test_the_loop_runs_the_ready_callbacks_in_one_step() -> None:
             nursery.start_soon(count_rounds)
             for _ in range(queued):
                 loop.call_soon(lambda: seen.append(rounds))
-            while len(seen) < queued:
+            loop.call_soon(chained, 3)
+            while len(seen) < queued or len(chain) < 3:
                 await trio.lowlevel.checkpoint()
             nursery.cancel_scope.cancel()
-    first_batch = seen[:CALLBACKS_PER_STEP]
-    assert set(first_batch) == {seen[0]}, "no scheduler round within a batch"
-    assert seen[-1] > seen[0], "a batch stops at CALLBACKS_PER_STEP"
+    one_step = seen[1 : 1 + CALLBACKS_PER_STEP]
+    assert set(one_step) == {one_step[0]}, "no scheduler round within a step"
+    assert seen[-1] > seen[1], "a step stops at CALLBACKS_PER_STEP"
+    assert chain[2] > chain[0], "what a callback queues waits for a later step"
