@@ -52,7 +52,7 @@ def _run_ready_in_batches(loop: Any) -> None:
     each step is a round of the trio scheduler. A unary call makes several callbacks (its
     task's start and each wake-up): with the scheduler, about 30% of the server's CPU per
     PutDocument. Running the callbacks already queued in the same step took PutDocument from
-    about 1,700 to 2,100 calls/s with 16 in flight, and from 1,780 to 2,800 with 64.
+    about 1,700 to 2,100 calls/s with 16 in flight, and from 1,780 to 2,600 with 64.
 
     As asyncio's own loop does, a step runs only the callbacks queued before it began, not
     those they queue: `asyncio.sleep(0)` still lets I/O in before the task goes on, which
