@@ -25,14 +25,14 @@ THAW_SECONDS = 60.0
 
 
 @asynccontextmanager
-async def long_lived_objects_set_aside(interval: float = THAW_SECONDS) -> AsyncIterator[None]:
+async def long_lived_objects_set_aside() -> AsyncIterator[None]:
     """Trio-flavoured: for the duration of the block, what survives a full pass of the
     collector is set aside from the next ones, and everything is walked again once every
-    `interval`; on exit, all of it is thawed."""
+    THAW_SECONDS; on exit, all of it is thawed."""
     gc.callbacks.append(_set_aside_survivors)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_collect_everything_every, interval)
+            nursery.start_soon(_collect_everything_periodically)
             yield
             nursery.cancel_scope.cancel()
     finally:
@@ -45,8 +45,8 @@ def _set_aside_survivors(phase: str, info: dict[str, Any]) -> None:
         gc.freeze()
 
 
-async def _collect_everything_every(interval: float) -> None:
+async def _collect_everything_periodically() -> None:
     while True:
         gc.unfreeze()
         gc.collect()  # a full pass: `_set_aside_survivors` freezes what it leaves
-        await trio.sleep(interval)
+        await trio.sleep(THAW_SECONDS)

@@ -35,8 +35,8 @@ def tool(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-def run(*command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+def run(*command: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=TOOL_TIMEOUT, env=env)
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -145,13 +145,7 @@ def test_the_nats_configuration_is_valid_for_nats_server(tmp_path: Path) -> None
     )
     config = tmp_path / "nats.conf"
     config.write_text(config_map["data"]["nats.conf"])
-    result = subprocess.run(
-        [tool("nats-server"), "--config", str(config), "-t"],
-        capture_output=True,
-        text=True,
-        timeout=TOOL_TIMEOUT,
-        env={"POD_NAME": "nats-0"},
-    )
+    result = run(tool("nats-server"), "--config", str(config), "-t", env={"POD_NAME": "nats-0"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "is valid" in result.stdout + result.stderr
 

@@ -50,10 +50,18 @@ def missing() -> str | None:
     return None
 
 
-def run(*command: str, stdin: IO[bytes] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *command: str, stdin: IO[bytes] | None = None, timeout: float = BUILD_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run `command` to completion; CalledProcessError (see `failure`) if it fails."""
     return subprocess.run(
-        command, stdin=stdin, check=True, text=True, capture_output=True, timeout=BUILD_TIMEOUT
+        command, stdin=stdin, check=True, text=True, capture_output=True, timeout=timeout
     )
+
+
+def failure(exc: subprocess.CalledProcessError) -> str:
+    """What a failed `run` says: its command line and its output."""
+    return f"{' '.join(exc.cmd)} failed:\n{exc.stdout}{exc.stderr}"
 
 
 def image_exists(name: str) -> bool:
@@ -120,7 +128,7 @@ def main() -> int:
     try:
         built = build()
     except subprocess.CalledProcessError as exc:
-        print(f"{' '.join(exc.cmd)} failed:\n{exc.stdout}{exc.stderr}", file=sys.stderr)
+        print(failure(exc), file=sys.stderr)
         return 1
     mib = 1 << 20
     base = "already made" if built.base_seconds is None else f"{built.base_seconds:.0f} s"

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.image.build import REQUIRE_IMAGE, Built, build, missing
+from tests.image.build import REQUIRE_IMAGE, Built, build, failure, missing
 
 
 @pytest.fixture(scope="session")
@@ -21,4 +21,4 @@ def image() -> Built:
     try:
         return build()
     except subprocess.CalledProcessError as exc:
-        pytest.fail(f"{' '.join(exc.cmd)} failed:\n{exc.stdout}{exc.stderr}", pytrace=False)
+        pytest.fail(failure(exc), pytrace=False)

@@ -29,7 +29,7 @@ import pytest
 from tests.helpers.clients import GrpcioApi, GrpcioClient, get, put, status
 from tests.helpers.streams import grpcio_subscription
 from tests.helpers.waiting import wait_until
-from tests.image.build import Built
+from tests.image.build import Built, run
 
 UID = 10001  # the Containerfile's user
 SOCKETS = "/run/peat-sync"
@@ -41,13 +41,7 @@ pytestmark = pytest.mark.timeout(900)  # the first test builds the image
 
 
 def image_config(image: str) -> dict[str, Any]:
-    inspected = subprocess.run(
-        ["buildah", "inspect", "--type", "image", image],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    inspected = run("buildah", "inspect", "--type", "image", image, timeout=60)
     config: dict[str, Any] = json.loads(inspected.stdout)["Docker"]["config"]
     return config
 
@@ -78,22 +72,12 @@ class ContainerServer:
         self.sockets, self.data, self.log_path = sockets, data, log
         self.name = f"peat-test-{uuid.uuid4().hex[:8]}"
         self.config = image_config(image)
-        subprocess.run(
-            ["buildah", "from", "--name", self.name, image],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        run("buildah", "from", "--name", self.name, image, timeout=120)
         # buildah run mounts a fresh volume of its own on a path the image declares a VOLUME,
         # over the one given with -v for one of the two, picked at random: the working
         # container (not the image) drops the declarations, so that the -v volumes hold.
         undeclared = [f"--volume={path}-" for path in self.config["Volumes"]]
-        subprocess.run(
-            ["buildah", "config", *undeclared, self.name],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        run("buildah", "config", *undeclared, self.name, timeout=60)
         self.process: subprocess.Popen[bytes] | None = None
 
     def run(self, *command: str) -> list[str]:
