@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 from selenium.webdriver.chrome.webdriver import WebDriver
 
 from tests.browser.live_page import REQUIRE_BROWSER, missing_browser, open_browser
+from tests.helpers.requirements import skip_unless_required
 
 
 @pytest.fixture
@@ -17,9 +17,7 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
     missing = missing_browser()
     if missing:
         reason = f"{' and '.join(missing)} not found: install Debian's chromium and chromium-driver"
-        if os.environ.get(REQUIRE_BROWSER):
-            pytest.fail(f"{reason} ({REQUIRE_BROWSER} is set)", pytrace=False)
-        pytest.skip(reason)
+        skip_unless_required(reason, REQUIRE_BROWSER)
     driver = open_browser(tmp_path / "chromium-profile")
     try:
         yield driver

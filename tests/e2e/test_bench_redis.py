@@ -9,7 +9,6 @@ test_bench.py, no figure is compared with a speed.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from peat_sync.bench.redis_servers import RedisServerMissing, redis_server_binar
 from peat_sync.bench.sizes import SCENARIO_SUMMARIES
 from tests.e2e.test_bench import assert_measured, hidden, run_bench
 from tests.helpers.cli import assert_one_line_error, peat_sync_command
+from tests.helpers.requirements import skip_unless_required
 
 # Set, the tests fail instead of skipping where redis-server is missing (.ci/run).
 REQUIRE_REDIS = "PEAT_REQUIRE_REDIS"
@@ -30,9 +30,7 @@ def redis_installed() -> None:
     try:
         redis_server_binary()
     except RedisServerMissing as exc:
-        if os.environ.get(REQUIRE_REDIS):
-            pytest.fail(f"{exc} ({REQUIRE_REDIS} is set)", pytrace=False)
-        pytest.skip(str(exc))
+        skip_unless_required(str(exc), REQUIRE_REDIS)
 
 
 @pytest.mark.usefixtures("redis_installed")

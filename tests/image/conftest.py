@@ -3,11 +3,11 @@ built, unless PEAT_REQUIRE_IMAGE is set (.ci/run sets it), which makes that a fa
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 import pytest
 
+from tests.helpers.requirements import skip_unless_required
 from tests.image.build import REQUIRE_IMAGE, Built, build, failure, missing
 
 
@@ -15,9 +15,7 @@ from tests.image.build import REQUIRE_IMAGE, Built, build, failure, missing
 def image() -> Built:
     reason = missing()
     if reason:
-        if os.environ.get(REQUIRE_IMAGE):
-            pytest.fail(f"{reason} ({REQUIRE_IMAGE} is set)", pytrace=False)
-        pytest.skip(reason)
+        skip_unless_required(reason, REQUIRE_IMAGE)
     try:
         return build()
     except subprocess.CalledProcessError as exc:
